@@ -1,0 +1,42 @@
+"""tracekit: tracing and failure attribution for distributed training jobs and multi-agent workflows.
+
+The public API is imported lazily so that ``import tracekit`` (and ``tracekit --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "init": ("tracekit.capture.setup", "init"),
+    "shutdown": ("tracekit.capture.setup", "shutdown"),
+    "current_run": ("tracekit.capture.setup", "current_run"),
+    "Run": ("tracekit.capture.setup", "Run"),
+    "trace": ("tracekit.capture.decorators", "trace"),
+    "span": ("tracekit.capture.decorators", "span"),
+    "SpoolSpanExporter": ("tracekit.capture.otel", "SpoolSpanExporter"),
+    "CaptureWarning": ("tracekit.capture.spool", "CaptureWarning"),
+    "TracekitError": ("tracekit.errors", "TracekitError"),
+}
+_SUBMODULES = {"torch": "tracekit.capture.torch_dist"}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
+        raise AttributeError(f"module 'tracekit' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Capture: runs inside user processes; imports nothing from store, graph or analysis."""

@@ -1,0 +1,10 @@
+"""Put on PYTHONPATH by `tracekit record`: starts capture in every Python process of the recorded command."""
+
+try:
+    from tracekit.capture.setup import init_from_env as _tk_init_from_env
+
+    _tk_init_from_env()
+except Exception as _tk_exc:  # capture must never stop the recorded program
+    import sys as _tk_sys
+
+    print(f"tracekit: capture is off in this process: {_tk_exc}", file=_tk_sys.stderr)

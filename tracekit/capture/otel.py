@@ -1,0 +1,127 @@
+"""The one place OpenTelemetry SDK span objects become tracekit spool records, and the exporter that writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tracekit.capture.spool import Spool
+
+NODE_ATTR = "tracekit.node"
+RUN_ID_ATTR = "tracekit.run_id"
+
+_KIND = {
+    SpanKind.INTERNAL: "internal",
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+
+
+def _attrs_json(attributes: Any) -> str:
+    if not attributes:
+        return "{}"
+    return json.dumps(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in attributes.items()},
+        separators=(",", ":"),
+        default=str,
+        ensure_ascii=False,
+    )
+
+
+def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
+    """Convert one finished SDK span into the spool's span record (see store/streams.py)."""
+    ctx = span.context
+    attributes = dict(span.attributes or {})
+    node = attributes.pop(NODE_ATTR, None)
+    if node is None and span.resource is not None:
+        node = span.resource.attributes.get(NODE_ATTR)
+    attributes.pop(RUN_ID_ATTR, None)
+    parent = span.parent
+    status = span.status
+    record: dict[str, Any] = {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_id": format(parent.span_id, "016x") if parent is not None else None,
+        "name": span.name,
+        "node": str(node or default_node),
+        "kind": _KIND.get(span.kind, "internal"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": _STATUS.get(status.status_code, "unset"),
+        "status_message": status.description,
+        "attributes": _attrs_json(attributes),
+    }
+    if span.events:
+        record["events"] = [
+            {"ts_ns": ev.timestamp, "name": ev.name, "attributes": _attrs_json(ev.attributes)}
+            for ev in span.events
+        ]
+    return record
+
+
+class SpoolSpanExporter(SpanExporter):
+    """Writes finished spans to this process's spool file of a run; add it to any TracerProvider.
+
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    >>> provider = TracerProvider()
+    >>> exporter = SpoolSpanExporter(spool_dir="/tmp/tk-doctest-spool", run_name="doctest")
+    >>> provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+    >>> exporter.run_id == exporter.spool.run_id
+    True
+
+    Export never raises: a disk error is counted on the spool and warned about once.
+    """
+
+    def __init__(
+        self,
+        spool: Spool | None = None,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        node: str | None = None,
+        flush_interval_ms: int = 200,
+    ) -> None:
+        if spool is None:
+            from tracekit.capture.setup import open_run_spool
+
+            spool = open_run_spool(
+                spool_dir=spool_dir, run_id=run_id, run_name=run_name, node=node,
+                flush_interval_ms=flush_interval_ms,
+            )
+        self.spool = spool
+        self.run_id = spool.run_id
+        self.default_node = node or spool.node
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        stream = self.spool.stream("spans")
+        before = stream.dropped
+        for span in spans:
+            try:
+                stream.write(span_record(span, self.default_node))
+            except Exception as exc:  # never raise into the SDK worker
+                stream._drop(1, f"a span could not be converted: {exc}")
+        self.exported += len(spans)
+        return SpanExportResult.FAILURE if stream.dropped > before else SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.spool.flush()
+        return True
+
+    def shutdown(self) -> None:
+        self.spool.flush()
+
+
+def spool_dir_of(exporter: SpoolSpanExporter) -> Path:
+    return exporter.spool.run_dir

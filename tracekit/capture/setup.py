@@ -1,0 +1,220 @@
+"""Process-wide capture setup: `tracekit.init`, the current run, the OpenTelemetry provider, and what happens at exit."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracekit.capture.spool import CaptureWarning, Spool, write_run_manifest
+from tracekit.config import Settings, default_node, env_flag, spool_root
+
+__all__ = ["Run", "init", "current_run", "shutdown", "open_run_spool", "init_from_env", "new_id"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Run:
+    """The run this process records into."""
+
+    run_id: str
+    name: str
+    kind: str
+    node: str
+    run_dir: Path
+    db: Path
+    owner: bool
+    spool: Spool
+    pid: int = field(default_factory=os.getpid)
+    started_ns: int = field(default_factory=time.time_ns)
+    provider: Any = None
+    tracer: Any = None
+    ingest_at_exit: bool = True
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "name": self.name,
+            "kind": self.kind,
+            "started_ns": self.started_ns,
+            "attributes": self.attributes,
+            "pid": self.pid,
+            "argv": list(sys.argv[:32]),
+            **extra,
+        }
+
+
+_current: Run | None = None
+
+
+def current_run() -> Run | None:
+    """The run this process records into, or None before `init` (and outside `tracekit record`)."""
+    return _current
+
+
+def open_run_spool(
+    *,
+    spool_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    node: str | None = None,
+    flush_interval_ms: int = 200,
+) -> Spool:
+    """A spool for a run without the rest of `init` (used by `SpoolSpanExporter` on a user's provider)."""
+    run_id = run_id or os.environ.get("TRACEKIT_RUN_ID") or new_id()
+    run_dir = spool_root(spool_dir) / run_id
+    if not (run_dir / "run.json").exists():
+        try:
+            write_run_manifest(run_dir, {
+                "run_id": run_id, "name": run_name or run_id[:8], "kind": "service",
+                "started_ns": time.time_ns(), "attributes": {}, "pid": os.getpid(),
+            })
+        except OSError:
+            pass  # the spool counts and warns when its own writes fail
+    return Spool(run_dir, run_id, node or default_node(), flush_interval_ms=flush_interval_ms)
+
+
+def init(
+    run: str | None = None,
+    *,
+    kind: str | None = None,
+    node: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    db: str | os.PathLike[str] | None = None,
+    flush_interval_ms: int | None = None,
+    ingest_at_exit: bool | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Run:
+    """Start (or join) a run and route every span of this process into its spool.
+
+    Parameters
+    ----------
+    run : the run's name (``tracekit runs`` accepts it wherever it accepts the id).
+    kind : training, agents, service or campaign.
+    node : the node spans are blamed on by default (``rank:N`` in a torch worker).
+    spool_dir, db, flush_interval_ms, ingest_at_exit : see ``tracekit.config``.
+
+    The process that starts a run owns it: at exit it marks the run ended and ingests the spool
+    into the store. Child processes inherit ``TRACEKIT_RUN_ID`` and join the same run.
+    Calling ``init`` again in the same process returns the current run.
+    """
+    global _current
+    if _current is not None and _current.pid == os.getpid():
+        return _current
+    settings = Settings.resolve(
+        run=run, kind=kind, node=node, spool_dir=spool_dir, db=db,
+        flush_interval_ms=flush_interval_ms, ingest_at_exit=ingest_at_exit, attributes=attributes,
+    )
+    owner = settings.run_id is None
+    run_id = settings.run_id or new_id()
+    run_dir = settings.spool_root / run_id
+    spool = Spool(run_dir, run_id, settings.node, flush_interval_ms=settings.flush_interval_ms)
+    state = Run(
+        run_id=run_id, name=settings.run_name, kind=settings.run_kind, node=settings.node,
+        run_dir=run_dir, db=settings.db, owner=owner, spool=spool,
+        ingest_at_exit=settings.ingest_at_exit, attributes=settings.attributes,
+    )
+    if owner:
+        try:
+            write_run_manifest(run_dir, state.manifest())
+        except OSError as exc:
+            spool._report_drop_reason(f"cannot write {run_dir / 'run.json'}: {exc.strerror or exc}")
+    os.environ.update({
+        "TRACEKIT_RUN_ID": run_id,
+        "TRACEKIT_RUN_NAME": state.name,
+        "TRACEKIT_RUN_KIND": state.kind,
+        "TRACEKIT_SPOOL_DIR": str(settings.spool_root),
+        "TRACEKIT_DB": str(settings.db.absolute()),
+    })
+    _install_provider(state, settings.flush_interval_ms)
+    _current = state
+    if owner:
+        atexit.register(_finish_owned_run, state)
+    return state
+
+
+def _install_provider(state: Run, interval_ms: int) -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from tracekit.capture.otel import NODE_ATTR, RUN_ID_ATTR, SpoolSpanExporter
+
+    provider = otel_trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(
+            resource=Resource.create({
+                "service.name": state.name, RUN_ID_ATTR: state.run_id, NODE_ATTR: state.node,
+            })
+        )
+        otel_trace.set_tracer_provider(provider)
+    exporter = SpoolSpanExporter(state.spool, node=state.node)
+    provider.add_span_processor(BatchSpanProcessor(
+        exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
+        max_export_batch_size=4096,
+    ))
+    state.provider = provider
+    state.tracer = provider.get_tracer("tracekit")
+    state.spool.before_close.append(provider.force_flush)
+
+
+def init_from_env() -> Run | None:
+    """Start capture when ``tracekit record`` asked for it (TRACEKIT_RECORD=1). Never raises."""
+    if not env_flag("TRACEKIT_RECORD", False) or env_flag("TRACEKIT_DISABLED", False):
+        return None
+    try:
+        return init()
+    except Exception as exc:  # capture must never stop the recorded program
+        import warnings
+
+        warnings.warn(f"tracekit: capture is off for this process: {exc}", CaptureWarning, stacklevel=2)
+        return None
+
+
+def shutdown() -> None:
+    """Flush and close this process's capture now (also runs automatically at exit)."""
+    state = _current
+    if state is None or state.pid != os.getpid():
+        return
+    if state.owner:
+        _finish_owned_run(state)
+    else:
+        state.spool.close()
+
+
+def _finish_owned_run(state: Run) -> None:
+    if state.pid != os.getpid() or getattr(state, "_finished", False):
+        return
+    state._finished = True  # type: ignore[attr-defined]
+    state.spool.close()
+    try:
+        write_run_manifest(state.run_dir, state.manifest(ended_ns=time.time_ns()))
+    except OSError:
+        return
+    if not state.ingest_at_exit:
+        return
+    try:
+        from tracekit.store.ingest import ingest_paths
+
+        report = ingest_paths([state.run_dir], db=state.db)
+        print(
+            f"tracekit: run {state.name!r} ({state.run_id[:12]}) -> {state.db}: "
+            f"{report.records} records ingested",
+            file=sys.stderr,
+        )
+    except Exception as exc:  # noqa: BLE001 - exiting program must not fail because of us
+        print(
+            f"tracekit: run {state.name!r} was spooled to {state.run_dir} but not ingested ({exc}); "
+            f"run: tracekit ingest {state.run_dir}",
+            file=sys.stderr,
+        )

@@ -1,0 +1,269 @@
+"""Crash-safe per-process spool files: one append-only JSON-lines file per (process, stream), flushed on a timer.
+
+Layout of a run's spool directory::
+
+    <spool root>/<run_id>/run.json                      written by the process that started the run
+    <spool root>/<run_id>/<stream>.<pid>.<id8>.jsonl    one per process and record stream
+
+Each file starts with a header line (``{"tracekit_spool": 1, "stream": ..., "run_id": ..., ...}``),
+then one JSON object per line, and ends with a footer line (``{"tracekit_end": ...}``) when the
+process exits cleanly. A file without a footer belongs to a process that was killed; a last line
+without its newline is a torn record that ingest skips and reports.
+
+Records sit in memory for at most one flush interval (200 ms by default) before ``os.write`` hands
+them to the operating system, so a SIGKILL loses at most that interval. Writing never raises into
+user code: a disk or permission error is counted, warned about once, and the records are dropped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+SPOOL_VERSION = 1
+HEADER_KEY = "tracekit_spool"
+FOOTER_KEY = "tracekit_end"
+
+
+class CaptureWarning(RuntimeWarning):
+    """Capture could not write some records; the traced program keeps running."""
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def write_run_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Atomically (re)write ``run.json``; errors are the caller's to count."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".run.json.{os.getpid()}.tmp"
+    tmp.write_text(_dumps(manifest))
+    os.replace(tmp, run_dir / "run.json")
+
+
+class SpoolStream:
+    """One append-only file holding one record stream of this process."""
+
+    def __init__(self, spool: "Spool", stream: str) -> None:
+        self.spool = spool
+        self.stream = stream
+        self.file_id = uuid.uuid4().hex
+        self.path = spool.run_dir / f"{stream}.{os.getpid()}.{self.file_id[:8]}.jsonl"
+        self.records = 0
+        self.dropped = 0
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._failed = False
+        self._closed = False
+        header = {
+            HEADER_KEY: SPOOL_VERSION,
+            "stream": stream,
+            "run_id": spool.run_id,
+            "file_id": self.file_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": spool.node,
+            "started_ns": time.time_ns(),
+            "argv": list(sys.argv[:16]),
+        }
+        self._write_now(_dumps(header) + "\n", 0)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Buffer one record; it reaches the OS within one flush interval. Never raises."""
+        try:
+            line = _dumps(record) + "\n"
+        except (TypeError, ValueError):
+            self._drop(1, "a record could not be encoded as JSON")
+            return
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """Buffer one already-encoded JSON line (ending in a newline)."""
+        if self._closed:
+            self._drop(1, "the spool was already closed")
+            return
+        with self._lock:
+            self._buffer.append(line)
+            self._buffered += 1
+        self.spool._ensure_flusher()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._buffer:
+                return
+            data = "".join(self._buffer)
+            count = self._buffered
+            self._buffer = []
+            self._buffered = 0
+        self._write_now(data, count)
+
+    def close(self) -> None:
+        """Flush and write the footer that marks a clean exit."""
+        if self._closed:
+            return
+        self.flush()
+        footer = {FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
+        self._write_now(_dumps(footer) + "\n", 0)
+        self._closed = True
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def _write_now(self, data: str, count: int) -> None:
+        if self._failed:
+            self._drop(count, "")
+            return
+        try:
+            if self._fd is None:
+                self.spool.run_dir.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            view = memoryview(data.encode("utf-8"))
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self.records += count
+        except OSError as exc:
+            self._failed = True
+            self._drop(count, f"cannot write {self.path}: {exc.strerror or exc}")
+
+    def _drop(self, count: int, reason: str) -> None:
+        self.dropped += count
+        self.spool._report_drop(self, count, reason)
+
+
+class Spool:
+    """All spool streams of one run in this process, and the timer that flushes them."""
+
+    def __init__(self, run_dir: Path, run_id: str, node: str, *, flush_interval_ms: int = 200) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.node = node
+        self.flush_interval = flush_interval_ms / 1000.0
+        self._streams: dict[str, SpoolStream] = {}
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        self._warned: set[str] = set()
+        self.dropped = 0
+        self.before_close: list[Callable[[], None]] = []
+        self._exit_hook_pid = os.getpid()
+        _LIVE_SPOOLS.add(self)
+        atexit.register(self.close)
+
+    def stream(self, name: str) -> SpoolStream:
+        """The stream file of this process for ``name`` (created on first use)."""
+        stream = self._streams.get(name)
+        if stream is None:
+            with self._lock:
+                stream = self._streams.get(name)
+                if stream is None:
+                    stream = SpoolStream(self, name)
+                    self._streams[name] = stream
+        return stream
+
+    def write(self, stream: str, record: dict[str, Any]) -> None:
+        self.stream(stream).write(record)
+
+    def flush(self) -> None:
+        for stream in list(self._streams.values()):
+            stream.flush()
+
+    def close(self) -> None:
+        """Flush everything and write footers. Idempotent; runs at interpreter exit."""
+        if self._closed:
+            return
+        for hook in list(self.before_close):
+            try:
+                hook()
+            except Exception as exc:  # a flush hook must not stop the footers
+                self._report_drop_reason(f"flushing before exit failed: {exc}")
+        self._closed = True
+        self._wake.set()
+        for stream in list(self._streams.values()):
+            stream.close()
+        if self.dropped:
+            print(
+                f"tracekit: {self.dropped} record(s) of run {self.run_id} were dropped "
+                f"(see the warning above); the program itself was not affected",
+                file=sys.stderr,
+            )
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is not None or self._closed:
+            return
+        with self._lock:
+            if self._flusher is None:
+                self._ensure_exit_hook()
+                thread = threading.Thread(target=self._run_flusher, name="tracekit-spool", daemon=True)
+                self._flusher = thread
+                thread.start()
+
+    def _run_flusher(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_interval)
+            if self._closed:
+                return
+            self.flush()
+
+    def _ensure_exit_hook(self) -> None:
+        """In a forked multiprocessing child, atexit does not run: register a finalizer there."""
+        if self._exit_hook_pid == os.getpid():
+            return
+        self._exit_hook_pid = os.getpid()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            mp_util.Finalize(None, self.close, exitpriority=0)
+
+    def _report_drop_reason(self, reason: str) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(f"tracekit: {reason}", CaptureWarning, stacklevel=2)
+
+    def _report_drop(self, stream: SpoolStream, count: int, reason: str) -> None:
+        self.dropped += count
+        if reason and reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(
+                f"tracekit: dropping {stream.stream} records of run {self.run_id}: {reason}. "
+                "The traced program keeps running; fix the spool directory (TRACEKIT_SPOOL_DIR) "
+                "to capture again.",
+                CaptureWarning,
+                stacklevel=2,
+            )
+
+    def _after_fork_in_child(self) -> None:
+        # The child starts its own files: the parent's buffer and file descriptors are the parent's.
+        self._streams = {}
+        self._lock = threading.Lock()
+        self._flusher = None
+        self._wake = threading.Event()
+        self._closed = False
+        self.dropped = 0
+        self._warned = set()
+
+
+_LIVE_SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for spool in list(_LIVE_SPOOLS):
+        spool._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

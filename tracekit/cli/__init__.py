@@ -1,0 +1,43 @@
+"""The `tracekit` command: thin glue over the library. Each command group lives in its own module.
+
+Domain errors become one clear line and exit code 2 here, in exactly one place.
+Nothing heavy (duckdb, pyarrow, torch, streamlit, polars) is imported until a command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tracekit.errors import TracekitError
+
+app = typer.Typer(
+    name="tracekit",
+    help="Trace distributed training jobs and multi-agent workflows; find the node that caused a failure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Each module registers its commands on `app` when imported.
+from tracekit.cli import core  # noqa: E402,F401
+
+for _optional in ("training", "agents", "campaign", "dashboard"):
+    try:
+        __import__(f"tracekit.cli.{_optional}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"tracekit.cli.{_optional}":
+            raise
+
+
+def main() -> None:
+    try:
+        app()
+    except TracekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

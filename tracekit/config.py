@@ -1,0 +1,134 @@
+"""Settings: every knob tracekit reads, from arguments or TRACEKIT_* environment variables, in one place.
+
+| variable                    | default                | meaning                                                    |
+|-----------------------------|------------------------|------------------------------------------------------------|
+| TRACEKIT_DB                 | ./tracekit.duckdb      | the DuckDB store the CLI reads and `ingest` writes         |
+| TRACEKIT_SPOOL_DIR          | ./.tracekit/spool      | where each run's per-process spool files go                |
+| TRACEKIT_RUN_ID             | (new random id)        | join an existing run instead of starting one               |
+| TRACEKIT_RUN_NAME           | script name            | human name of the run (`tracekit runs` accepts it)         |
+| TRACEKIT_RUN_KIND           | service                | training, agents, service or campaign                      |
+| TRACEKIT_NODE               | rank:$RANK / service:… | the node spans are blamed on unless a span names its own   |
+| TRACEKIT_FLUSH_INTERVAL_MS  | 200                    | how often buffered records are written to the OS           |
+| TRACEKIT_INGEST_AT_EXIT     | 1                      | the process that started a run ingests it when it exits    |
+| TRACEKIT_RECORD             | (unset)                | set by `tracekit record`: capture starts in every process  |
+| TRACEKIT_DISABLED           | (unset)                | 1 turns capture off entirely (decorators become no-ops)    |
+| TRACEKIT_TORCH              | 1                      | under `record`, hook torch.distributed when it is imported |
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracekit.errors import ConfigError
+
+DEFAULT_DB = "tracekit.duckdb"
+DEFAULT_SPOOL_DIR = ".tracekit/spool"
+RUN_KINDS = ("training", "agents", "service", "campaign")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """Read a boolean TRACEKIT_* variable (1/0, true/false, yes/no, on/off)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use 1 or 0")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The store path: the argument, else TRACEKIT_DB, else ./tracekit.duckdb."""
+    return Path(explicit or os.environ.get("TRACEKIT_DB") or DEFAULT_DB)
+
+
+def spool_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    return Path(explicit or os.environ.get("TRACEKIT_SPOOL_DIR") or DEFAULT_SPOOL_DIR).absolute()
+
+
+def default_node() -> str:
+    """`rank:N` inside a torch.distributed worker, else `service:<script name>`."""
+    if node := os.environ.get("TRACEKIT_NODE"):
+        return node
+    if (rank := os.environ.get("RANK")) is not None and rank.isdigit():
+        return f"rank:{rank}"
+    return f"service:{script_name()}"
+
+
+def script_name() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    stem = Path(argv0).stem
+    return stem if stem not in ("", "-c", "__main__") else "python"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved capture settings for one process."""
+
+    run_name: str
+    run_kind: str
+    node: str
+    spool_root: Path
+    db: Path
+    flush_interval_ms: int = 200
+    ingest_at_exit: bool = True
+    run_id: str | None = None
+    attributes: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        run: str | None = None,
+        kind: str | None = None,
+        node: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        db: str | os.PathLike[str] | None = None,
+        flush_interval_ms: int | None = None,
+        ingest_at_exit: bool | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> "Settings":
+        """Arguments win over TRACEKIT_* variables, which win over defaults."""
+        run_kind = kind or os.environ.get("TRACEKIT_RUN_KIND") or "service"
+        if run_kind not in RUN_KINDS:
+            raise ConfigError(f"run kind {run_kind!r} is not one of {', '.join(RUN_KINDS)}")
+        interval = (
+            flush_interval_ms
+            if flush_interval_ms is not None
+            else env_int("TRACEKIT_FLUSH_INTERVAL_MS", 200, minimum=1)
+        )
+        if interval < 1:
+            raise ConfigError(f"flush interval {interval} ms must be at least 1 ms")
+        return cls(
+            run_name=os.environ.get("TRACEKIT_RUN_NAME") or run or script_name(),
+            run_kind=run_kind,
+            node=node or default_node(),
+            spool_root=spool_root(spool_dir),
+            db=db_path(db),
+            flush_interval_ms=interval,
+            ingest_at_exit=(
+                ingest_at_exit
+                if ingest_at_exit is not None
+                else env_flag("TRACEKIT_INGEST_AT_EXIT", True)
+            ),
+            run_id=os.environ.get("TRACEKIT_RUN_ID") or None,
+            attributes=dict(attributes or {}),
+        )

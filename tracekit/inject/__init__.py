@@ -1,0 +1,1 @@
+"""Fault injection: injection points, the runtime that fires faults inside campaign runs, and the campaign runner."""

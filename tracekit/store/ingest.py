@@ -1,0 +1,513 @@
+"""`tracekit ingest`: the single writer that bulk-loads spool files (and imported files) into the store through Arrow.
+
+Every file loads in one transaction: all of its good records, or nothing. Records that cannot be
+loaded (garbage, wrong types, missing required fields) are quarantined with their line and id;
+a torn last record (the writer was killed mid-line) is skipped and reported. Ingest is idempotent
+and incremental: each spool file remembers how many bytes were loaded, so ingesting the same
+spool again adds nothing, and ingesting a growing one adds only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from tracekit.capture.spool import FOOTER_KEY, HEADER_KEY, SPOOL_VERSION
+from tracekit.errors import SpoolError, TracekitError
+from tracekit.store.db import connect
+from tracekit.store.streams import STREAMS, StreamSpec
+
+Progress = Callable[[int, int, str], None]
+_FOOTER_PREFIX = b'{"' + FOOTER_KEY.encode() + b'"'
+_OTLP_SUFFIXES = (".otlp.json", ".otlp", ".pb", ".binpb", ".otlp.pb")
+
+
+@dataclass
+class Quarantined:
+    source: str
+    line: int | None
+    record_id: str | None
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "record_id": self.record_id, "error": self.error}
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did; `rejected` files were left out whole."""
+
+    files: int = 0
+    unchanged_files: int = 0
+    records: int = 0
+    runs: set[str] = field(default_factory=set)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    torn: list[tuple[str, int]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "unchanged_files": self.unchanged_files,
+            "records": self.records,
+            "runs": sorted(self.runs),
+            "quarantined": [q.to_dict() for q in self.quarantined],
+            "torn": [{"source": s, "bytes": n} for s, n in self.torn],
+            "rejected": [{"source": s, "error": e} for s, e in self.rejected],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+@dataclass
+class Sources:
+    spool_runs: dict[Path, list[Path]] = field(default_factory=dict)  # run dir -> its .jsonl files
+    otlp: list[Path] = field(default_factory=list)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.spool_runs.values()) + len(self.otlp)
+
+
+def _looks_like_spool(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(HEADER_KEY) + 3).startswith(b'{"' + HEADER_KEY.encode())
+    except OSError:
+        return False
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> Sources:
+    """Sort the given files and directories into spool runs and OTLP files."""
+    sources = Sources()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise TracekitError(f"{path} does not exist: give a spool directory, a spool file or an OTLP file")
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if not file.is_file():
+                    continue
+                if file.suffix == ".jsonl":
+                    sources.spool_runs.setdefault(file.parent, []).append(file)
+                elif file.name.endswith(_OTLP_SUFFIXES):
+                    sources.otlp.append(file)
+            for manifest in sorted(path.rglob("run.json")):
+                sources.spool_runs.setdefault(manifest.parent, [])
+        elif path.suffix == ".jsonl" or _looks_like_spool(path):
+            sources.spool_runs.setdefault(path.parent, []).append(path)
+        else:
+            sources.otlp.append(path)
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+@dataclass
+class ParsedFile:
+    header: dict[str, Any]
+    spec: StreamSpec
+    table: pa.Table
+    quarantined: list[Quarantined]
+    new_offset: int
+    torn_bytes: int
+    footer: dict[str, Any] | None
+    records_before: int
+
+
+def _check_value(value: Any, typ: pa.DataType) -> bool:
+    if value is None:
+        return True
+    if pa.types.is_integer(typ):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if pa.types.is_floating(typ):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if pa.types.is_boolean(typ):
+        return isinstance(value, bool)
+    if pa.types.is_string(typ):
+        return isinstance(value, str)
+    if pa.types.is_list(typ):
+        return isinstance(value, list) and all(_check_value(v, typ.value_type) for v in value)
+    if pa.types.is_struct(typ):
+        return isinstance(value, dict) and all(
+            _check_value(value.get(typ.field(i).name), typ.field(i).type) for i in range(typ.num_fields)
+        )
+    return False
+
+
+def validate_record(record: Any, spec: StreamSpec) -> str | None:
+    """Why this record cannot be loaded into `spec`'s table, or None if it can."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    for name in spec.required:
+        if record.get(name) is None:
+            return f"required field {name!r} is missing"
+    for fld in spec.schema:
+        if not _check_value(record.get(fld.name), fld.type):
+            return f"field {fld.name!r} has the wrong type ({type(record.get(fld.name)).__name__}, expected {fld.type})"
+    attrs = record.get("attributes")
+    if isinstance(attrs, str):
+        try:
+            json.loads(attrs)
+        except ValueError:
+            return "field 'attributes' is not valid JSON text"
+    return None
+
+
+def _record_id(record: Any, spec: StreamSpec) -> str | None:
+    if spec.id_field and isinstance(record, dict):
+        value = record.get(spec.id_field)
+        return str(value) if value is not None else None
+    return None
+
+
+def rows_to_table(
+    rows: Sequence[Any], spec: StreamSpec, *, source: str, first_line: int
+) -> tuple[pa.Table, list[Quarantined]]:
+    """Validate Python records one by one: the good ones become a table, the bad ones are quarantined."""
+    good: list[dict[str, Any]] = []
+    bad: list[Quarantined] = []
+    for i, record in enumerate(rows):
+        error = validate_record(record, spec)
+        if error is None:
+            good.append(record)
+        else:
+            bad.append(Quarantined(source, first_line + i, _record_id(record, spec), error))
+    return pa.Table.from_pylist(good, schema=spec.schema), bad
+
+
+def _parse_lines_slowly(body: bytes, spec: StreamSpec, source: str, first_line: int) -> tuple[pa.Table, list[Quarantined]]:
+    rows: list[Any] = []
+    bad: list[Quarantined] = []
+    line_of: list[int] = []
+    for i, line in enumerate(body.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+            line_of.append(first_line + i)
+        except ValueError as exc:
+            bad.append(Quarantined(source, first_line + i, None, f"not JSON: {exc.msg}"))
+    table, more_bad = rows_to_table(rows, spec, source=source, first_line=0)
+    for q in more_bad:
+        q.line = line_of[q.line] if q.line is not None else None
+    return table, bad + more_bad
+
+
+def _parse_body(body: bytes, spec: StreamSpec, source: str, first_line: int) -> tuple[pa.Table, list[Quarantined]]:
+    if not body.strip():
+        return spec.schema.empty_table(), []
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(body),
+            read_options=pajson.ReadOptions(block_size=1 << 24),
+            parse_options=pajson.ParseOptions(explicit_schema=spec.schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _parse_lines_slowly(body, spec, source, first_line)
+    # required fields: a null in any of them sends the file to the careful path to name the lines
+    for name in spec.required:
+        if table.column(name).null_count:
+            return _parse_lines_slowly(body, spec, source, first_line)
+    return table, []
+
+
+def parse_spool_file(path: Path, offset: int, records_before: int) -> ParsedFile:
+    """Read one spool file from `offset` (bytes already loaded). Raises SpoolError for a file to reject whole."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    nl = data.find(b"\n")
+    if nl < 0:
+        raise SpoolError(f"{path}: no complete header line; it is empty, truncated, or not a tracekit spool file")
+    try:
+        header = json.loads(data[:nl])
+    except ValueError:
+        raise SpoolError(f"{path}: the first line is not JSON; this is not a tracekit spool file") from None
+    if not isinstance(header, dict) or HEADER_KEY not in header:
+        raise SpoolError(f"{path}: no tracekit spool header; this is not a tracekit spool file")
+    if header[HEADER_KEY] != SPOOL_VERSION:
+        raise SpoolError(
+            f"{path}: written in spool format version {header[HEADER_KEY]!r}, but this tracekit reads "
+            f"version {SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
+        )
+    spec = STREAMS.get(str(header.get("stream")))
+    if spec is None:
+        raise SpoolError(f"{path}: unknown record stream {header.get('stream')!r} (known: {', '.join(STREAMS)})")
+    for key in ("run_id", "file_id"):
+        if not isinstance(header.get(key), str) or not header[key]:
+            raise SpoolError(f"{path}: the header has no {key}; this is not a complete spool file")
+    last_nl = data.rfind(b"\n")
+    torn = len(data) - (last_nl + 1)
+    body_end = last_nl + 1
+    footer = None
+    prev_nl = data.rfind(b"\n", 0, last_nl)
+    if prev_nl >= nl:
+        last_line = data[prev_nl + 1:last_nl]
+        if last_line.startswith(_FOOTER_PREFIX):
+            try:
+                footer = json.loads(last_line)
+                body_end = prev_nl + 1
+            except ValueError:
+                footer = None
+    start = max(offset, nl + 1)
+    body = data[start:body_end] if body_end > start else b""
+    table, bad = _parse_body(body, spec, str(path), first_line=records_before + 2)
+    return ParsedFile(header, spec, table, bad, max(body_end, start), torn, footer, records_before)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_table(
+    con: duckdb.DuckDBPyConnection, spec: StreamSpec, table: pa.Table, *, run_id: str,
+    pid: int | None = None, default_node: str | None = None,
+) -> int:
+    """Insert one stream's records into its table (inside the caller's transaction)."""
+    if table.num_rows == 0:
+        return 0
+    con.register("tk_batch", table)
+    try:
+        fields = [f.name for f in spec.schema if f.name != "events"]
+        select = []
+        for name in fields:
+            if name == "node":
+                select.append("coalesce(node, $node) AS node")
+            elif name == "attributes":
+                select.append("coalesce(attributes, '{}') AS attributes")
+            elif name == "kind" and spec.name == "spans":
+                select.append("coalesce(kind, 'internal') AS kind")
+            elif name == "status" and spec.name == "spans":
+                select.append("coalesce(status, 'unset') AS status")
+            else:
+                select.append(name)
+        columns = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
+        values = ["$run_id", *select] + (["$pid"] if spec.with_pid else [])
+        params: dict[str, Any] = {"run_id": run_id}
+        if spec.with_pid:
+            params["pid"] = pid
+        if "node" in fields:
+            params["node"] = default_node or "unknown"
+        con.execute(
+            f"INSERT INTO {spec.table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM tk_batch",
+            params,
+        )
+        if "events" in spec.schema.names and table.column("events").null_count < table.num_rows:
+            con.execute(
+                "INSERT INTO events (run_id, span_id, ts_ns, name, attributes) "
+                "SELECT $run_id, span_id, e.ts_ns, e.name, coalesce(e.attributes, '{}') "
+                "FROM (SELECT span_id, unnest(events) AS e FROM tk_batch WHERE events IS NOT NULL)",
+                {"run_id": run_id},
+            )
+    finally:
+        con.unregister("tk_batch")
+    return table.num_rows
+
+
+def _quarantine(con: duckdb.DuckDBPyConnection, run_id: str | None, items: list[Quarantined], raw: dict[int, str]) -> None:
+    if not items:
+        return
+    now = time.time_ns()
+    con.executemany(
+        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [[run_id, q.source, q.line, q.record_id, q.error, raw.get(q.line or -1), now] for q in items],
+    )
+
+
+def _ingest_spool_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestReport) -> str | None:
+    """Load one spool file in one transaction; returns its run id (None if rejected)."""
+    peek = _peek_header(path)
+    prior = None
+    if peek is not None:
+        prior = con.execute(
+            "SELECT offset_bytes, records, ended_ns FROM spool_files WHERE file_id = ?", [peek]
+        ).fetchone()
+    offset, records_before = (int(prior[0]), int(prior[1])) if prior else (0, 0)
+    try:
+        parsed = parse_spool_file(path, offset, records_before)
+    except SpoolError as exc:
+        report.rejected.append((str(path), str(exc)))
+        return None
+    header = parsed.header
+    run_id = str(header["run_id"])
+    if parsed.torn_bytes:
+        report.torn.append((str(path), parsed.torn_bytes))
+    if prior and parsed.table.num_rows == 0 and not parsed.quarantined and (prior[2] is not None or parsed.footer is None):
+        report.unchanged_files += 1
+        return run_id
+    con.execute("BEGIN TRANSACTION")
+    try:
+        n = load_table(
+            con, parsed.spec, parsed.table, run_id=run_id,
+            pid=header.get("pid") if isinstance(header.get("pid"), int) else None,
+            default_node=header.get("node"),
+        )
+        raw = _raw_lines(path, parsed.quarantined)
+        _quarantine(con, run_id, parsed.quarantined, raw)
+        con.execute(
+            "INSERT OR REPLACE INTO spool_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                header["file_id"], run_id, parsed.spec.name, str(path.absolute()), header.get("pid"),
+                header.get("host"), header.get("node"), header.get("started_ns"),
+                parsed.footer.get(FOOTER_KEY) if parsed.footer else None,
+                parsed.new_offset, records_before + n + len(parsed.quarantined),
+                parsed.torn_bytes, time.time_ns(),
+            ],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    report.files += 1
+    report.records += n
+    report.quarantined.extend(parsed.quarantined)
+    return run_id
+
+
+def _peek_header(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            header = json.loads(fh.readline())
+        file_id = header.get("file_id") if isinstance(header, dict) else None
+        return file_id if isinstance(file_id, str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _raw_lines(path: Path, items: list[Quarantined]) -> dict[int, str]:
+    wanted = {q.line for q in items if q.line is not None}
+    if not wanted:
+        return {}
+    out: dict[int, str] = {}
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number in wanted:
+                out[number] = line[:2000].decode("utf-8", "replace").rstrip("\n")
+    return out
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def refresh_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict[str, Any] | None) -> None:
+    """(Re)compute the run row from its manifest and what was ingested."""
+    import socket
+
+    manifest = manifest or {}
+    files = con.execute(
+        "SELECT host, pid, min(started_ns), max(ended_ns), bool_and(ended_ns IS NOT NULL) "
+        "FROM spool_files WHERE run_id = ? AND pid IS NOT NULL GROUP BY host, pid", [run_id]
+    ).fetchall()
+    span_bounds = con.execute(
+        "SELECT min(start_ns), max(end_ns), count(*) FILTER (WHERE parent_id IS NULL AND status = 'error') "
+        "FROM spans WHERE run_id = ?", [run_id]
+    ).fetchone() or (None, None, 0)
+    here = socket.gethostname()
+    abrupt = [pid for host, pid, _s, _e, clean in files if not clean and not (host == here and _pid_alive(pid))]
+    still_running = [pid for host, pid, _s, _e, clean in files if not clean and host == here and _pid_alive(pid)]
+    starts = [s for _h, _p, s, _e, _c in files if s] + ([span_bounds[0]] if span_bounds[0] else [])
+    ends = [e for _h, _p, _s, e, _c in files if e] + ([span_bounds[1]] if span_bounds[1] else [])
+    exit_code = manifest.get("exit_code")
+    if abrupt:
+        status = "aborted"
+    elif isinstance(exit_code, int) and exit_code != 0:
+        status = "error"
+    elif still_running or (manifest and "ended_ns" not in manifest and _pid_alive(manifest.get("pid"))):
+        status = "running"
+    elif exit_code is None and span_bounds[2]:
+        status = "error"
+    else:
+        status = "ok"
+    attributes = dict(manifest.get("attributes") or {})
+    if abrupt:
+        attributes["abrupt_pids"] = sorted(abrupt)
+    if exit_code is not None:
+        attributes["exit_code"] = exit_code
+    if manifest.get("argv"):
+        attributes.setdefault("argv", manifest["argv"])
+    existing = con.execute("SELECT kind, name, attributes FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if existing and not manifest:
+        kind, name = existing[0], existing[1]
+        attributes = {**json.loads(existing[2] or "{}"), **attributes}
+    else:
+        kind, name = manifest.get("kind") or "service", manifest.get("name") or run_id[:12]
+    con.execute(
+        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id, kind, name, manifest.get("started_ns") or (min(starts) if starts else None),
+            manifest.get("ended_ns") or (max(ends) if ends else None), status,
+            json.dumps(attributes, default=str),
+        ],
+    )
+
+
+def ingest_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    db: str | os.PathLike[str] | None = None,
+    *,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest spool directories, spool files and OTLP files into the store at `db`."""
+    sources = discover(paths)
+    report = IngestReport()
+    total = sources.count()
+    done = 0
+    con = connect(db)
+    try:
+        for run_dir, files in sources.spool_runs.items():
+            run_ids: set[str] = set()
+            for path in files:
+                run_id = _ingest_spool_file(con, path, report)
+                done += 1
+                if progress:
+                    progress(done, total, str(path))
+                if run_id:
+                    run_ids.add(run_id)
+            manifest = read_manifest(run_dir)
+            if manifest and isinstance(manifest.get("run_id"), str):
+                run_ids.add(manifest["run_id"])
+            for run_id in run_ids:
+                refresh_run(con, run_id, manifest if manifest and manifest.get("run_id") == run_id else None)
+                report.runs.add(run_id)
+        if sources.otlp:
+            from tracekit.importers.otlp import ingest_otlp_file
+
+            for path in sources.otlp:
+                ingest_otlp_file(con, path, report)
+                done += 1
+                if progress:
+                    progress(done, total, str(path))
+    finally:
+        con.close()
+    return report

@@ -1,0 +1,103 @@
+"""DuckDB schema of the store, applied as numbered, named migrations recorded in `schema_migrations`."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import duckdb
+
+from tracekit.errors import StoreError
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "core tables", """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, kind VARCHAR, name VARCHAR, started_ns BIGINT, ended_ns BIGINT,
+        status VARCHAR, attributes JSON);
+    CREATE TABLE spans (
+        run_id VARCHAR, trace_id VARCHAR, span_id VARCHAR, parent_id VARCHAR, name VARCHAR,
+        node VARCHAR, kind VARCHAR, start_ns BIGINT, end_ns BIGINT, status VARCHAR,
+        status_message VARCHAR, attributes JSON, pid INTEGER);
+    CREATE TABLE events (
+        run_id VARCHAR, span_id VARCHAR, ts_ns BIGINT, name VARCHAR, attributes JSON);
+    CREATE TABLE links (
+        run_id VARCHAR, src_span_id VARCHAR, dst_span_id VARCHAR, relation VARCHAR,
+        provenance VARCHAR, confidence DOUBLE, attributes JSON);
+    CREATE TABLE collectives (
+        run_id VARCHAR, rank INTEGER, world_size INTEGER, process_group VARCHAR, seq BIGINT,
+        op VARCHAR, bytes BIGINT, dtype VARCHAR, enter_ns BIGINT, exit_ns BIGINT, step BIGINT,
+        ok BOOLEAN, pid INTEGER);
+    CREATE TABLE steps (
+        run_id VARCHAR, rank INTEGER, step BIGINT, start_ns BIGINT, end_ns BIGINT, loss DOUBLE,
+        grad_norm DOUBLE, nonfinite BOOLEAN, pid INTEGER);
+    CREATE TABLE faults (
+        run_id VARCHAR, campaign VARCHAR, test VARCHAR, point VARCHAR, fault_type VARCHAR,
+        injected BOOLEAN, ts_ns BIGINT, span_id VARCHAR, detail JSON);
+    CREATE TABLE findings (
+        run_id VARCHAR, analysis VARCHAR, kind VARCHAR, subject VARCHAR, score DOUBLE,
+        rank_order INTEGER, first_step BIGINT, confidence DOUBLE, detail JSON, created_ns BIGINT);
+    """),
+    Migration(2, "ingest bookkeeping", """
+    CREATE TABLE spool_files (
+        file_id VARCHAR PRIMARY KEY, run_id VARCHAR, stream VARCHAR, path VARCHAR, pid INTEGER,
+        host VARCHAR, node VARCHAR, started_ns BIGINT, ended_ns BIGINT, offset_bytes BIGINT,
+        records BIGINT, torn_bytes BIGINT, ingested_ns BIGINT);
+    CREATE TABLE quarantine (
+        run_id VARCHAR, source VARCHAR, line BIGINT, record_id VARCHAR, error VARCHAR,
+        raw VARCHAR, ingested_ns BIGINT);
+    CREATE VIEW processes AS
+        SELECT run_id, host, pid, any_value(node) AS node, min(started_ns) AS started_ns,
+               max(ended_ns) AS ended_ns, bool_and(ended_ns IS NOT NULL) AS clean_exit
+        FROM spool_files WHERE pid IS NOT NULL GROUP BY run_id, host, pid;
+    """),
+]
+
+LATEST = MIGRATIONS[-1].version
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply every pending migration, each in its own transaction; returns the schema version."""
+    version = current_version(con)
+    if version > LATEST:
+        raise StoreError(
+            f"the store has schema version {version}, newer than this tracekit understands "
+            f"({LATEST}): upgrade tracekit"
+        )
+    if version == 0:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_ns BIGINT)"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= version:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(migration.sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [migration.version, migration.name, time.time_ns()],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        version = migration.version
+    return version

@@ -1,0 +1,81 @@
+"""The record streams a spool file can hold: each stream's Arrow schema, required fields and target table.
+
+This is the contract between capture (which writes JSON lines) and ingest (which bulk-loads them).
+A stream's fields are the table's columns minus ``run_id`` (taken from the file header) and ``pid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+EVENT = pa.struct([("ts_ns", pa.int64()), ("name", pa.string()), ("attributes", pa.string())])
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    table: str
+    schema: pa.Schema
+    required: tuple[str, ...]
+    id_field: str | None = None  # names a record in quarantine reports
+    with_pid: bool = True
+
+
+STREAMS: dict[str, StreamSpec] = {}
+
+
+def register(spec: StreamSpec) -> StreamSpec:
+    STREAMS[spec.name] = spec
+    return spec
+
+
+SPANS = register(StreamSpec(
+    "spans", "spans",
+    pa.schema([
+        ("trace_id", pa.string()), ("span_id", pa.string()), ("parent_id", pa.string()),
+        ("name", pa.string()), ("node", pa.string()), ("kind", pa.string()),
+        ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("status", pa.string()),
+        ("status_message", pa.string()), ("attributes", pa.string()),
+        ("events", pa.list_(EVENT)),
+    ]),
+    required=("trace_id", "span_id", "name", "start_ns", "end_ns"),
+    id_field="span_id",
+))
+LINKS = register(StreamSpec(
+    "links", "links",
+    pa.schema([
+        ("src_span_id", pa.string()), ("dst_span_id", pa.string()), ("relation", pa.string()),
+        ("provenance", pa.string()), ("confidence", pa.float64()), ("attributes", pa.string()),
+    ]),
+    required=("src_span_id", "dst_span_id", "provenance"),
+    with_pid=False,
+))
+COLLECTIVES = register(StreamSpec(
+    "collectives", "collectives",
+    pa.schema([
+        ("rank", pa.int32()), ("world_size", pa.int32()), ("process_group", pa.string()),
+        ("seq", pa.int64()), ("op", pa.string()), ("bytes", pa.int64()), ("dtype", pa.string()),
+        ("enter_ns", pa.int64()), ("exit_ns", pa.int64()), ("step", pa.int64()), ("ok", pa.bool_()),
+    ]),
+    required=("rank", "seq", "op", "enter_ns"),
+))
+STEPS = register(StreamSpec(
+    "steps", "steps",
+    pa.schema([
+        ("rank", pa.int32()), ("step", pa.int64()), ("start_ns", pa.int64()), ("end_ns", pa.int64()),
+        ("loss", pa.float64()), ("grad_norm", pa.float64()), ("nonfinite", pa.bool_()),
+    ]),
+    required=("rank", "step", "start_ns"),
+))
+FAULTS = register(StreamSpec(
+    "faults", "faults",
+    pa.schema([
+        ("campaign", pa.string()), ("test", pa.string()), ("point", pa.string()),
+        ("fault_type", pa.string()), ("injected", pa.bool_()), ("ts_ns", pa.int64()),
+        ("span_id", pa.string()), ("detail", pa.string()),
+    ]),
+    required=("point", "fault_type", "injected", "ts_ns"),
+    with_pid=False,
+))
