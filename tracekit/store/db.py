@@ -31,6 +31,19 @@ def _explain(path: Path, exc: Exception) -> StoreError:
     return StoreError(f"cannot open the store {path}: {first}")
 
 
+def _needs_migration(store: Path) -> bool:
+    from tracekit.store.schema import MIGRATIONS
+
+    try:
+        with duckdb.connect(str(store), read_only=True) as con:
+            if current_version(con) == 0:
+                return False
+            applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    except duckdb.Error:
+        return False  # the real open below reports the problem
+    return any(m.version not in applied for m in MIGRATIONS)
+
+
 def connect(
     path: str | os.PathLike[str] | None = None, *, read_only: bool = False, sandbox: bool = True
 ) -> duckdb.DuckDBPyConnection:
@@ -49,6 +62,8 @@ def connect(
         )
     if not read_only:
         store.parent.mkdir(parents=True, exist_ok=True)
+    elif _needs_migration(store):
+        connect(store).close()  # an older store: bring it up to date once, then read
     try:
         con = duckdb.connect(str(store), read_only=read_only)
     except (duckdb.Error, OSError) as exc:

@@ -59,7 +59,7 @@ MIGRATIONS: list[Migration] = [
     """),
 ]
 
-LATEST = MIGRATIONS[-1].version
+LATEST = max(m.version for m in MIGRATIONS)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -73,7 +73,11 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Apply every pending migration, each in its own transaction; returns the schema version."""
+    """Apply every migration not yet recorded, each in its own transaction; returns the schema version.
+
+    Versions are grouped by area (1-9 core, 10-19 training, 20-29 agents, 30-39 campaigns,
+    40-49 dashboard), so a migration is applied when it is missing, not only when it is newest.
+    """
     version = current_version(con)
     if version > LATEST:
         raise StoreError(
@@ -85,8 +89,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name VARCHAR, applied_ns BIGINT)"
         )
-    for migration in MIGRATIONS:
-        if migration.version <= version:
+    applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+        if migration.version in applied:
             continue
         con.execute("BEGIN TRANSACTION")
         try:
@@ -99,5 +104,4 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         except Exception:
             con.execute("ROLLBACK")
             raise
-        version = migration.version
-    return version
+    return current_version(con)
