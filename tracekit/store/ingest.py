@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from tracekit.capture.spool import FOOTER_KEY, HEADER_KEY, SPOOL_VERSION
+from tracekit.store.sql import one
 from tracekit.errors import SpoolError, TracekitError
 from tracekit.store.db import connect
 from tracekit.store.streams import STREAMS, StreamSpec
 
 Progress = Callable[[int, int, str], None]
 _FOOTER_PREFIX = b'{"' + FOOTER_KEY.encode() + b'"'
-_OTLP_SUFFIXES = (".otlp.json", ".otlp", ".pb", ".binpb", ".otlp.pb")
+_OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp", ".pb", ".binpb", ".otlp.pb")
 
 
 @dataclass
@@ -98,13 +99,13 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Sources:
             for file in sorted(path.rglob("*")):
                 if not file.is_file():
                     continue
-                if file.suffix == ".jsonl":
-                    sources.spool_runs.setdefault(file.parent, []).append(file)
-                elif file.name.endswith(_OTLP_SUFFIXES):
+                if file.name.endswith(_OTLP_SUFFIXES):
                     sources.otlp.append(file)
+                elif file.suffix == ".jsonl":
+                    sources.spool_runs.setdefault(file.parent, []).append(file)
             for manifest in sorted(path.rglob("run.json")):
                 sources.spool_runs.setdefault(manifest.parent, [])
-        elif path.suffix == ".jsonl" or _looks_like_spool(path):
+        elif _looks_like_spool(path) or (path.suffix == ".jsonl" and not path.name.endswith(_OTLP_SUFFIXES)):
             sources.spool_runs.setdefault(path.parent, []).append(path)
         else:
             sources.otlp.append(path)
@@ -333,9 +334,9 @@ def _ingest_spool_file(con: duckdb.DuckDBPyConnection, path: Path, report: Inges
     peek = _peek_header(path)
     prior = None
     if peek is not None:
-        prior = con.execute(
+        prior = one(con, 
             "SELECT offset_bytes, records, ended_ns FROM spool_files WHERE file_id = ?", [peek]
-        ).fetchone()
+        )
     offset, records_before = (int(prior[0]), int(prior[1])) if prior else (0, 0)
     try:
         parsed = parse_spool_file(path, offset, records_before)
@@ -429,10 +430,10 @@ def refresh_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict[str,
         "SELECT host, pid, min(started_ns), max(ended_ns), bool_and(ended_ns IS NOT NULL) "
         "FROM spool_files WHERE run_id = ? AND pid IS NOT NULL GROUP BY host, pid", [run_id]
     ).fetchall()
-    span_bounds = con.execute(
+    span_bounds = one(con, 
         "SELECT min(start_ns), max(end_ns), count(*) FILTER (WHERE parent_id IS NULL AND status = 'error') "
         "FROM spans WHERE run_id = ?", [run_id]
-    ).fetchone() or (None, None, 0)
+    ) or (None, None, 0)
     here = socket.gethostname()
     abrupt = [pid for host, pid, _s, _e, clean in files if not clean and not (host == here and _pid_alive(pid))]
     still_running = [pid for host, pid, _s, _e, clean in files if not clean and host == here and _pid_alive(pid)]
@@ -456,7 +457,7 @@ def refresh_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict[str,
         attributes["exit_code"] = exit_code
     if manifest.get("argv"):
         attributes.setdefault("argv", manifest["argv"])
-    existing = con.execute("SELECT kind, name, attributes FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    existing = one(con, "SELECT kind, name, attributes FROM runs WHERE run_id = ?", [run_id])
     if existing and not manifest:
         kind, name = existing[0], existing[1]
         attributes = {**json.loads(existing[2] or "{}"), **attributes}

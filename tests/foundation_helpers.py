@@ -1,0 +1,78 @@
+"""Helpers shared by the foundation tests (issue 2): run tracekit's CLI and small Python programs as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """An environment with no inherited TRACEKIT_* settings: store and spool under `tmp`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_")}
+    env.update({
+        "TRACEKIT_DB": str(tmp / "store.duckdb"),
+        "TRACEKIT_SPOOL_DIR": str(tmp / "spool"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def cli(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Done:
+    """Run `tracekit ARGS...` in a fresh interpreter, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracekit", *args], cwd=tmp, env=env or clean_env(tmp),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    return Done(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_py(tmp: Path, code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> Done:
+    """Run a small Python program (dedented) in a fresh interpreter with cwd `tmp`."""
+    script = tmp / f"prog_{abs(hash(code)) % 10**8}.py"
+    script.write_text(textwrap.dedent(code))
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp, env=env or clean_env(tmp),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    return Done(proc.returncode, proc.stdout, proc.stderr)
+
+
+def counts(db: Path) -> dict[str, int]:
+    """Row counts of the data tables (what "nothing partial" is checked against)."""
+    if not db.exists():
+        return {}
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {
+            t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "spans", "events", "links", "quarantine", "spool_files")
+        }
+
+
+def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def assert_one_line_error(done: Done) -> None:
+    """The CLI's error contract: exit 2, one `error: ...` line, no traceback."""
+    assert done.code == 2, (done.code, done.out, done.err)
+    assert "Traceback" not in done.err, done.err
+    lines = [ln for ln in done.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.err

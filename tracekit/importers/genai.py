@@ -1,0 +1,287 @@
+"""Agent steps and information edges from span attributes: tracekit's own, OpenTelemetry GenAI, OpenInference.
+
+Works on stored span dicts (``span_id``, ``parent_id``, ``name``, ``status``, decoded ``attributes``),
+so the same mapping serves spans captured live (e.g. by ``openinference-instrumentation-langchain``
+on tracekit's provider) and spans read from OTLP files.
+
+* **OpenTelemetry GenAI**: ``gen_ai.operation.name`` (``invoke_agent``, ``execute_tool``, ``chat``…),
+  ``gen_ai.agent.name``, ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.conversation.id``,
+  ``gen_ai.input.messages`` / ``gen_ai.output.messages``, and the legacy ``gen_ai.system``,
+  ``gen_ai.prompt`` / ``gen_ai.completion`` (also ``gen_ai.prompt.N.content``).
+* **OpenInference**: ``openinference.span.kind`` (AGENT, CHAIN, TOOL, LLM…), ``agent.name``,
+  ``input.value`` / ``output.value``, ``llm.input_messages.N.message.*``, ``graph.node.id`` /
+  ``graph.node.parent_id``, ``tool_call.id`` and LangGraph's ``metadata.langgraph_node``.
+
+Edges derived here: ``graph.node.parent_id`` (declared), a tool call id issued by one step and
+answered by another (declared), and an earlier step's output text found in a later step's input
+(observed: the value was seen flowing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tracekit.capture.agents import (
+    AGENT_ATTR, CONTENT_ATTR, INPUT_ATTR, ROLE_ATTR, STEP_KIND_ATTR, TOOL_ATTR, TOOL_CALL_ID_ATTR,
+)
+
+__all__ = ["agent_step_of", "select_steps", "derive_links", "text_of"]
+
+# OpenTelemetry GenAI semantic conventions
+GENAI_OPERATION = "gen_ai.operation.name"
+GENAI_AGENT_NAME = "gen_ai.agent.name"
+GENAI_TOOL_NAME = "gen_ai.tool.name"
+GENAI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GENAI_CONVERSATION = "gen_ai.conversation.id"
+GENAI_INPUT_MESSAGES = "gen_ai.input.messages"
+GENAI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GENAI_SYSTEM = "gen_ai.system"  # legacy
+GENAI_PROVIDER = "gen_ai.provider.name"
+GENAI_PROMPT = "gen_ai.prompt"  # legacy
+GENAI_COMPLETION = "gen_ai.completion"  # legacy
+GENAI_AGENT_OPS = ("invoke_agent", "create_agent")
+GENAI_TOOL_OPS = ("execute_tool",)
+GENAI_MODEL_OPS = ("chat", "text_completion", "generate_content", "embeddings")
+
+# OpenInference semantic conventions
+OI_KIND = "openinference.span.kind"
+OI_AGENT_NAME = "agent.name"
+OI_INPUT = "input.value"
+OI_OUTPUT = "output.value"
+OI_INPUT_MESSAGES = "llm.input_messages"
+OI_OUTPUT_MESSAGES = "llm.output_messages"
+OI_GRAPH_NODE_ID = "graph.node.id"
+OI_GRAPH_NODE_PARENT = "graph.node.parent_id"
+OI_GRAPH_NODE_NAME = "graph.node.name"
+OI_TOOL_NAME = "tool.name"
+OI_TOOL_CALL_ID = "tool_call.id"
+OI_METADATA = "metadata"
+LANGGRAPH_NODE = "langgraph_node"
+
+MIN_FLOW_TEXT = 16  # an output text shorter than this proves nothing by reappearing
+MAX_FLOW_STEPS = 5000
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _strings(value: Any, out: list[str], depth: int = 0) -> None:
+    if depth > 12:
+        return
+    if isinstance(value, str):
+        parsed = _json(value)
+        if parsed is not value:
+            _strings(parsed, out, depth + 1)
+        elif value.strip():
+            out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("type", "role", "id", "name", "additional_kwargs", "response_metadata", "usage_metadata",
+                       "lc", "tool_call_id", "finish_reason") and not isinstance(item, (dict, list)):
+                continue
+            _strings(item, out, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, out, depth + 1)
+
+
+def text_of(value: Any) -> str:
+    """The human text inside a value: JSON (messages, LangChain states) reduced to its string leaves."""
+    if value is None:
+        return ""
+    out: list[str] = []
+    _strings(value, out)
+    return "\n".join(out)
+
+
+def _indexed(attrs: dict[str, Any], prefix: str, field: str) -> str:
+    """Join ``prefix.N.field`` values (flattened message lists) in N order."""
+    found = []
+    start = prefix + "."
+    for key, value in attrs.items():
+        if key.startswith(start) and key.endswith("." + field):
+            middle = key[len(start):-len(field) - 1]
+            head = middle.split(".", 1)[0]
+            if head.isdigit():
+                found.append((int(head), middle, str(value)))
+    return "\n".join(v for _i, _m, v in sorted(found))
+
+
+def _metadata(attrs: dict[str, Any]) -> dict[str, Any]:
+    meta = _json(attrs.get(OI_METADATA))
+    return meta if isinstance(meta, dict) else {}
+
+
+def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
+    """The agent step a span records (agent, content, input, kind, role, tool_call_id), or None.
+
+    >>> agent_step_of({"name": "x", "attributes": {"gen_ai.operation.name": "invoke_agent",
+    ...                "gen_ai.agent.name": "Critic", "gen_ai.completion": "looks fine"}})["agent"]
+    'Critic'
+    >>> agent_step_of({"name": "y", "attributes": {"http.method": "GET"}}) is None
+    True
+    """
+    attrs = span.get("attributes") or {}
+    if AGENT_ATTR in attrs:
+        return {
+            "agent": str(attrs[AGENT_ATTR]), "content": str(attrs.get(CONTENT_ATTR) or ""),
+            "input": str(attrs.get(INPUT_ATTR) or ""), "kind": str(attrs.get(STEP_KIND_ATTR) or "step"),
+            "role": str(attrs.get(ROLE_ATTR) or ""), "tool_call_id": str(attrs.get(TOOL_CALL_ID_ATTR) or ""),
+            "tool": str(attrs.get(TOOL_ATTR) or ""),
+        }
+    op = attrs.get(GENAI_OPERATION)
+    if op is not None:
+        op = str(op)
+        if op in GENAI_TOOL_OPS:
+            agent = f"tool:{attrs.get(GENAI_TOOL_NAME) or span.get('name')}"
+            kind = "tool_result"
+        elif op in GENAI_AGENT_OPS:
+            agent, kind = str(attrs.get(GENAI_AGENT_NAME) or span.get("name")), "step"
+        else:
+            agent = str(attrs.get(GENAI_AGENT_NAME) or attrs.get(GENAI_PROVIDER) or attrs.get(GENAI_SYSTEM) or "model")
+            kind = "model"
+        content = text_of(attrs.get(GENAI_OUTPUT_MESSAGES)) or str(attrs.get(GENAI_COMPLETION) or "") \
+            or _indexed(attrs, GENAI_COMPLETION, "content") or text_of(attrs.get("gen_ai.tool.call.result"))
+        inp = text_of(attrs.get(GENAI_INPUT_MESSAGES)) or str(attrs.get(GENAI_PROMPT) or "") \
+            or _indexed(attrs, GENAI_PROMPT, "content") or text_of(attrs.get("gen_ai.tool.call.arguments"))
+        return {"agent": agent, "content": content, "input": inp, "kind": kind, "role": op,
+                "tool_call_id": str(attrs.get(GENAI_TOOL_CALL_ID) or ""), "conversation": attrs.get(GENAI_CONVERSATION)}
+    oi_kind = attrs.get(OI_KIND)
+    if oi_kind is None:
+        return None
+    oi_kind = str(oi_kind).upper()
+    meta = _metadata(attrs)
+    content = text_of(attrs.get(OI_OUTPUT)) or _indexed(attrs, OI_OUTPUT_MESSAGES, "message.content")
+    inp = text_of(attrs.get(OI_INPUT)) or _indexed(attrs, OI_INPUT_MESSAGES, "message.content")
+    if oi_kind == "TOOL":
+        return {"agent": f"tool:{attrs.get(OI_TOOL_NAME) or span.get('name')}", "content": content, "input": inp,
+                "kind": "tool_result", "role": "TOOL", "tool_call_id": str(attrs.get(OI_TOOL_CALL_ID) or "")}
+    agent = attrs.get(OI_AGENT_NAME) or attrs.get(OI_GRAPH_NODE_NAME)
+    if agent is None and meta.get(LANGGRAPH_NODE) == span.get("name"):
+        agent = meta[LANGGRAPH_NODE]  # a LangGraph node's own span
+    if agent is None and oi_kind == "AGENT":
+        agent = span.get("name")
+    if agent is None:
+        if oi_kind == "LLM":
+            return {"agent": str(meta.get(LANGGRAPH_NODE) or span.get("name")), "content": content, "input": inp,
+                    "kind": "model", "role": "LLM", "tool_call_id": ""}
+        return None
+    return {"agent": str(agent), "content": content, "input": inp, "kind": "step", "role": oi_kind,
+            "tool_call_id": ""}
+
+
+def select_steps(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The spans that are agent steps: model calls count only when no enclosing span is already a step
+    (a model call inside an agent's step is part of that step)."""
+    by_id = {s["span_id"]: s for s in spans}
+    found = {s["span_id"]: agent_step_of(s) for s in spans}
+    chosen = []
+    for span in spans:
+        step = found[span["span_id"]]
+        if step is None:
+            continue
+        if step["kind"] == "model":
+            parent, inside = span.get("parent_id"), False
+            for _ in range(64):
+                if parent is None or parent not in by_id:
+                    break
+                if found.get(parent) is not None and found[parent]["kind"] != "model":
+                    inside = True
+                    break
+                parent = by_id[parent].get("parent_id")
+            if inside:
+                continue
+        chosen.append(span)
+    return chosen
+
+
+def _tool_calls_issued(attrs: dict[str, Any]) -> set[str]:
+    """Tool-call ids a span's output asked for (OpenInference flattened messages or GenAI output JSON)."""
+    ids = {str(v) for k, v in attrs.items()
+           if k.startswith(OI_OUTPUT_MESSAGES + ".") and k.endswith("tool_call.id")}
+    out = _json(attrs.get(GENAI_OUTPUT_MESSAGES))
+    stack = [out, _json(attrs.get(OI_OUTPUT))]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in ("tool_calls",):
+                for call in item.get(key) or []:
+                    if isinstance(call, dict) and call.get("id"):
+                        ids.add(str(call["id"]))
+            if item.get("type") == "tool_call" and item.get("id"):
+                ids.add(str(item["id"]))
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return ids
+
+
+def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Edges between the run's agent steps derived from span attributes (see the module docstring)."""
+    steps = select_steps(spans)
+    step_ids = {s["span_id"] for s in steps}
+    by_id = {s["span_id"]: s for s in spans}
+    links: list[dict[str, Any]] = []
+
+    def link(src: str, dst: str, relation: str, provenance: str, confidence: float) -> None:
+        if src != dst:
+            links.append({"src_span_id": src, "dst_span_id": dst, "relation": relation,
+                          "provenance": provenance, "confidence": confidence})
+
+    def owning_step(span_id: str | None) -> str | None:
+        for _ in range(64):
+            if span_id is None or span_id not in by_id:
+                return None
+            if span_id in step_ids:
+                return span_id
+            span_id = by_id[span_id].get("parent_id")
+        return None
+
+    # graph.node.parent_id (declared)
+    node_span = {}
+    for s in spans:
+        node_id = (s.get("attributes") or {}).get(OI_GRAPH_NODE_ID)
+        if node_id is not None:
+            node_span.setdefault(str(node_id), owning_step(s["span_id"]) or s["span_id"])
+    for s in steps:
+        parent = (s.get("attributes") or {}).get(OI_GRAPH_NODE_PARENT)
+        if parent is not None and str(parent) in node_span:
+            link(node_span[str(parent)], s["span_id"], "graph_parent", "declared", 1.0)
+    # tool-call ids (declared): the step that issued the call -> the tool step answering it
+    issued: dict[str, str] = {}
+    for s in spans:
+        owner = owning_step(s["span_id"])
+        if owner is None:
+            continue
+        attrs = s.get("attributes") or {}
+        for call_id in _tool_calls_issued(attrs):
+            issued.setdefault(call_id, owner)
+    for s in steps:
+        attrs = s.get("attributes") or {}
+        call_id = attrs.get(OI_TOOL_CALL_ID) or attrs.get(GENAI_TOOL_CALL_ID) or attrs.get(TOOL_CALL_ID_ATTR)
+        if call_id and str(call_id) in issued:
+            link(issued[str(call_id)], s["span_id"], "tool_result", "declared", 1.0)
+    # observed: an earlier step's output text inside a later step's input
+    infos = [(s, agent_step_of(s) or {}) for s in steps[:MAX_FLOW_STEPS]]
+    order = sorted(infos, key=lambda si: (si[0].get("start_ns") or 0))
+    outputs: list[tuple[str, list[str], int]] = []  # span id, output pieces, end time
+    for s, info in order:
+        if AGENT_ATTR in (s.get("attributes") or {}):
+            continue  # tracekit's own capture records its observed edges itself
+        inp = info.get("input") or ""
+        if inp:
+            for src, pieces, end in outputs:
+                if end <= (s.get("start_ns") or 0) and any(p in inp for p in pieces):
+                    link(src, s["span_id"], "consumes", "observed", 0.9)
+        pieces = [p.strip() for p in (info.get("content") or "").split("\n") if len(p.strip()) >= MIN_FLOW_TEXT]
+        if pieces:
+            outputs.append((s["span_id"], pieces[:32], s.get("end_ns") or 0))
+    return links

@@ -1,0 +1,693 @@
+"""OTLP trace files (JSON encoding of ExportTraceServiceRequest, JSON lines, or protobuf) read and loaded as runs.
+
+Reading (`read_otlp`) turns a file into plain, frozen records — `ResourceSpans` holding `OtlpSpan`s
+with hex ids, int nanoseconds and decoded attribute values — so other importers (GenAI /
+OpenInference mapping) can reuse it. Loading (`ingest_otlp_file`, called by `tracekit ingest`)
+converts them into the spool's span records (``tracekit.store.streams.SPANS``) and bulk-loads each
+file in one transaction: every good span, or nothing. A span that cannot be converted (bad id,
+missing time) is quarantined with its span id; a file that is neither OTLP JSON nor OTLP protobuf
+is rejected whole.
+
+Run identity: the resource attribute ``tracekit.run_id`` if present, else an id derived from the
+file's content hash, so ingesting the same file twice adds nothing (the file is recorded in
+``spool_files`` under ``otlp:<sha256>``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import SpoolError
+from tracekit.importers import conventions as conv
+
+__all__ = [
+    "OtlpEvent", "OtlpLink", "OtlpSpan", "BadSpan", "ResourceSpans", "OtlpFile",
+    "read_otlp", "parse_otlp", "span_record", "run_identity", "ingest_otlp_file", "SPAN_MAPPERS",
+]
+
+_KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+_KIND_NAMES = {
+    "SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3, "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5,
+}
+_STATUSES = {0: "unset", 1: "ok", 2: "error"}
+_STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+_OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp.pb", ".otlp.binpb", ".json", ".jsonl", ".pb", ".binpb", ".otlp")
+
+
+# ---------------------------------------------------------------------------------------------
+# the records a reader produces
+
+
+@dataclass(frozen=True)
+class OtlpEvent:
+    ts_ns: int
+    name: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OtlpLink:
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OtlpSpan:
+    """One OTLP span, decoded: lowercase hex ids, int nanoseconds, attribute values as Python values."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str  # internal, server, client, producer, consumer
+    start_ns: int
+    end_ns: int
+    status: str  # unset, ok, error
+    status_message: str | None
+    attributes: dict[str, Any]
+    events: tuple[OtlpEvent, ...] = ()
+    links: tuple[OtlpLink, ...] = ()
+    scope_name: str | None = None
+    scope_version: str | None = None
+
+
+@dataclass(frozen=True)
+class BadSpan:
+    """A span that could not be decoded; quarantined with its id (when it had a readable one)."""
+
+    index: int  # position of the span in the file (0-based, over all resources and scopes)
+    span_id: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class ResourceSpans:
+    """The spans one resource (one process / service) exported, with the resource's attributes."""
+
+    attributes: dict[str, Any]
+    spans: tuple[OtlpSpan, ...]
+    bad: tuple[BadSpan, ...] = ()
+
+    @property
+    def service_name(self) -> str | None:
+        value = self.attributes.get(conv.SERVICE_NAME)
+        return str(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class OtlpFile:
+    """A whole OTLP file: its resources, how it was encoded, and its content hash."""
+
+    source: str
+    encoding: str  # json, jsonl or protobuf
+    sha256: str
+    size: int
+    resources: tuple[ResourceSpans, ...]
+    torn_bytes: int = 0  # JSON lines: an unfinished last line, skipped
+
+    @property
+    def span_count(self) -> int:
+        return sum(len(r.spans) for r in self.resources)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding helpers (shared by the JSON and protobuf readers)
+
+
+class _BadValue(ValueError):
+    pass
+
+
+def _hex_id(raw: Any, nbytes: int, what: str, *, optional: bool = False) -> str | None:
+    """An id as lowercase hex. OTLP/JSON uses hex; protobuf's own JSON mapping uses base64: accept both."""
+    if raw is None or raw == "" or raw == b"":
+        if optional:
+            return None
+        raise _BadValue(f"{what} is missing")
+    if isinstance(raw, (bytes, bytearray)):
+        value = bytes(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if len(text) == 2 * nbytes and all(c in "0123456789abcdefABCDEF" for c in text):
+            value = bytes.fromhex(text)
+        else:
+            try:
+                value = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise _BadValue(f"{what} {raw!r} is neither hex nor base64") from None
+    else:
+        raise _BadValue(f"{what} has the wrong type ({type(raw).__name__})")
+    if len(value) != nbytes:
+        raise _BadValue(f"{what} has {len(value)} bytes, expected {nbytes}")
+    if not any(value):
+        if optional:
+            return None
+        raise _BadValue(f"{what} is all zeros (invalid)")
+    return value.hex()
+
+
+def _nanos(raw: Any, what: str) -> int:
+    """int64 nanoseconds: a JSON number or (proto3 JSON) a decimal string."""
+    if isinstance(raw, bool):
+        raise _BadValue(f"{what} is a boolean")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        value = int(raw)
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    else:
+        raise _BadValue(f"{what} is missing or not an integer ({raw!r})")
+    if value <= 0:
+        raise _BadValue(f"{what} is {value}, not a time")
+    return value
+
+
+def _enum(raw: Any, names: dict[str, int], default: int) -> int:
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        raise _BadValue(f"enum value {raw!r} is a boolean")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        if raw in names:
+            return names[raw]
+        if raw.isdigit():
+            return int(raw)
+    raise _BadValue(f"unknown enum value {raw!r}")
+
+
+def _get(obj: dict[str, Any], camel: str, snake: str, default: Any = None) -> Any:
+    """proto3 JSON parsers accept both the lowerCamelCase and the original field name."""
+    if camel in obj:
+        return obj[camel]
+    return obj.get(snake, default)
+
+
+def _list(obj: dict[str, Any], camel: str, snake: str) -> list[Any]:
+    value = _get(obj, camel, snake)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _BadValue(f"{camel} is not a list")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON (proto3 JSON mapping of ExportTraceServiceRequest, as OTLP/HTTP JSON and the collector's file exporter write)
+
+
+def _json_any(value: Any) -> Any:
+    if not isinstance(value, dict) or not value:
+        return None
+    if "stringValue" in value or "string_value" in value:
+        return str(_get(value, "stringValue", "string_value"))
+    if "boolValue" in value or "bool_value" in value:
+        return bool(_get(value, "boolValue", "bool_value"))
+    if "intValue" in value or "int_value" in value:
+        raw = _get(value, "intValue", "int_value")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise _BadValue(f"intValue {raw!r} is not an integer") from None
+    if "doubleValue" in value or "double_value" in value:
+        raw = _get(value, "doubleValue", "double_value")
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise _BadValue(f"doubleValue {raw!r} is not a number") from None
+        return number if math.isfinite(number) else str(number)
+    if "arrayValue" in value or "array_value" in value:
+        array = _get(value, "arrayValue", "array_value") or {}
+        return [_json_any(v) for v in (array.get("values") or [])]
+    if "kvlistValue" in value or "kvlist_value" in value:
+        return _json_attrs((_get(value, "kvlistValue", "kvlist_value") or {}).get("values") or [])
+    if "bytesValue" in value or "bytes_value" in value:
+        raw = _get(value, "bytesValue", "bytes_value")
+        try:
+            return base64.b64decode(raw).hex()
+        except (binascii.Error, TypeError, ValueError):
+            raise _BadValue("bytesValue is not base64") from None
+    return None
+
+
+def _json_attrs(items: Any) -> dict[str, Any]:
+    if not items:
+        return {}
+    if not isinstance(items, list):
+        raise _BadValue("attributes is not a list of {key, value}")
+    out: dict[str, Any] = {}
+    for kv in items:
+        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str):
+            raise _BadValue(f"attribute {kv!r} has no string key")
+        out[kv["key"]] = _json_any(kv.get("value"))
+    return out
+
+
+def _json_span(obj: Any, scope: tuple[str | None, str | None]) -> OtlpSpan:
+    if not isinstance(obj, dict):
+        raise _BadValue(f"a span is a {type(obj).__name__}, not an object")
+    status = _get(obj, "status", "status", None) or {}
+    if not isinstance(status, dict):
+        raise _BadValue("status is not an object")
+    name = obj.get("name")
+    if not isinstance(name, str):
+        raise _BadValue("name is missing")
+    events = tuple(
+        OtlpEvent(
+            _nanos(_get(e, "timeUnixNano", "time_unix_nano"), "event time"),
+            str(e.get("name") or ""),
+            _json_attrs(e.get("attributes")),
+        )
+        for e in _list(obj, "events", "events")
+    )
+    links = tuple(
+        OtlpLink(
+            _hex_id(_get(lk, "traceId", "trace_id"), 16, "link traceId") or "",
+            _hex_id(_get(lk, "spanId", "span_id"), 8, "link spanId") or "",
+            _json_attrs(lk.get("attributes")),
+        )
+        for lk in _list(obj, "links", "links")
+    )
+    message = status.get("message")
+    return OtlpSpan(
+        trace_id=_hex_id(_get(obj, "traceId", "trace_id"), 16, "traceId") or "",
+        span_id=_hex_id(_get(obj, "spanId", "span_id"), 8, "spanId") or "",
+        parent_id=_hex_id(_get(obj, "parentSpanId", "parent_span_id"), 8, "parentSpanId", optional=True),
+        name=name,
+        kind=_KINDS.get(_enum(obj.get("kind"), _KIND_NAMES, 0), "internal"),
+        start_ns=_nanos(_get(obj, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"),
+        end_ns=_nanos(_get(obj, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"),
+        status=_STATUSES.get(_enum(status.get("code"), _STATUS_NAMES, 0), "unset"),
+        status_message=str(message) if message else None,
+        attributes=_json_attrs(obj.get("attributes")),
+        events=events,
+        links=links,
+        scope_name=scope[0],
+        scope_version=scope[1],
+    )
+
+
+def _raw_span_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        raw = _get(obj, "spanId", "span_id")
+        return str(raw)[:64] if raw not in (None, "") else None
+    return None
+
+
+def _json_resources(requests: list[dict[str, Any]]) -> list[ResourceSpans]:
+    resources: list[ResourceSpans] = []
+    index = 0
+    for request in requests:
+        for rs in _list(request, "resourceSpans", "resource_spans"):
+            if not isinstance(rs, dict):
+                raise _BadValue("a resourceSpans entry is not an object")
+            resource = rs.get("resource") or {}
+            attrs = _json_attrs(resource.get("attributes") if isinstance(resource, dict) else None)
+            spans: list[OtlpSpan] = []
+            bad: list[BadSpan] = []
+            scopes = _list(rs, "scopeSpans", "scope_spans") or _list(
+                rs, "instrumentationLibrarySpans", "instrumentation_library_spans")
+            for ss in scopes:
+                if not isinstance(ss, dict):
+                    raise _BadValue("a scopeSpans entry is not an object")
+                scope = ss.get("scope") or ss.get("instrumentationLibrary") or {}
+                scope_key = (scope.get("name") or None, scope.get("version") or None) if isinstance(scope, dict) else (None, None)
+                for raw in _list(ss, "spans", "spans"):
+                    try:
+                        spans.append(_json_span(raw, scope_key))
+                    except _BadValue as exc:
+                        bad.append(BadSpan(index, _raw_span_id(raw), str(exc)))
+                    index += 1
+            resources.append(ResourceSpans(attrs, tuple(spans), tuple(bad)))
+    return resources
+
+
+def _is_request(obj: Any) -> bool:
+    return isinstance(obj, dict) and ("resourceSpans" in obj or "resource_spans" in obj)
+
+
+def _parse_json(data: bytes, source: str) -> tuple[str, list[dict[str, Any]], int]:
+    """(encoding, requests, torn bytes); raises SpoolError when the text is not OTLP JSON."""
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError:
+        raise SpoolError(f"{source}: neither OTLP JSON (not UTF-8 text) nor OTLP protobuf; nothing was loaded") from None
+    except ValueError as whole_error:
+        return _parse_json_lines(data, source, whole_error)
+    requests = doc if isinstance(doc, list) else [doc]
+    if not requests or not all(_is_request(r) for r in requests):
+        raise SpoolError(
+            f"{source}: JSON, but not an OTLP trace export (expected an object with 'resourceSpans'); "
+            "nothing was loaded"
+        )
+    return "json", requests, 0
+
+
+def _parse_json_lines(data: bytes, source: str, whole_error: ValueError) -> tuple[str, list[dict[str, Any]], int]:
+    lines = data.split(b"\n")
+    torn = 0
+    if not data.endswith(b"\n") and len(lines) > 1:
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            torn = len(lines[-1])  # the writer was stopped mid-line: skip it, report it
+            lines = lines[:-1]
+    requests: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            if len([ln for ln in lines if ln.strip()]) <= 1:
+                raise SpoolError(f"{source}: not valid OTLP JSON ({whole_error}); nothing was loaded") from None
+            raise SpoolError(f"{source}: line {number} is not valid JSON; nothing was loaded from this file") from None
+        if not _is_request(obj):
+            raise SpoolError(f"{source}: line {number} is not an OTLP trace export (no 'resourceSpans'); nothing was loaded")
+        requests.append(obj)
+    if not requests:
+        raise SpoolError(f"{source}: not valid OTLP JSON ({whole_error}); nothing was loaded")
+    return "jsonl", requests, torn
+
+
+# ---------------------------------------------------------------------------------------------
+# protobuf (opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest, or TracesData: same wire format)
+
+
+def _pb_any(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_pb_any(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return _pb_attrs(value.kvlist_value.values)
+    if which == "bytes_value":
+        return value.bytes_value.hex()
+    if which == "double_value":
+        number = value.double_value
+        return number if math.isfinite(number) else str(number)
+    return getattr(value, which)
+
+
+def _pb_attrs(items: Iterable[Any]) -> dict[str, Any]:
+    return {kv.key: _pb_any(kv.value) for kv in items}
+
+
+def _pb_span(sp: Any, scope: tuple[str | None, str | None]) -> OtlpSpan:
+    return OtlpSpan(
+        trace_id=_hex_id(sp.trace_id, 16, "trace_id") or "",
+        span_id=_hex_id(sp.span_id, 8, "span_id") or "",
+        parent_id=_hex_id(sp.parent_span_id, 8, "parent_span_id", optional=True),
+        name=sp.name,
+        kind=_KINDS.get(int(sp.kind), "internal"),
+        start_ns=_nanos(int(sp.start_time_unix_nano), "start_time_unix_nano"),
+        end_ns=_nanos(int(sp.end_time_unix_nano), "end_time_unix_nano"),
+        status=_STATUSES.get(int(sp.status.code), "unset"),
+        status_message=sp.status.message or None,
+        attributes=_pb_attrs(sp.attributes),
+        events=tuple(OtlpEvent(_nanos(int(e.time_unix_nano), "event time"), e.name, _pb_attrs(e.attributes))
+                     for e in sp.events),
+        links=tuple(OtlpLink(_hex_id(lk.trace_id, 16, "link trace_id") or "",
+                             _hex_id(lk.span_id, 8, "link span_id") or "", _pb_attrs(lk.attributes))
+                    for lk in sp.links),
+        scope_name=scope[0],
+        scope_version=scope[1],
+    )
+
+
+def _parse_protobuf(data: bytes, source: str) -> list[ResourceSpans]:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise SpoolError(
+            f"{source}: neither OTLP JSON nor OTLP protobuf: protobuf decoding failed ({exc}); "
+            "the file is truncated or of another format, nothing was loaded"
+        ) from None
+    if not request.resource_spans:
+        raise SpoolError(
+            f"{source}: neither OTLP JSON nor OTLP protobuf: it holds no resource spans; nothing was loaded"
+        )
+    resources: list[ResourceSpans] = []
+    index = 0
+    for rs in request.resource_spans:
+        spans: list[OtlpSpan] = []
+        bad: list[BadSpan] = []
+        for ss in rs.scope_spans:
+            scope_key = (ss.scope.name or None, ss.scope.version or None)
+            for sp in ss.spans:
+                try:
+                    spans.append(_pb_span(sp, scope_key))
+                except _BadValue as exc:
+                    bad.append(BadSpan(index, sp.span_id.hex() or None, str(exc)))
+                index += 1
+        resources.append(ResourceSpans(_pb_attrs(rs.resource.attributes), tuple(spans), tuple(bad)))
+    return resources
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def parse_otlp(data: bytes, source: str = "<bytes>") -> OtlpFile:
+    """Decode OTLP trace bytes (JSON, JSON lines or protobuf). Raises SpoolError for input to reject whole."""
+    digest = hashlib.sha256(data).hexdigest()
+    if not data.strip():
+        raise SpoolError(f"{source}: the file is empty; nothing was loaded")
+    if data.lstrip()[:1] in (b"{", b"["):
+        encoding, requests, torn = _parse_json(data, source)
+        try:
+            resources = _json_resources(requests)
+        except _BadValue as exc:
+            raise SpoolError(f"{source}: malformed OTLP JSON ({exc}); nothing was loaded") from None
+        return OtlpFile(source, encoding, digest, len(data), tuple(resources), torn)
+    return OtlpFile(source, "protobuf", digest, len(data), tuple(_parse_protobuf(data, source)))
+
+
+def read_otlp(path: str | Path) -> OtlpFile:
+    """Read one OTLP trace file into `ResourceSpans` records (``.resources``); SpoolError if unreadable.
+
+    >>> import json, pathlib, tempfile
+    >>> doc = {"resourceSpans": [{"resource": {"attributes": [
+    ...     {"key": "service.name", "value": {"stringValue": "orders"}}]},
+    ...   "scopeSpans": [{"spans": [{"traceId": "0af7651916cd43dd8448eb211c80319c",
+    ...     "spanId": "b7ad6b7169203331", "name": "GET /orders", "kind": 2,
+    ...     "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000500000000",
+    ...     "status": {"code": 2, "message": "boom"}}]}]}]}
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "orders.otlp.json"
+    >>> _ = path.write_text(json.dumps(doc))
+    >>> f = read_otlp(path)
+    >>> f.resources[0].service_name, f.resources[0].spans[0].kind, f.resources[0].spans[0].status
+    ('orders', 'server', 'error')
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return parse_otlp(data, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion to spool records
+
+
+def _attrs_json(attributes: dict[str, Any]) -> str:
+    return json.dumps(attributes, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def default_node(resource: ResourceSpans) -> str:
+    """The node a resource's spans are blamed on: ``tracekit.node``, else ``service:<service.name>``."""
+    node = resource.attributes.get(conv.NODE)
+    if node not in (None, ""):
+        return str(node)
+    return f"service:{resource.service_name or conv.UNKNOWN_SERVICE}"
+
+
+def span_record(span: OtlpSpan, resource: ResourceSpans) -> dict[str, Any]:
+    """One decoded OTLP span as the spool's span record (see tracekit/store/streams.py SPANS)."""
+    attributes = dict(span.attributes)
+    node = attributes.pop(conv.NODE, None)
+    attributes.pop(conv.RUN_ID, None)
+    record: dict[str, Any] = {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_id": span.parent_id,
+        "name": span.name,
+        "node": str(node) if node not in (None, "") else default_node(resource),
+        "kind": span.kind,
+        "start_ns": span.start_ns,
+        "end_ns": span.end_ns,
+        "status": span.status,
+        "status_message": span.status_message,
+        "attributes": _attrs_json(attributes),
+        "events": [
+            {"ts_ns": e.ts_ns, "name": e.name, "attributes": _attrs_json(e.attributes)} for e in span.events
+        ] or None,
+    }
+    return record
+
+
+# Hooks run on every converted span record, in order: ``mapper(span, resource, record)`` may rewrite
+# the record in place (node, attributes) — e.g. a GenAI / OpenInference mapping naming agents.
+SpanMapper = Callable[[OtlpSpan, ResourceSpans, dict[str, Any]], None]
+SPAN_MAPPERS: list[SpanMapper] = []
+
+
+def _stem(source: str) -> str:
+    name = Path(source).name
+    for suffix in _OTLP_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
+def run_identity(otlp: OtlpFile, resource: ResourceSpans) -> tuple[str, str, str]:
+    """(run_id, name, kind) of a resource's spans.
+
+    ``tracekit.run_id`` on the resource names the run (its name is ``tracekit.run_name`` or
+    ``service.name``); otherwise the run is the file itself: an id derived from the content hash
+    and the file's stem as its name.
+    """
+    from tracekit.config import RUN_KINDS
+
+    kind = str(resource.attributes.get(conv.RUN_KIND) or "service")
+    if kind not in RUN_KINDS:
+        kind = "service"
+    run_id = resource.attributes.get(conv.RUN_ID)
+    if isinstance(run_id, str) and run_id.strip():
+        name = resource.attributes.get(conv.RUN_NAME) or resource.service_name or run_id[:12]
+        return run_id.strip().lower(), str(name), kind
+    return otlp.sha256[:32], str(resource.attributes.get(conv.RUN_NAME) or _stem(otlp.source)), kind
+
+
+# ---------------------------------------------------------------------------------------------
+# loading (the store side; only called from tracekit.store.ingest, inside the single writer)
+
+
+@dataclass
+class _RunBatch:
+    name: str
+    kind: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+
+
+def _batches(otlp: OtlpFile) -> tuple[dict[str, _RunBatch], list[tuple[str, BadSpan]]]:
+    runs: dict[str, _RunBatch] = {}
+    bad: list[tuple[str, BadSpan]] = []
+    for resource in otlp.resources:
+        run_id, name, kind = run_identity(otlp, resource)
+        batch = runs.setdefault(run_id, _RunBatch(name, kind))
+        if resource.attributes and len(batch.resources) < 16 and resource.attributes not in batch.resources:
+            batch.resources.append(resource.attributes)
+        pid = resource.attributes.get(conv.PROCESS_PID)
+        if isinstance(pid, int) and batch.pid is None:
+            batch.pid = pid
+        for span in resource.spans:
+            record = span_record(span, resource)
+            for mapper in SPAN_MAPPERS:
+                mapper(span, resource, record)
+            batch.records.append(record)
+            for link in span.links:
+                batch.links.append({
+                    "src_span_id": link.span_id, "dst_span_id": span.span_id,
+                    "relation": conv.OTEL_LINK_RELATION, "provenance": conv.OTEL_LINK_PROVENANCE,
+                    "confidence": 1.0, "attributes": _attrs_json({"trace_id": link.trace_id, **link.attributes}),
+                })
+        bad.extend((run_id, b) for b in resource.bad)
+    return runs, bad
+
+
+def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
+    """Load one OTLP file into the store in one transaction; returns a run id (None if rejected).
+
+    Called by ``tracekit.store.ingest.ingest_paths``; ``report`` is its ``IngestReport``.
+    """
+    from tracekit.store.ingest import Quarantined, load_table, refresh_run, rows_to_table
+    from tracekit.store.streams import LINKS, SPANS
+
+    path = Path(path)
+    try:
+        otlp = read_otlp(path)
+    except SpoolError as exc:
+        report.rejected.append((str(path), str(exc)))
+        return None
+    file_id = f"otlp:{otlp.sha256}"
+    if con.execute("SELECT 1 FROM spool_files WHERE file_id = ?", [file_id]).fetchone():
+        report.unchanged_files += 1
+        return None
+    if otlp.torn_bytes:
+        report.torn.append((str(path), otlp.torn_bytes))
+    runs, bad = _batches(otlp)
+    quarantined = [
+        (run_id, Quarantined(str(path), None, b.span_id, f"span #{b.index}: {b.error}")) for run_id, b in bad
+    ]
+    loaded = 0
+    starts: list[int] = []
+    ends: list[int] = []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for run_id, batch in runs.items():
+            table, more_bad = rows_to_table(batch.records, SPANS, source=str(path), first_line=0)
+            for q in more_bad:
+                q.line = None
+            quarantined.extend((run_id, q) for q in more_bad)
+            loaded += load_table(con, SPANS, table, run_id=run_id, pid=batch.pid,
+                                 default_node=f"service:{conv.UNKNOWN_SERVICE}")
+            if batch.links:
+                links, _ = rows_to_table(batch.links, LINKS, source=str(path), first_line=0)
+                load_table(con, LINKS, links, run_id=run_id)
+            if table.num_rows:
+                starts.append(min(table.column("start_ns").to_pylist()))
+                ends.append(max(table.column("end_ns").to_pylist()))
+            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            manifest = None if existing else {
+                "run_id": run_id, "name": batch.name, "kind": batch.kind,
+                "started_ns": min(starts[-1:] or [0]) or None,
+                "ended_ns": max(ends[-1:] or [0]) or None,
+                "attributes": {"source": str(path.absolute()), "format": f"otlp-{otlp.encoding}",
+                               "resources": batch.resources},
+            }
+            refresh_run(con, run_id, manifest)
+        now = time.time_ns()
+        for run_id, q in quarantined:
+            con.execute(
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [run_id, q.source, q.line, q.record_id, q.error, None, now],
+            )
+        first_run = next(iter(runs), None)
+        con.execute(
+            "INSERT OR REPLACE INTO spool_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [file_id, first_run, "otlp", str(path.absolute()), None, None, None,
+             min(starts) if starts else None, max(ends) if ends else None,
+             otlp.size, loaded + len(quarantined), otlp.torn_bytes, time.time_ns()],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    report.files += 1
+    report.records += loaded
+    report.runs.update(runs)
+    report.quarantined.extend(q for _run, q in quarantined)
+    return first_run

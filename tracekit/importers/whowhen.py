@@ -1,0 +1,125 @@
+"""Who&When importer: each failed multi-agent log becomes one run of kind "agents", each history entry a step span.
+
+The benchmark (ICML 2025) labels each log with the responsible agent (``mistake_agent``) and the
+decisive step (``mistake_step``, a 0-based index into ``history``). The agent of an entry is its
+``role`` in the Hand-Crafted (Magentic-One) logs — ``"Orchestrator (thought)"`` is agent
+``Orchestrator`` — and its ``name`` in the Algorithm-Generated ones. The question, the ground truth
+and the labels are kept on the run's attributes. Importing the same file again replaces its run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracekit.capture.agents import AGENT_ATTR, CONTENT_ATTR, ROLE_ATTR, STEP_ATTR, STEP_KIND_ATTR
+from tracekit.errors import TracekitError
+
+__all__ = ["load_log", "import_whowhen", "agent_of", "ImportReport"]
+
+BASE_NS = 1_700_000_000 * 10**9  # logs carry no times: steps are placed 1 ms apart from here
+STEP_NS = 1_000_000
+_QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
+
+
+@dataclass
+class ImportReport:
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": len(self.runs), "steps": sum(r["steps"] for r in self.runs),
+                "imported": self.runs, "skipped": self.skipped}
+
+
+def agent_of(entry: dict[str, Any]) -> str:
+    """The agent of one history entry: ``name`` if present, else ``role`` without its ``(...)`` qualifier."""
+    name = entry.get("name")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    role = str(entry.get("role") or "unknown").strip()
+    return _QUALIFIER.sub("", role) or role
+
+
+def _hex(text: str, n: int) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=n // 2).hexdigest()
+
+
+def load_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One log file -> (run row, step span records). Raises TracekitError for a file that is not a log."""
+    path = Path(path)
+    try:
+        log = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TracekitError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(log, dict) or not isinstance(log.get("history"), list):
+        raise TracekitError(f"{path}: not a Who&When log (no 'history' list)")
+    history = [h for h in log["history"] if isinstance(h, dict)]
+    subset = path.parent.name
+    key = f"whowhen:{subset}:{path.stem}:{log.get('question_ID', '')}"
+    run_id = _hex(key, 32)
+    trace_id = run_id
+    spans = []
+    for i, entry in enumerate(history):
+        agent = agent_of(entry)
+        attrs = {
+            AGENT_ATTR: agent, STEP_ATTR: i, STEP_KIND_ATTR: "message",
+            ROLE_ATTR: str(entry.get("role") or ""), CONTENT_ATTR: str(entry.get("content") or ""),
+        }
+        spans.append({
+            "trace_id": trace_id, "span_id": _hex(f"{key}:{i}", 16), "parent_id": None,
+            "name": f"step {i}: {entry.get('role') or agent}", "node": f"agent:{agent}", "kind": "internal",
+            "start_ns": BASE_NS + i * STEP_NS, "end_ns": BASE_NS + (i + 1) * STEP_NS - 1,
+            "status": "unset", "status_message": None, "attributes": json.dumps(attrs, ensure_ascii=False),
+        })
+    attributes = {k: v for k, v in log.items() if k != "history" and isinstance(v, (str, int, float, bool))}
+    attributes["source"] = "whowhen"
+    attributes["subset"] = subset
+    attributes["file"] = path.name
+    if str(log.get("mistake_step", "")).strip().lstrip("-").isdigit():
+        attributes["mistake_step"] = int(str(log["mistake_step"]).strip())
+    run = {
+        "run_id": run_id, "kind": "agents", "name": f"whowhen-{subset}-{path.stem}",
+        "started_ns": BASE_NS, "ended_ns": BASE_NS + len(history) * STEP_NS, "status": "error",
+        "attributes": attributes,
+    }
+    return run, spans
+
+
+def log_files(directory: str | os.PathLike[str]) -> list[Path]:
+    root = Path(directory)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise TracekitError(f"{root} does not exist: give a Who&When directory (e.g. Hand-Crafted) or a log file")
+    files = sorted(root.rglob("*.json"), key=lambda p: (len(p.stem), p.stem))
+    if not files:
+        raise TracekitError(f"{root} holds no .json logs")
+    return files
+
+
+def import_whowhen(directory: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> ImportReport:
+    """Import every log under `directory` into the store (one run per log; idempotent)."""
+    from tracekit.store.agents import replace_run
+    from tracekit.store.db import connect
+
+    report = ImportReport()
+    files = log_files(directory)
+    con = connect(db)
+    try:
+        for path in files:
+            try:
+                run, spans = load_log(path)
+            except TracekitError as exc:
+                report.skipped.append({"file": str(path), "error": str(exc)})
+                continue
+            replace_run(con, run, spans)
+            report.runs.append({"run_id": run["run_id"], "name": run["name"], "steps": len(spans)})
+    finally:
+        con.close()
+    return report
