@@ -12,6 +12,7 @@ from opentelemetry import trace as otel_trace
 
 from tracekit.capture import setup
 from tracekit.capture.otel import NODE_ATTR
+from tracekit.inject import points as _inject
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PRIMITIVES = (str, bool, int, float)
@@ -70,9 +71,7 @@ def trace(
         if node is not None:
             attrs[NODE_ATTR] = node
         span_attrs = attrs or None
-        from tracekit.inject.points import register_traced_point
-
-        register_traced_point(span_name, fn)
+        _inject.register_traced_point(span_name, fn)
 
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
@@ -130,6 +129,8 @@ def trace(
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with _tracer().start_as_current_span(span_name, attributes=span_attrs):
+                    if _inject.ARMED:  # inside a fault-injection campaign run only
+                        return await _inject.intercept_async(span_name, fn, args, kwargs)
                     return await fn(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
@@ -137,6 +138,8 @@ def trace(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with _tracer().start_as_current_span(span_name, attributes=span_attrs):
+                if _inject.ARMED:  # inside a fault-injection campaign run only
+                    return _inject.intercept(span_name, fn, args, kwargs)
                 return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -57,6 +57,14 @@ MIGRATIONS: list[Migration] = [
                max(ended_ns) AS ended_ns, bool_and(ended_ns IS NOT NULL) AS clean_exit
         FROM spool_files WHERE pid IS NOT NULL GROUP BY run_id, host, pid;
     """),
+    Migration(30, "fault-injection campaigns", """
+    CREATE TABLE campaigns (
+        campaign_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, strategy VARCHAR, budget INTEGER,
+        executor VARCHAR, started_ns BIGINT, ended_ns BIGINT, status VARCHAR, config JSON, summary JSON);
+    CREATE TABLE campaign_points (
+        run_id VARCHAR, point VARCHAR, parent VARCHAR, kind VARCHAR, returns VARCHAR, raises VARCHAR,
+        pid INTEGER);
+    """),
 ]
 
 LATEST = max(m.version for m in MIGRATIONS)

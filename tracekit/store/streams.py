@@ -79,3 +79,11 @@ FAULTS = register(StreamSpec(
     required=("point", "fault_type", "injected", "ts_ns"),
     with_pid=False,
 ))
+INJECT_POINTS = register(StreamSpec(
+    "inject_points", "campaign_points",
+    pa.schema([
+        ("point", pa.string()), ("parent", pa.string()), ("kind", pa.string()),
+        ("returns", pa.string()), ("raises", pa.string()),
+    ]),
+    required=("point", "kind"),
+))

@@ -1,0 +1,308 @@
+"""The injection runtime inside a campaign run: read the plan, count calls per point, fire the planned fault, record faults.
+
+The campaign runner hands each run its plan in ``TRACEKIT_INJECT`` (JSON). A plan names the mode
+(``profile``: inject nothing, only observe; ``inject``: one fault), the point, the fault type, its
+variant (exception type, delay and whether it is busy, a return value) and which occurrence of the
+point fires (per process). Every injected fault and every fault observed at an injection point (an
+exception leaving it, a timeout, a retry declared with `observe_fault`) is written to the run's
+``faults`` stream with the span it happened in; every point reached is written once per call
+context to the ``inject_points`` stream, which is how a campaign discovers its points.
+
+Nothing here raises into the program except the injected exception itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextvars
+import importlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from opentelemetry import trace as otel_trace
+
+FAULT_TYPES = ("raise", "delay", "error_return", "drop")
+INJECTED_ATTR = "tracekit.injected"
+RETURN_ATTR = "tracekit.return"
+PLAN_ENV = "TRACEKIT_INJECT"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one campaign run injects. `point`/`fault` are None in a profile run."""
+
+    campaign: str = ""
+    test: str = ""
+    mode: str = "profile"
+    point: str | None = None
+    fault: str | None = None
+    exception: str | None = None
+    delay_ms: int = 0
+    busy: bool = False
+    value: Any = None
+    occurrence: int = 1
+    times: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+
+
+def resolve_exception(name: str | None) -> type[BaseException]:
+    """An exception class from a builtin name (``TimeoutError``) or a dotted path (``socket.timeout``)."""
+    if not name:
+        return RuntimeError
+    found = getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    module, _, attr = name.replace(":", ".").rpartition(".")
+    if module:
+        try:
+            found = getattr(importlib.import_module(module), attr, None)
+        except ImportError:
+            found = None
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
+    return RuntimeError
+
+
+class InjectedFault(RuntimeError):
+    """Raised by an injected `raise` fault when the campaign names no exception type."""
+
+
+_path: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("tracekit_inject_path", default=())
+_lock = threading.Lock()
+_counts: dict[str, int] = {}
+_seen: set[tuple[str, str | None]] = set()
+_plan: Plan | None = None
+
+
+def current_plan() -> Plan | None:
+    """The plan of this campaign run, or None outside one (read once from ``TRACEKIT_INJECT``)."""
+    global _plan
+    if _plan is None:
+        raw = os.environ.get(PLAN_ENV)
+        if not raw:
+            return None
+        try:
+            _plan = Plan.from_json(raw)
+        except (ValueError, TypeError):
+            _plan = Plan(mode="profile")
+    return _plan
+
+
+def _write_fault(point: str, fault_type: str, injected: bool, detail: dict[str, Any]) -> None:
+    try:
+        from tracekit.capture.setup import current_run
+
+        run = current_run()
+        if run is None:
+            return
+        plan = current_plan() or Plan()
+        ctx = otel_trace.get_current_span().get_span_context()
+        run.spool.stream("faults").write({
+            "campaign": plan.campaign or None, "test": plan.test or None, "point": point,
+            "fault_type": fault_type, "injected": injected, "ts_ns": time.time_ns(),
+            "span_id": format(ctx.span_id, "016x") if ctx.is_valid else None,
+            "detail": json.dumps({**detail, "pid": os.getpid()}, default=str),
+        })
+    except Exception:  # recording must never break the program under test
+        pass
+
+
+def _note_visit(point: str, parent: str | None, kind: str, result: Any, raises: str | None = None) -> None:
+    key = (point, parent)
+    if key in _seen:
+        return
+    with _lock:
+        if key in _seen:
+            return
+        _seen.add(key)
+    try:
+        from tracekit.capture.setup import current_run
+
+        run = current_run()
+        if run is not None:
+            run.spool.stream("inject_points").write({
+                "point": point, "parent": parent, "kind": kind,
+                "returns": type(result).__name__ if result is not None else None, "raises": raises,
+            })
+    except Exception:
+        pass
+
+
+def observe_fault(point: str, fault_type: str, **detail: Any) -> None:
+    """Record a fault the program itself saw (a retry, a timeout, a failover) in a campaign run; no-op outside one."""
+    from tracekit.inject import points
+
+    if points.ARMED:
+        _write_fault(point, fault_type, False, detail)
+
+
+def _firing(point: str) -> Plan | None:
+    plan = current_plan()
+    if plan is None or plan.mode != "inject" or plan.point != point:
+        return None
+    with _lock:
+        n = _counts.get(point, 0) + 1
+        _counts[point] = n
+    if plan.occurrence <= n < plan.occurrence + max(1, plan.times):
+        return plan
+    return None
+
+
+def _announce(plan: Plan, point: str, parent: str | None) -> None:
+    otel_trace.get_current_span().set_attribute(INJECTED_ATTR, str(plan.fault))
+    _write_fault(point, str(plan.fault), True, {
+        "parent": parent, "exception": plan.exception, "delay_ms": plan.delay_ms, "busy": plan.busy,
+        "value": plan.value, "occurrence": _counts.get(point, 0),
+    })
+
+
+def _injected_exception(cls: type[BaseException], point: str) -> BaseException:
+    exc = cls(f"tracekit injected fault at {point}")
+    try:
+        exc.__tracekit_origin__ = point  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    return exc
+
+
+def _busy_wait(ms: int) -> None:
+    end = time.perf_counter_ns() + ms * 1_000_000
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def _observe(point: str, parent: str | None, exc: BaseException) -> None:
+    if isinstance(exc, (GeneratorExit, StopIteration, StopAsyncIteration, KeyboardInterrupt, SystemExit)):
+        return
+    origin = getattr(exc, "__tracekit_origin__", None)
+    if origin is None:
+        try:
+            exc.__tracekit_origin__ = point  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
+    kind = "timeout" if isinstance(exc, TimeoutError) else "raise"
+    _write_fault(point, kind, False, {
+        "parent": parent, "exception": type(exc).__name__, "message": str(exc)[:200],
+        "propagated_from": origin,
+    })
+
+
+def _mark_return(result: Any) -> None:
+    if isinstance(result, bool):
+        otel_trace.get_current_span().set_attribute(RETURN_ATTR, result)
+
+
+def _override(plan: Plan, result: Any) -> Any:
+    if isinstance(result, bool) and plan.value is None:
+        return not result  # negate a boolean check
+    return plan.value
+
+
+def call_point(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one call of a traced function in a campaign run: maybe inject, always observe."""
+    path = _path.get()
+    parent = path[-1] if path else None
+    token = _path.set(path + (point,))
+    result: Any = None
+    try:
+        plan = _firing(point)
+        if plan is not None:
+            _announce(plan, point, parent)
+            if plan.fault == "raise":
+                raise _injected_exception(resolve_exception(plan.exception), point)
+            if plan.fault == "drop":
+                result = plan.value
+                return result
+            if plan.fault == "delay":
+                _busy_wait(plan.delay_ms) if plan.busy else time.sleep(plan.delay_ms / 1000)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _observe(point, parent, exc)
+            raise
+        if plan is not None and plan.fault == "error_return":
+            result = _override(plan, result)
+        _mark_return(result)
+        return result
+    finally:
+        _path.reset(token)
+        _note_visit(point, parent, "traced", result)
+
+
+async def call_point_async(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`call_point` for coroutine functions: a sleeping delay yields to the event loop."""
+    path = _path.get()
+    parent = path[-1] if path else None
+    token = _path.set(path + (point,))
+    result: Any = None
+    try:
+        plan = _firing(point)
+        if plan is not None:
+            _announce(plan, point, parent)
+            if plan.fault == "raise":
+                raise _injected_exception(resolve_exception(plan.exception), point)
+            if plan.fault == "drop":
+                result = plan.value
+                return result
+            if plan.fault == "delay":
+                if plan.busy:
+                    _busy_wait(plan.delay_ms)
+                else:
+                    await asyncio.sleep(plan.delay_ms / 1000)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _observe(point, parent, exc)
+            raise
+        if plan is not None and plan.fault == "error_return":
+            result = _override(plan, result)
+        _mark_return(result)
+        return result
+    finally:
+        _path.reset(token)
+        _note_visit(point, parent, "traced", result)
+
+
+def fire_explicit(name: str, value: Any, raises: type[BaseException] | None) -> Any:
+    """An explicit `tracekit.fault_point` reached in a campaign run: a zero-work span that may carry a fault."""
+    from tracekit.capture.decorators import _tracer
+
+    path = _path.get()
+    parent = path[-1] if path else None
+    declared = raises.__name__ if raises is not None else None
+    with _tracer().start_as_current_span(name):
+        result = value
+        try:
+            plan = _firing(name)
+            if plan is not None:
+                _announce(plan, name, parent)
+                if plan.fault == "raise":
+                    cls = resolve_exception(plan.exception) if plan.exception else (raises or InjectedFault)
+                    raise _injected_exception(cls, name)
+                if plan.fault == "delay":
+                    _busy_wait(plan.delay_ms) if plan.busy else time.sleep(plan.delay_ms / 1000)
+                elif plan.fault == "drop":
+                    result = False if isinstance(value, bool) else plan.value
+                elif plan.fault == "error_return":
+                    result = _override(plan, value)
+            _mark_return(result)
+            return result
+        except BaseException as exc:
+            _observe(name, parent, exc)
+            raise
+        finally:
+            _note_visit(name, parent, "explicit", value, declared)
