@@ -93,6 +93,7 @@ def init(
     flush_interval_ms: int | None = None,
     ingest_at_exit: bool | None = None,
     attributes: dict[str, Any] | None = None,
+    span_exporter: Any = None,
 ) -> Run:
     """Start (or join) a run and route every span of this process into its spool.
 
@@ -102,6 +103,8 @@ def init(
     kind : training, agents, service or campaign.
     node : the node spans are blamed on by default (``rank:N`` in a torch worker).
     spool_dir, db, flush_interval_ms, ingest_at_exit : see ``tracekit.config``.
+    span_exporter : an OpenTelemetry ``SpanExporter`` to send spans to instead of the run's spool
+        (the lean streams — collectives, steps, links — still go to the spool).
 
     The process that starts a run owns it: at exit it marks the run ended and ingests the spool
     into the store. Child processes inherit ``TRACEKIT_RUN_ID`` and join the same run.
@@ -135,14 +138,14 @@ def init(
         "TRACEKIT_SPOOL_DIR": str(settings.spool_root),
         "TRACEKIT_DB": str(settings.db.absolute()),
     })
-    _install_provider(state, settings.flush_interval_ms)
+    _install_provider(state, settings.flush_interval_ms, span_exporter)
     _current = state
     if owner:
         atexit.register(_finish_owned_run, state)
     return state
 
 
-def _install_provider(state: Run, interval_ms: int) -> None:
+def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -> None:
     from opentelemetry import trace as otel_trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -158,7 +161,7 @@ def _install_provider(state: Run, interval_ms: int) -> None:
             })
         )
         otel_trace.set_tracer_provider(provider)
-    exporter = SpoolSpanExporter(state.spool, node=state.node)
+    exporter = span_exporter or SpoolSpanExporter(state.spool, node=state.node)
     provider.add_span_processor(BatchSpanProcessor(
         exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
         max_export_batch_size=4096,

@@ -9,6 +9,8 @@ from typing import Any
 
 import duckdb
 
+from tracekit.store.sql import one
+
 EXPORT_TABLES = ("runs", "spans", "events", "links", "collectives", "steps", "faults", "findings")
 
 
@@ -59,7 +61,7 @@ def write_parquet(con: duckdb.DuckDBPyConnection, run_ids: list[str], out_dir: P
     for table in EXPORT_TABLES:
         con.execute(f"CREATE OR REPLACE TEMP TABLE tk_export AS SELECT * FROM {table} "
                     "WHERE list_contains($ids, run_id)", {"ids": run_ids})
-        n = con.execute("SELECT count(*) FROM tk_export").fetchone()[0]
+        n = one(con, "SELECT count(*) FROM tk_export")[0]
         counts[table] = int(n)
         if n:
             con.execute(

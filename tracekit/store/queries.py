@@ -8,6 +8,7 @@ from typing import Any
 import duckdb
 
 from tracekit.errors import NotFoundError, QueryError
+from tracekit.store.sql import one
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -18,10 +19,10 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[d
 
 def resolve_run(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     """A run id from an id, a unique id prefix, or a name (the newest run of that name)."""
-    hit = con.execute(
+    hit = one(con, 
         "SELECT run_id FROM runs WHERE run_id = $r OR name = $r "
         "ORDER BY (run_id = $r) DESC, started_ns DESC NULLS LAST LIMIT 1", {"r": ref}
-    ).fetchone()
+    )
     if hit:
         return str(hit[0])
     if len(ref) >= 4:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import duckdb
 
 from tracekit.errors import StoreError
+from tracekit.store.sql import one
 
 
 class Migration(NamedTuple):
@@ -57,6 +58,19 @@ MIGRATIONS: list[Migration] = [
                max(ended_ns) AS ended_ns, bool_and(ended_ns IS NOT NULL) AS clean_exit
         FROM spool_files WHERE pid IS NOT NULL GROUP BY run_id, host, pid;
     """),
+    Migration(10, "training: collective details, link probes, rank heartbeats", """
+    ALTER TABLE collectives ADD COLUMN peer INTEGER;
+    ALTER TABLE collectives ADD COLUMN async_op BOOLEAN;
+    ALTER TABLE collectives ADD COLUMN source VARCHAR;
+    ALTER TABLE collectives ADD COLUMN nonfinite BOOLEAN;
+    ALTER TABLE collectives ADD COLUMN error VARCHAR;
+    CREATE TABLE probes (
+        run_id VARCHAR, rank INTEGER, world_size INTEGER, round BIGINT, src INTEGER, dst INTEGER,
+        bytes BIGINT, ts_ns BIGINT, dur_ns BIGINT, step BIGINT, pid INTEGER);
+    CREATE TABLE heartbeats (
+        run_id VARCHAR, rank INTEGER, ts_ns BIGINT, step BIGINT, last_seq BIGINT, inflight_op VARCHAR,
+        inflight_seq BIGINT, inflight_since_ns BIGINT, state VARCHAR, pid INTEGER);
+    """),
     Migration(30, "fault-injection campaigns", """
     CREATE TABLE campaigns (
         campaign_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, strategy VARCHAR, budget INTEGER,
@@ -71,12 +85,12 @@ LATEST = max(m.version for m in MIGRATIONS)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
-    exists = con.execute(
+    exists = one(con, 
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
-    ).fetchone()
+    )
     if not exists or not exists[0]:
         return 0
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    row = one(con, "SELECT coalesce(max(version), 0) FROM schema_migrations")
     return int(row[0]) if row else 0
 
 
