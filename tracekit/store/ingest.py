@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +404,25 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[_Prepared], report: 
         report.quarantined.extend(parsed.quarantined)
 
 
+def _parsed_ahead(pool: Any, items: list[_Prepared]) -> Iterator[_Prepared]:
+    """Yield parsed items, parsing the next one on `pool` meanwhile; inline when the interpreter is
+    shutting down (an ingest at exit cannot start threads)."""
+    pending = None
+    for i, item in enumerate(items):
+        if pending is None:
+            pending = _submit(pool, item)
+        current = pending.result() if hasattr(pending, "result") else pending
+        pending = _submit(pool, items[i + 1]) if i + 1 < len(items) else None
+        yield current
+
+
+def _submit(pool: Any, item: _Prepared) -> Any:
+    try:
+        return pool.submit(_parse_prepared, item)
+    except RuntimeError:
+        return _parse_prepared(item)
+
+
 def _ingest_spool_files(
     con: duckdb.DuckDBPyConnection, paths: list[Path], report: IngestReport, on_done: Callable[[Path], None]
 ) -> set[str]:
@@ -415,11 +434,7 @@ def _ingest_spool_files(
     batch: list[_Prepared] = []
     batch_rows = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-parse") as pool:
-        pending = pool.submit(_parse_prepared, items[0]) if items else None
-        for i in range(len(items)):
-            assert pending is not None
-            item = pending.result()
-            pending = pool.submit(_parse_prepared, items[i + 1]) if i + 1 < len(items) else None
+        for item in _parsed_ahead(pool, items):
             on_done(item.path)
             if item.error is not None or item.parsed is None:
                 report.rejected.append((str(item.path), item.error or f"{item.path}: could not be read"))
