@@ -128,18 +128,22 @@ class SpoolStream:
         if self._failed:
             self._drop(count, "")
             return
+        encoded = data.encode("utf-8")
+        done = 0
         try:
             if self._fd is None:
                 self.spool.run_dir.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            view = memoryview(data.encode("utf-8"))
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            view = memoryview(encoded)
+            while done < len(encoded):
+                done += os.write(self._fd, view[done:])
             self.records += count
         except OSError as exc:
+            # a short write (disk full) may have landed some whole records before the error
+            landed = min(count, encoded[:done].count(b"\n"))
+            self.records += landed
             self._failed = True
-            self._drop(count, f"cannot write {self.path}: {exc.strerror or exc}")
+            self._drop(count - landed, f"cannot write {self.path}: {exc.strerror or exc}")
 
     def _drop(self, count: int, reason: str) -> None:
         self.dropped += count
@@ -204,6 +208,12 @@ class Spool:
                 file=sys.stderr,
             )
 
+    def _register_mp_finalizer(self) -> None:
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            self._exit_hook_pid = os.getpid()
+            mp_util.Finalize(None, self.close, exitpriority=0)
+
     def _ensure_flusher(self) -> None:
         if self._flusher is not None or self._closed:
             return
@@ -256,6 +266,11 @@ class Spool:
         self._closed = False
         self.dropped = 0
         self._warned = set()
+        # A multiprocessing child exits through os._exit, so atexit never closes it. Its bootstrap
+        # clears inherited finalizers, then runs after-fork hooks: register the finalizer from one.
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            mp_util.register_after_fork(self, Spool._register_mp_finalizer)
 
 
 _LIVE_SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()

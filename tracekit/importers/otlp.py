@@ -633,7 +633,7 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
         report.rejected.append((str(path), str(exc)))
         return None
     file_id = f"otlp:{otlp.sha256}"
-    if con.execute("SELECT 1 FROM spool_files WHERE file_id = ?", [file_id]).fetchone():
+    if con.execute("SELECT 1 FROM spool_files WHERE file_id = ?", [file_id]).fetchall():
         report.unchanged_files += 1
         return None
     if otlp.torn_bytes:
@@ -660,7 +660,7 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
             if table.num_rows:
                 starts.append(min(table.column("start_ns").to_pylist()))
                 ends.append(max(table.column("end_ns").to_pylist()))
-            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall()
             manifest = None if existing else {
                 "run_id": run_id, "name": batch.name, "kind": batch.kind,
                 "started_ns": min(starts[-1:] or [0]) or None,

@@ -1,0 +1,169 @@
+"""Capture API: @tracekit.trace on every kind of function, tracekit.span, SpoolSpanExporter on a user's own provider."""
+
+from __future__ import annotations
+
+import json
+
+from foundation_helpers import cli, query, run_py
+
+DECORATED_PROGRAM = """
+import asyncio, json
+import tracekit
+
+tracekit.init(run="decorators", node="service:app", flush_interval_ms=50)
+
+@tracekit.trace
+def inner():
+    return "inner"
+
+@tracekit.trace
+def plain(x):
+    inner()
+    return x + 1
+
+@tracekit.trace(name="custom-name", node="service:other", attributes={"team": "payments", "n": 3})
+def with_args():
+    return "ok"
+
+@tracekit.trace
+async def coro():
+    await asyncio.sleep(0)
+    inner()
+    return 3
+
+@tracekit.trace
+def gen(n):
+    for i in range(n):
+        inner()
+        yield i
+    return "done"
+
+@tracekit.trace
+async def agen(n):
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i
+
+class Boom(Exception):
+    pass
+
+ERR = Boom("boom")
+
+@tracekit.trace
+def fails():
+    raise ERR
+
+@tracekit.trace
+async def afails():
+    raise ERR
+
+@tracekit.trace
+def gfails():
+    yield 1
+    raise ERR
+
+@tracekit.trace
+async def agfails():
+    yield 1
+    raise ERR
+
+same = {}
+def catch(label, fn):
+    try:
+        fn()
+    except Boom as exc:
+        same[label] = exc is ERR
+
+results = {
+    "plain": plain(1), "with_args": with_args(), "coro": asyncio.run(coro()),
+    "gen": list(gen(2)),
+    "names": [plain.__name__, coro.__name__, gen.__name__],
+}
+async def collect(ait):
+    return [x async for x in ait]
+results["agen"] = asyncio.run(collect(agen(3)))
+catch("sync", fails)
+catch("async", lambda: asyncio.run(afails()))
+catch("gen", lambda: list(gfails()))
+catch("agen", lambda: asyncio.run(collect(agfails())))
+with tracekit.span("block", node="service:db", rows=10, table="orders", skip=None) as sp:
+    sp.add_event("checkpoint", {"k": 1})
+    plain(5)
+results["same_exception_object"] = same
+print(json.dumps(results))
+"""
+
+
+def test_decorators_spans_and_errors_end_to_end(tmp_path):
+    done = run_py(tmp_path, DECORATED_PROGRAM)
+    assert done.code == 0, done.err
+    results = json.loads(done.out)
+    assert results["plain"] == 2 and results["with_args"] == "ok" and results["coro"] == 3
+    assert results["gen"] == [0, 1] and results["agen"] == [0, 1, 2]
+    assert results["names"] == ["plain", "coro", "gen"]  # functools.wraps kept the identity
+    # exceptions propagate unchanged: the very same object
+    assert results["same_exception_object"] == {"sync": True, "async": True, "gen": True, "agen": True}
+    assert "records ingested" in done.err  # the owning process ingested at exit
+
+    db = tmp_path / "store.duckdb"
+    (run_id,) = [r[0] for r in query(db, "SELECT run_id FROM runs WHERE name = 'decorators'")]
+    spans = query(db, "SELECT span_id, parent_id, name, node, status, status_message, attributes::VARCHAR, run_id "
+                      "FROM spans")
+    by_name: dict[str, list[tuple]] = {}
+    for row in spans:
+        by_name.setdefault(row[2], []).append(row)
+    # every span carries the run id and a node
+    assert all(r[7] == run_id and r[3] for r in spans)
+    assert {r[3] for r in by_name["plain"]} == {"service:app"}
+    (custom,) = by_name["custom-name"]
+    assert custom[3] == "service:other" and json.loads(custom[6]) == {"team": "payments", "n": 3}
+    # nesting: inner's parent is the calling span, also inside generators and coroutines
+    ids = {r[0]: r for r in spans}
+    parents = sorted(ids[r[1]][2] for r in by_name["inner"])
+    assert parents == ["coro", "gen", "gen", "plain", "plain"]
+    assert len(by_name["gen"]) == 1 and len(by_name["agen"]) == 1
+    # errors: status error, the message, an exception event; for each function kind
+    for name in ("fails", "afails", "gfails", "agfails"):
+        (row,) = by_name[name]
+        assert row[4] == "error" and row[5] == "Boom: boom", row
+        events = query(db, "SELECT name, attributes->>'exception.type' FROM events WHERE span_id = ?", [row[0]])
+        assert events == [("exception", "Boom")], name
+    assert all(r[4] != "error" for n in ("plain", "coro", "gen", "agen", "block") for r in by_name[n])
+    # tracekit.span: node, attributes (None dropped), events, and child spans
+    (block,) = by_name["block"]
+    assert block[3] == "service:db" and json.loads(block[6]) == {"rows": 10, "table": "orders"}
+    assert query(db, "SELECT name FROM events WHERE span_id = ?", [block[0]]) == [("checkpoint",)]
+    assert any(r[1] == block[0] for r in by_name["plain"])
+    assert query(db, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("ok",)]
+
+
+USER_PROVIDER_PROGRAM = """
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from tracekit import SpoolSpanExporter
+
+provider = TracerProvider()
+exporter = SpoolSpanExporter(run_name="mine", node="service:users-own")
+provider.add_span_processor(BatchSpanProcessor(exporter))
+tracer = provider.get_tracer("mine")
+with tracer.start_as_current_span("outer"):
+    for i in range(50):
+        with tracer.start_as_current_span("work", attributes={"i": i, "tracekit.node": "rank:%d" % (i % 2)}):
+            pass
+provider.shutdown()
+print(exporter.run_id)
+"""
+
+
+def test_spool_span_exporter_on_a_users_own_provider(tmp_path):
+    done = run_py(tmp_path, USER_PROVIDER_PROGRAM)
+    assert done.code == 0, done.err
+    run_id = done.out.strip()
+    ingested = cli(tmp_path, "ingest", "spool")
+    assert ingested.code == 0, ingested.err
+    db = tmp_path / "store.duckdb"
+    assert query(db, "SELECT run_id, name FROM runs") == [(run_id, "mine")]
+    assert dict(query(db, "SELECT node, count(*) FROM spans GROUP BY node")) == {
+        "service:users-own": 1, "rank:0": 25, "rank:1": 25}
+    # the node attribute became the column; it is not kept twice
+    assert query(db, "SELECT count(*) FROM spans WHERE attributes->>'tracekit.node' IS NOT NULL") == [(0,)]
