@@ -1,0 +1,75 @@
+"""`tracekit campaign run|report|list`: causal fault-injection campaigns (thin glue over tracekit.inject)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracekit.cli import app
+from tracekit.cli.output import DB_OPTION, FORMAT_OPTION, Format, emit, emit_object, fmt_ns
+
+campaign_app = typer.Typer(help="Causal fault-injection campaigns: run, report, list.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("run")
+def run(
+    file: Path = typer.Argument(..., help="Campaign file (TOML), e.g. fixtures/campaigns/retry_storm.toml."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Total runs (profile + injection) [default: the file's]."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Runs executed at the same time."),
+    executor: str = typer.Option("local", "--executor", help="local (process groups on this machine) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [default: a local Ray instance]."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="three-phase, random or exhaustive [default: the file's]."),
+    db: Optional[Path] = DB_OPTION,
+    fmt: Format = FORMAT_OPTION,
+) -> None:
+    """Run a campaign: profile runs, then one injected fault per experiment, within the budget."""
+    from tracekit.cli.campaign_view import progress_bar, summary_rows
+    from tracekit.inject.campaign import load_campaign
+    from tracekit.inject.runner import run_campaign
+
+    campaign = load_campaign(file)
+    with progress_bar(campaign.name, quiet=fmt is not Format.table) as advance:
+        result = run_campaign(campaign, budget=budget, workers=workers, executor=executor, address=address,
+                              strategy=strategy, db=db, progress=advance)
+    emit_object(summary_rows(result.summary()), fmt)
+
+
+@campaign_app.command("report")
+def report(
+    campaigns: list[str] = typer.Argument(..., help="Campaign id, id prefix or name; several are stitched together."),
+    db: Optional[Path] = DB_OPTION,
+    fmt: Format = FORMAT_OPTION,
+) -> None:
+    """Fault-propagation edges, stitched chains and cycles, each with the runs that prove it."""
+    from tracekit.analysis.causality import analyze_campaign
+    from tracekit.cli.campaign_view import print_report
+    from tracekit.store.campaigns import resolve_campaign
+    from tracekit.store.db import connect
+
+    with connect(db, read_only=True) as con:
+        result = analyze_campaign(con, [resolve_campaign(con, c) for c in campaigns])
+    if fmt is Format.json:
+        emit_object(result, fmt)
+    else:
+        print_report(result, fmt)
+
+
+@campaign_app.command("list")
+def list_(
+    limit: int = typer.Option(100, help="At most this many campaigns, newest first."),
+    db: Optional[Path] = DB_OPTION,
+    fmt: Format = FORMAT_OPTION,
+) -> None:
+    """List campaigns: id, name, strategy, budget, runs, status."""
+    from tracekit.store.campaigns import list_campaigns
+    from tracekit.store.db import connect
+
+    with connect(db, read_only=True) as con:
+        records = list_campaigns(con, limit)
+    view = [{**r, "campaign_id": r["campaign_id"][:12], "start": fmt_ns(r["started_ns"])} for r in records]
+    emit(records, fmt, title="campaigns", table_view=view if fmt is Format.table else None,
+         columns=["campaign_id", "name", "strategy", "budget", "executor", "runs", "status", "start"]
+         if fmt is Format.table else None)

@@ -1,0 +1,52 @@
+"""Rendering for `tracekit campaign`: the rich progress bar and the human-readable report."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from tracekit.cli.output import Format, emit
+
+
+@contextmanager
+def progress_bar(name: str, *, quiet: bool = False) -> Iterator[Callable[[int, int, str], None]]:
+    """A rich progress bar over the campaign's budget (runs); on stderr, so --format json stays clean."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        yield lambda done, total, label: None
+        return
+    with Progress(TextColumn(f"campaign {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=Console(file=sys.stderr)) as bar:
+        task = bar.add_task("", total=None)
+
+        def advance(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label)
+
+        yield advance
+
+
+def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
+    out = dict(summary)
+    out.pop("trajectory", None)
+    out["cycles"] = [" -> ".join(c) for c in summary.get("cycles", [])]
+    out["chains"] = [" -> ".join(c) for c in summary.get("chains", [])]
+    return out
+
+
+def print_report(report: dict[str, Any], fmt: Format) -> None:
+    edges = [{"kind": e["kind"], "src": e["src"], "dst": e["dst"], "context": e["dst_context"],
+              "test": e["test"], "evidence_runs": " ".join(r[:8] for r in e["evidence_runs"]),
+              "p_value": e["p_value"]} for e in report["edges"]]
+    emit(edges, fmt, title="fault-propagation edges")
+    for title, items in (("cycles (self-sustaining cascade candidates)", report["cycle_evidence"]),
+                         ("chains", report["chain_evidence"])):
+        rows = []
+        for item in items:
+            for link in item["links"]:
+                rows.append({"faults": " -> ".join(item["faults"]), "link": f"{link['src']} -> {link['dst']}",
+                             "kinds": ",".join(link["kinds"]), "tests": ",".join(link["tests"]),
+                             "evidence_runs": " ".join(r[:8] for r in link["evidence_runs"])})
+        emit(rows, fmt, title=title, columns=["faults", "link", "kinds", "tests", "evidence_runs"])
