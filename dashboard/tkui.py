@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import streamlit as st
 
-from tracekit.config import db_path
+from tracekit.config import db_path  # noqa: F401  (pages read the store path through tkui)
 from tracekit.errors import TracekitError
 from tracekit.store.db import connect
 

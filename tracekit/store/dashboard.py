@@ -341,3 +341,21 @@ def run_fault_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     hit = one(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])
     return bool(hit and hit[0])
+
+
+def run_campaign_id(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+    """The campaign a run belongs to (from the run's attributes, else from its faults)."""
+    hit = one(con, """
+        SELECT coalesce(json_extract_string(r.attributes, '$.campaign'),
+                        (SELECT any_value(campaign) FROM faults f WHERE f.run_id = r.run_id))
+        FROM runs r WHERE r.run_id = ?
+    """, [run_id])
+    return hit[0] if hit and hit[0] else None
+
+
+def span_profile(con: duckdb.DuckDBPyConnection, run_ids: list[str], *, limit: int = 500) -> list[dict[str, Any]]:
+    """Per run, how many spans each (operation, status) has: what a side-by-side of two runs compares."""
+    return rows(con, """
+        SELECT run_id, name, status, count(*) AS n, sum(end_ns - start_ns) / 1e6 AS total_ms
+        FROM spans WHERE list_contains($ids, run_id) GROUP BY ALL ORDER BY name, status LIMIT $limit
+    """, {"ids": run_ids, "limit": limit})

@@ -1,0 +1,123 @@
+"""Training run page: rank × step heatmaps (step time, arrival skew, wait), the collective-anomaly
+findings overlaid (the blamed rank or link stands out), per-rank step-time lines."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import tkui
+
+from tracekit.store.dashboard import collective_matrix, rank_last_activity, run_findings, step_times, training_summary
+
+BLAME = "#d62728"
+_RANK = re.compile(r"^rank:(\d+)$")
+_LINK = re.compile(r"^link:(\d+)-(\d+)$")
+
+
+def blamed_ranks(findings: list[dict]) -> dict[int, str]:
+    """rank -> the first finding naming it (a link names both of its ends)."""
+    out: dict[int, str] = {}
+    for f in findings:
+        subject = f["subject"] or ""
+        hit = _RANK.match(subject)
+        ranks = [int(hit.group(1))] if hit else ([int(x) for x in _LINK.match(subject).groups()] if _LINK.match(subject) else [])
+        for r in ranks:
+            out.setdefault(r, f"{f['kind']} {subject}")
+    return out
+
+
+def heatmap(frame: pd.DataFrame, value: str, title: str, unit: str, blamed: dict[int, str], first_step: int | None) -> go.Figure:
+    grid = frame.pivot_table(index="rank", columns="step", values=value, aggfunc="max").sort_index()
+    labels = [f"⚠ rank {r}" if r in blamed else f"rank {r}" for r in grid.index]
+    fig = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=labels, colorscale="YlOrRd",
+                               colorbar={"title": unit}, hovertemplate="%{y}, step %{x}: %{z:.2f} " + unit + "<extra></extra>"))
+    for i, r in enumerate(grid.index):
+        if r in blamed:
+            fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=i - 0.5, y1=i + 0.5,
+                          line={"color": BLAME, "width": 3})
+    if first_step is not None:
+        fig.add_vline(x=first_step, line={"color": BLAME, "dash": "dash"}, annotation_text="onset")
+    fig.update_layout(title=title, height=max(240, 26 * len(labels) + 110), xaxis_title="step",
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      yaxis={"autorange": "reversed", "tickfont": {"size": 12}})
+    return fig
+
+
+st.title("Training run")
+
+with tkui.store() as con:
+    run = tkui.pick_run(con, kind="training")
+    if run is None:
+        st.stop()
+    run_id = run["run_id"]
+    summary = training_summary(con, run_id)
+    findings = run_findings(con, run_id)
+    steps = step_times(con, run_id)
+    colls = collective_matrix(con, run_id)
+    last = rank_last_activity(con, run_id)
+
+tkui.open_links(run)
+m = st.columns(5)
+m[0].metric("Ranks", max(summary["step_ranks"], summary["collective_ranks"]))
+m[1].metric("Steps", "" if summary["last_step"] is None else summary["last_step"] - summary["first_step"] + 1)
+m[2].metric("Collective calls", f"{summary['collectives']:,}")
+m[3].metric("Failed collectives", summary["failed_collectives"])
+m[4].metric("Status", run["status"])
+
+blamed = blamed_ranks(findings)
+first_step = next((f["first_step"] for f in findings if f["first_step"] is not None), None)
+st.subheader("Findings")
+if findings:
+    top = findings[0]
+    when = f" from step {top['first_step']}" if top["first_step"] is not None else ""
+    st.error(f"Blamed: **{top['subject']}** — {top['kind']}{when} (score {top['score']:.2f}, {top['analysis']})"
+             if top["score"] is not None else f"Blamed: **{top['subject']}** — {top['kind']}{when} ({top['analysis']})")
+    table = pd.DataFrame([{"#": f["rank_order"] + 1, "kind": f["kind"], "subject": f["subject"], "score": f["score"],
+                           "first step": f["first_step"], "confidence": f["confidence"], "analysis": f["analysis"],
+                           "evidence": tkui.short(f["detail"].get("evidence") or f["detail"].get("reason")
+                                                  or f["detail"].get("summary") or "", 200)} for f in findings])
+    st.dataframe(table, hide_index=True, width="stretch", key="tr_findings")
+else:
+    st.success("No findings stored for this run: the collective-anomaly analysis found nothing, or has not been "
+               "run (`tracekit analyze` stores its findings).")
+
+if not steps and not colls:
+    st.info("This run recorded no training steps or collectives (record it under `tracekit record` with torch "
+            "hooks on, or call `tracekit.torch.instrument()`).")
+    st.stop()
+
+tabs = st.tabs(["Step time", "Arrival skew", "Wait time"])
+if steps:
+    sf = pd.DataFrame(steps)
+    tabs[0].plotly_chart(heatmap(sf, "step_ms", "Step time per rank", "ms", blamed, first_step), key="tr_heat_step")
+else:
+    tabs[0].info("No step records.")
+if colls:
+    cf = pd.DataFrame(colls)
+    tabs[1].plotly_chart(heatmap(cf, "skew_ms", "Collective arrival skew (ms after the first rank to arrive)", "ms",
+                                 blamed, first_step), key="tr_heat_skew")
+    tabs[2].plotly_chart(heatmap(cf, "wait_ms", "Time waiting inside collectives per step", "ms", blamed, first_step),
+                         key="tr_heat_wait")
+else:
+    tabs[1].info("No collective records.")
+    tabs[2].info("No collective records.")
+
+if steps:
+    st.subheader("Step time per rank")
+    fig = go.Figure()
+    for r, part in sf.groupby("rank"):
+        hot = r in blamed
+        fig.add_trace(go.Scatter(x=part["step"], y=part["step_ms"], mode="lines", name=f"{'⚠ ' if hot else ''}rank {r}",
+                                 line={"color": BLAME if hot else None, "width": 4 if hot else 1.5},
+                                 opacity=1.0 if hot or not blamed else 0.55))
+    if first_step is not None:
+        fig.add_vline(x=first_step, line={"color": BLAME, "dash": "dash"}, annotation_text="onset")
+    fig.update_layout(height=340, xaxis_title="step", yaxis_title="ms", margin={"l": 10, "r": 10, "t": 20, "b": 10})
+    st.plotly_chart(fig, key="tr_lines")
+
+if last:
+    with st.expander("Last activity per rank (hangs and crashes stop early)"):
+        st.dataframe(pd.DataFrame(last), hide_index=True, width="stretch")
