@@ -1,0 +1,1 @@
+"""Graphs built from a run's spans and links (networkx): the information-dependency graph of agent steps."""

@@ -1,0 +1,75 @@
+"""Store queries for multi-agent runs: imported runs replaced whole, a run's spans, links and error events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tracekit.store.ingest import load_table
+from tracekit.store.queries import rows
+from tracekit.store.streams import LINKS, SPANS
+
+_RUN_TABLES = ("spans", "events", "links", "findings")
+
+
+def replace_run(
+    con: duckdb.DuckDBPyConnection, run: dict[str, Any], spans: list[dict[str, Any]],
+    links: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> int:
+    """Write one imported run (its row, spans and links) in one transaction, replacing any earlier
+    import of the same run id, so importing twice leaves the same rows. Returns the spans written."""
+    run_id = run["run_id"]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in _RUN_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])  # table names are constants
+        con.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, run.get("kind", "agents"), run.get("name"), run.get("started_ns"), run.get("ended_ns"),
+             run.get("status", "error"), json.dumps(run.get("attributes") or {}, default=str)],
+        )
+        n = load_table(con, SPANS, pa.Table.from_pylist(spans, schema=SPANS.schema), run_id=run_id,
+                       default_node="unknown")
+        if links:
+            load_table(con, LINKS, pa.Table.from_pylist(list(links), schema=LINKS.schema), run_id=run_id)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return n
+
+
+def run_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Every span of a run in start order, attributes decoded, with its error-event messages."""
+    found = rows(con, """
+        WITH ev AS (
+            SELECT span_id, list(coalesce(json_extract_string(attributes, '$."exception.message"'), name)
+                                 ORDER BY ts_ns) AS errors
+            FROM events WHERE run_id = $run AND name = 'exception' GROUP BY span_id
+        )
+        SELECT s.span_id, s.parent_id, s.trace_id, s.name, s.node, s.kind, s.start_ns, s.end_ns,
+               s.status, s.status_message, s.attributes, ev.errors
+        FROM spans s LEFT JOIN ev USING (span_id)
+        WHERE s.run_id = $run
+        ORDER BY s.start_ns, s.span_id
+    """, {"run": run_id})
+    for span in found:
+        span["attributes"] = json.loads(span["attributes"] or "{}")
+        span["errors"] = list(span["errors"] or [])
+    return found
+
+
+def run_links(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    return rows(con, """
+        SELECT src_span_id, dst_span_id, relation, provenance, confidence
+        FROM links WHERE run_id = ? ORDER BY src_span_id, dst_span_id
+    """, [run_id])
+
+
+def agent_run_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Runs of kind "agents", oldest first."""
+    return [r["run_id"] for r in rows(
+        con, "SELECT run_id FROM runs WHERE kind = 'agents' ORDER BY started_ns NULLS LAST, run_id")]
