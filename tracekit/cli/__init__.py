@@ -39,6 +39,15 @@ def main() -> None:
     except TracekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        duckdb = sys.modules.get("duckdb")
+        if duckdb is None or not isinstance(exc, duckdb.Error):
+            raise
+        # the store opened but a read failed mid-way: a damaged (e.g. truncated) DuckDB file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: the store could not be read ({first}); it may be damaged: move it aside "
+              "and re-ingest the spool directories", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,187 @@
+"""Ingest robustness: torn, garbage, wrong-version and bad-record spool files; idempotent and incremental loads;
+corrupt and locked DuckDB files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from foundation_helpers import assert_one_line_error, cli, counts, query
+from tracekit.capture.spool import Spool
+from tracekit.store.ingest import ingest_paths
+
+
+def span(i: int, **over: object) -> dict:
+    record = {"trace_id": "ab" * 16, "span_id": f"{i + 1:016x}", "parent_id": None, "name": f"s{i}",
+              "node": None, "kind": "internal", "start_ns": 1_000_000 + i, "end_ns": 2_000_000 + i,
+              "status": "ok", "status_message": None, "attributes": json.dumps({"i": i})}
+    record.update(over)
+    return record
+
+
+def new_spool(root: Path, node: str = "rank:0") -> Spool:
+    run_id = uuid.uuid4().hex
+    return Spool(root / run_id, run_id, node, flush_interval_ms=60000)
+
+
+def write_spans(spool: Spool, start: int, n: int) -> Path:
+    stream = spool.stream("spans")
+    for i in range(start, start + n):
+        stream.write(span(i))
+    stream.flush()
+    return stream.path
+
+
+def test_torn_last_record_is_skipped_reported_and_picked_up_once_complete(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    path = write_spans(spool, 0, 10)
+    line = (json.dumps(span(10)) + "\n").encode()
+    with path.open("ab") as fh:
+        fh.write(line[:25])  # the writer was killed (or is still writing) mid-record
+    db = tmp_path / "store.duckdb"
+
+    report = ingest_paths([spool.run_dir], db)
+    assert report.records == 10 and report.torn == [(str(path), 25)] and not report.quarantined
+
+    with path.open("ab") as fh:
+        fh.write(line[25:])
+    again = ingest_paths([spool.run_dir], db)
+    assert again.records == 1 and again.torn == []
+    assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(11, 11)]
+
+
+def test_idempotent_and_incremental_ingest_of_a_growing_file(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    db = tmp_path / "store.duckdb"
+    write_spans(spool, 0, 5)
+    assert ingest_paths([spool.run_dir], db).records == 5
+    before = counts(db)
+    same = ingest_paths([spool.run_dir], db)
+    assert same.records == 0 and same.unchanged_files == 1 and counts(db) == before
+
+    write_spans(spool, 5, 7)
+    assert ingest_paths([spool.run_dir], db).records == 7
+    spool.close()  # the footer: the process ended cleanly
+    closing = ingest_paths([spool.run_dir], db)
+    assert closing.records == 0
+    assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(12, 12)]
+    assert query(db, "SELECT records, ended_ns IS NOT NULL FROM spool_files") == [(12, True)]
+    assert ingest_paths([spool.run_dir], db).records == 0
+
+
+def test_bad_records_are_quarantined_with_line_and_id(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    stream = spool.stream("spans")
+    stream.write(span(0))
+    stream.write_line("this is not json\n")
+    stream.write(span(2, start_ns="yesterday"))
+    stream.write(span(3, trace_id=None))
+    stream.write(span(4))
+    spool.close()
+    db = tmp_path / "store.duckdb"
+
+    report = ingest_paths([spool.run_dir], db)
+
+    assert report.records == 2
+    got = [(q.line, q.record_id) for q in report.quarantined]
+    assert sorted(got, key=lambda x: x[0]) == [(3, None), (4, f"{3:016x}"), (5, f"{4:016x}")]
+    assert any("start_ns" in q.error for q in report.quarantined)
+    assert any("trace_id" in q.error for q in report.quarantined)
+    rows = query(db, "SELECT line, record_id, raw FROM quarantine ORDER BY line")
+    assert rows[0] == (3, None, "this is not json")
+    assert query(db, "SELECT name FROM spans ORDER BY name") == [("s0",), ("s4",)]
+
+
+def _bad_spool_files(run_dir: Path) -> dict[str, Path]:
+    header = {"tracekit_spool": 1, "stream": "spans", "run_id": run_dir.name, "file_id": uuid.uuid4().hex,
+              "pid": 1, "node": "rank:9"}
+    body = "".join(json.dumps(span(100 + i)) + "\n" for i in range(3))
+    files = {
+        "garbage": bytes(range(256)) * 8,
+        "wrong version": (json.dumps({**header, "tracekit_spool": 99}) + "\n" + body).encode(),
+        "unknown stream": (json.dumps({**header, "stream": "nonsense", "file_id": "f2"}) + "\n" + body).encode(),
+        "truncated header": json.dumps(header).encode()[:30],
+        "header without run id": (json.dumps({**header, "run_id": None, "file_id": "f3"}) + "\n" + body).encode(),
+        "json but not a spool": b'{"hello": "world"}\n{"a": 1}\n',
+        "empty": b"",
+    }
+    out = {}
+    for i, (what, data) in enumerate(files.items()):
+        path = run_dir / f"spans.{1000 + i}.bad{i}.jsonl"
+        path.write_bytes(data)
+        out[what] = path
+    return out
+
+
+def test_unreadable_spool_files_are_rejected_whole_and_nothing_partial_loads(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    write_spans(spool, 0, 4)
+    spool.close()
+    db = tmp_path / "store.duckdb"
+    ingest_paths([spool.run_dir], db)
+    before = counts(db)
+    messages = {}
+    for what, path in _bad_spool_files(spool.run_dir).items():
+        report = ingest_paths([path], db)
+        assert report.records == 0 and [s for s, _ in report.rejected] == [str(path)], what
+        messages[what] = report.rejected[0][1]
+        assert counts(db) == before, what
+    assert "version 99" in messages["wrong version"]
+    assert "unknown record stream 'nonsense'" in messages["unknown stream"]
+    assert all(str(p) in messages[w] for w, p in _bad_spool_files(spool.run_dir).items() if w in messages)
+    # the whole directory: the good file is unchanged, every bad one is rejected, exit code 2 from the CLI
+    done = cli(tmp_path, "ingest", str(spool.run_dir))
+    assert done.code == 2 and "Traceback" not in done.err
+    assert done.err.count("error: rejected whole file") == len(messages)
+    assert counts(db) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_store_gives_one_clear_line(tmp_path, damage):
+    spool = new_spool(tmp_path / "spool")
+    write_spans(spool, 0, 3)
+    spool.close()
+    db = tmp_path / "store.duckdb"
+    if damage == "garbage":
+        db.write_bytes(b"this is not a duckdb file " * 4000)
+    else:
+        ingest_paths([spool.run_dir], db)
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 3])
+    for args in (["runs"], ["ingest", str(spool.run_dir)]):
+        done = cli(tmp_path, *args)
+        assert_one_line_error(done)
+        assert "store" in done.err
+    # a query may still succeed when it only reads pages that survived; it must never crash
+    done = cli(tmp_path, "sql", "SELECT count(*) FROM spans")
+    if damage == "garbage" or done.code:
+        assert_one_line_error(done)
+
+
+def test_locked_store_gives_one_clear_line(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    write_spans(spool, 0, 3)
+    spool.close()
+    db = tmp_path / "store.duckdb"
+    ingest_paths([spool.run_dir], db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
+         str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for args in (["ingest", str(spool.run_dir)], ["runs"]):
+            done = cli(tmp_path, *args)
+            assert_one_line_error(done)
+            assert "locked by another process" in done.err, done.err
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
