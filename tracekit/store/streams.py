@@ -58,6 +58,9 @@ COLLECTIVES = register(StreamSpec(
         ("rank", pa.int32()), ("world_size", pa.int32()), ("process_group", pa.string()),
         ("seq", pa.int64()), ("op", pa.string()), ("bytes", pa.int64()), ("dtype", pa.string()),
         ("enter_ns", pa.int64()), ("exit_ns", pa.int64()), ("step", pa.int64()), ("ok", pa.bool_()),
+        # training (issue 3, migration 10): p2p peer, async work handle, who issued it, local check, failure
+        ("peer", pa.int32()), ("async_op", pa.bool_()), ("source", pa.string()),
+        ("nonfinite", pa.bool_()), ("error", pa.string()),
     ]),
     required=("rank", "seq", "op", "enter_ns"),
 ))
@@ -68,6 +71,24 @@ STEPS = register(StreamSpec(
         ("loss", pa.float64()), ("grad_norm", pa.float64()), ("nonfinite", pa.bool_()),
     ]),
     required=("rank", "step", "start_ns"),
+))
+PROBES = register(StreamSpec(  # active pairwise link probes (C4-style), measured by the receiver
+    "probes", "probes",
+    pa.schema([
+        ("rank", pa.int32()), ("world_size", pa.int32()), ("round", pa.int64()), ("src", pa.int32()),
+        ("dst", pa.int32()), ("bytes", pa.int64()), ("ts_ns", pa.int64()), ("dur_ns", pa.int64()),
+        ("step", pa.int64()),
+    ]),
+    required=("rank", "round", "src", "dst", "dur_ns"),
+))
+HEARTBEATS = register(StreamSpec(  # a rank's liveness and in-flight collective, written by a background thread
+    "heartbeats", "heartbeats",
+    pa.schema([
+        ("rank", pa.int32()), ("ts_ns", pa.int64()), ("step", pa.int64()), ("last_seq", pa.int64()),
+        ("inflight_op", pa.string()), ("inflight_seq", pa.int64()), ("inflight_since_ns", pa.int64()),
+        ("state", pa.string()),
+    ]),
+    required=("rank", "ts_ns"),
 ))
 FAULTS = register(StreamSpec(
     "faults", "faults",

@@ -1,0 +1,528 @@
+"""C4-style collective-anomaly detection: name the straggler, throttled, hung, crashed or non-finite rank and the slow link.
+
+Data-parallel training is *periodic* (every step repeats the same collectives) and *homogeneous*
+(every rank issues the same ones), so the same collective -- same process group, same sequence
+number -- can be compared across ranks, and each rank against its peers and its own history:
+
+=============  ==========================================================================================
+finding        evidence
+=============  ==========================================================================================
+straggler      one rank enters the shared collectives last, step after step, by more than the job's
+               own arrival noise (and so waits least); its backward pass runs at its usual pace
+throttle       the same late arrival, and the rank's own compute between bucket all-reduces is slower
+               than its peers' and than its own earlier steps: the whole process is starved of CPU
+hang           the other ranks entered collective N (and timed out or are still waiting); this rank
+               never entered N, yet its heartbeats show it alive after they had entered
+crash          the same missing rank, but its records and heartbeats stop before the others failed
+nonfinite      the first bucket whose *local* (pre-reduction) gradients were non-finite was on this
+               rank alone; everyone else only turned non-finite after the all-reduce spread it
+slow_link      the pairwise probe (``tracekit.torch.probe_links``) measured one direction of one pair
+               far slower than every other pair of the same round, in consecutive rounds
+=============  ==========================================================================================
+
+Every detector is a plain function ``f(frames, thresholds) -> list[Finding]``; :func:`detect` runs an
+injectable list of them (HTA's habit) and returns findings most certain first. Everything is
+vectorised with polars: 8 M collective rows (1,024 ranks x 1,000 steps x 8) take a few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "RunFrames", "Finding", "Thresholds", "Detector", "DEFAULT_DETECTORS", "frames_from_store", "detect",
+    "detect_run", "detect_stragglers", "detect_missing_rank", "detect_nonfinite", "detect_slow_links",
+    "naive_slowest_rank", "infer_period",
+]
+
+MS = 1_000_000
+KINDS = ("straggler", "throttle", "hang", "crash", "nonfinite", "slow_link")
+
+
+@dataclass(frozen=True)
+class RunFrames:
+    """The canonical per-rank frames of one training run (one row per record, times in ns)."""
+
+    collectives: pl.DataFrame
+    steps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    probes: pl.DataFrame = field(default_factory=pl.DataFrame)
+    heartbeats: pl.DataFrame = field(default_factory=pl.DataFrame)
+    rank_exits: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    @property
+    def world_size(self) -> int:
+        c = self.collectives
+        sizes = []
+        if c.height and "world_size" in c.columns and c["world_size"].max() is not None:
+            sizes.append(int(c["world_size"].max()))
+        if c.height:
+            sizes.append(int(c["rank"].max()) + 1)
+        return max(sizes, default=0)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One anomaly: what (kind), where (subject), since when (first_step), how sure, and why."""
+
+    kind: str
+    subject: str
+    first_step: int | None
+    confidence: float
+    evidence: dict[str, Any]
+    summary: str
+
+    @property
+    def score(self) -> float:
+        return self.confidence
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["score"] = self.confidence
+        return out
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The detectors' knobs; the defaults are what the accuracy benchmark was measured with."""
+
+    noise_k: float = 6.0              # a late arrival must exceed k robust standard deviations of arrival lag
+    floor_ns: int = 5 * MS            # ... and this absolute floor
+    period_fraction: float = 0.5      # ... and this fraction of the job's median step time
+    window: int = 5                   # a straggler is late in `min_in_window` of `window` consecutive steps
+    min_in_window: int = 4
+    throttle_ratio: float = 1.5       # own compute between buckets slower than peers' / own baseline by this
+    probe_ratio: float = 4.0          # a probed direction this many times the round's median ...
+    probe_excess_ns: int = 10 * MS    # ... and this much slower is a slow link
+    probe_min_rounds: int = 2
+    hang_alive_ns: int = 1_000 * MS   # a missing rank alive this long after the others entered is hung
+
+
+Detector = Callable[[RunFrames, Thresholds], list[Finding]]
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def frames_from_store(con: Any, run_id: str) -> RunFrames:
+    """The run's frames, read through the store's typed queries."""
+    from tracekit.store import collectives as q
+
+    return RunFrames(
+        collectives=pl.from_arrow(q.collectives_table(con, run_id)),  # type: ignore[arg-type]
+        steps=pl.from_arrow(q.steps_table(con, run_id)),  # type: ignore[arg-type]
+        probes=pl.from_arrow(q.probes_table(con, run_id)),  # type: ignore[arg-type]
+        heartbeats=pl.from_arrow(q.heartbeats_table(con, run_id)),  # type: ignore[arg-type]
+        rank_exits=pl.from_arrow(q.rank_exits_table(con, run_id)),  # type: ignore[arg-type]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# period
+
+
+def infer_period(ops: Sequence[Any], *, max_period: int = 256, agreement: float = 0.9) -> int | None:
+    """The smallest p such that the op sequence repeats with period p (C4's periodicity), or None.
+
+    Examples
+    --------
+    >>> infer_period(["ar", "ar", "bc"] * 10)
+    3
+    >>> infer_period(["ar", "bc", "ag", "x"]) is None
+    True
+    """
+    values = np.asarray([hash(v) for v in ops], dtype=np.int64)
+    n = len(values)
+    for p in range(1, min(max_period, n // 3) + 1):
+        if float(np.mean(values[p:] == values[:-p])) >= agreement:
+            return p
+    return None
+
+
+def _with_steps(c: pl.DataFrame) -> pl.DataFrame:
+    """Fill a missing step from the learned period of the default group's op sequence."""
+    if c.height == 0 or c["step"].null_count() == 0:
+        return c
+    ref_rank = int(c["rank"].min())
+    seq = c.filter((pl.col("rank") == ref_rank) & pl.col("peer").is_null()).sort("seq")
+    period = infer_period([f"{o}:{b}" for o, b in zip(seq["op"].to_list(), seq["bytes"].to_list())])
+    if period is None:
+        return c.with_columns(pl.col("step").fill_null(pl.col("seq")))
+    return c.with_columns(pl.col("step").fill_null(pl.col("seq") // period))
+
+
+# ---------------------------------------------------------------------------------------------
+# straggler and throttle
+
+
+def _arrivals(frames: RunFrames) -> pl.DataFrame:
+    """Per (step, rank): mean arrival lag behind the median rank, over collectives every rank completed."""
+    world = frames.world_size
+    c = frames.collectives
+    if c.height == 0 or world < 2:
+        return pl.DataFrame()
+    c = _with_steps(c.filter(pl.col("peer").is_null() & pl.col("ok") & pl.col("exit_ns").is_not_null()))
+    c = c.with_columns(
+        n=pl.len().over("process_group", "seq"),
+        med=pl.col("enter_ns").median().over("process_group", "seq"),
+    ).filter(pl.col("n") == world)
+    return c.group_by("step", "rank").agg(
+        lag=(pl.col("enter_ns") - pl.col("med")).mean(),
+        wait=(pl.col("exit_ns") - pl.col("enter_ns")).median(),
+    )
+
+
+def _step_period_ns(frames: RunFrames) -> float:
+    s = frames.steps
+    if s.height and "end_ns" in s.columns:
+        d = s.filter(pl.col("step") > 0).select((pl.col("end_ns") - pl.col("start_ns")).median()).item()
+        if d is not None:
+            return float(d)
+    return 0.0
+
+
+def _bucket_span(frames: RunFrames) -> pl.DataFrame:
+    """Per (step, rank): time from the first to the last DDP bucket all-reduce issued (pure backward compute)."""
+    c = frames.collectives
+    if c.height == 0 or "source" not in c.columns:
+        return pl.DataFrame()
+    ddp = c.filter(pl.col("source").str.starts_with("ddp"))
+    if ddp.height == 0:
+        return pl.DataFrame()
+    return ddp.group_by("step", "rank").agg(span=pl.col("enter_ns").max() - pl.col("enter_ns").min(), n=pl.len())
+
+
+def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """The rank that arrives last at the shared collectives, persistently and by more than the noise."""
+    per = _arrivals(frames)
+    if per.height == 0:
+        return []
+    lags = per["lag"].to_numpy().astype(float)
+    med = float(np.median(lags))
+    sigma = 1.4826 * float(np.median(np.abs(lags - med)))
+    threshold = max(th.noise_k * sigma, float(th.floor_ns), th.period_fraction * _step_period_ns(frames))
+    ranked = per.with_columns(pos=pl.col("lag").rank("ordinal", descending=True).over("step"))
+    top = ranked.filter(pl.col("pos") == 1).select("step", "rank", "lag", "wait")
+    second = ranked.filter(pl.col("pos") == 2).select("step", lag2="lag")
+    top = top.join(second, on="step", how="left").sort("step")
+    steps = top["step"].to_numpy()
+    ranks = top["rank"].to_numpy()
+    lag = top["lag"].to_numpy().astype(float)
+    margin = lag - np.nan_to_num(top["lag2"].to_numpy().astype(float), nan=0.0)
+    flagged = (lag > threshold) & (margin > threshold / 2)
+    n = len(steps)
+    hits = np.zeros(n, dtype=int)
+    for d in range(th.window):
+        same = np.zeros(n, dtype=bool)
+        same[: n - d] = flagged[d:] & (ranks[d:] == ranks[: n - d])
+        hits += same
+    remaining = np.minimum(th.window, n - np.arange(n))
+    need = np.minimum(th.min_in_window, np.maximum(remaining - 1, 2))
+    onset_mask = flagged & (hits >= need)
+    findings = []
+    spans = _bucket_span(frames)
+    for rank in np.unique(ranks[onset_mask]):
+        first = int(np.argmax(onset_mask & (ranks == rank)))
+        onset = int(steps[first])
+        after = steps >= onset
+        mine = flagged & (ranks == rank) & after
+        if mine.sum() < th.min_in_window:
+            continue
+        frac = float(mine.sum() / after.sum())
+        median_lag = float(np.median(lag[mine]))
+        strength = min(1.0, median_lag / (2 * threshold))
+        confidence = round(min(0.99, 0.5 * frac + 0.5 * strength), 3)
+        waits = per.filter(pl.col("step") >= onset)
+        own_wait = waits.filter(pl.col("rank") == rank)["wait"].median()
+        peer_wait = waits.filter(pl.col("rank") != rank)["wait"].median()
+        kind, compute = _classify_slow_rank(spans, int(rank), onset, th)
+        evidence = {
+            "late_in_steps": int(mine.sum()), "steps_since_onset": int(after.sum()),
+            "median_lag_ms": round(median_lag / MS, 2), "threshold_ms": round(threshold / MS, 2),
+            "noise_sigma_ms": round(sigma / MS, 2),
+            "median_wait_ms": _ms(own_wait), "peers_median_wait_ms": _ms(peer_wait), **compute,
+        }
+        what = ("is starved of CPU: its own backward compute between buckets is "
+                f"{compute.get('compute_ratio_vs_peers', 0):.1f}x its peers'" if kind == "throttle"
+                else "runs extra work outside the backward pass")
+        findings.append(Finding(
+            kind, f"rank:{int(rank)}", onset, confidence, evidence,
+            f"rank {int(rank)} arrives last at the shared collectives in {int(mine.sum())} of {int(after.sum())} "
+            f"steps since step {onset} (median {median_lag / MS:.1f} ms behind, threshold {threshold / MS:.1f} ms) "
+            f"and waits least ({_ms(own_wait)} vs {_ms(peer_wait)} ms); it {what}",
+        ))
+    return findings
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else round(float(value) / MS, 2)
+
+
+def _classify_slow_rank(spans: pl.DataFrame, rank: int, onset: int, th: Thresholds) -> tuple[str, dict[str, Any]]:
+    """Throttle if the rank's own backward compute (first to last bucket) slowed vs peers and vs its past."""
+    if spans.height == 0:
+        return "straggler", {}
+    multi = spans.filter(pl.col("n") >= 2)
+    after = multi.filter(pl.col("step") >= onset)
+    own = after.filter(pl.col("rank") == rank)["span"].median()
+    peers = after.filter(pl.col("rank") != rank)["span"].median()
+    before = multi.filter((pl.col("step") < onset) & (pl.col("step") > 0) & (pl.col("rank") == rank))
+    own_before = before["span"].median() if before.height >= 3 else None
+    if own is None or peers is None:
+        return "straggler", {}
+    vs_peers = float(own) / max(float(peers), 1.0)
+    vs_self = float(own) / max(float(own_before), 1.0) if own_before is not None else None
+    evidence = {"compute_ratio_vs_peers": round(vs_peers, 2),
+                "compute_ratio_vs_own_baseline": None if vs_self is None else round(vs_self, 2)}
+    throttled = vs_peers >= th.throttle_ratio and (vs_self is None or vs_self >= th.throttle_ratio)
+    return ("throttle" if throttled else "straggler"), evidence
+
+
+# ---------------------------------------------------------------------------------------------
+# hang and crash
+
+
+def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """A rank that never entered the collective the others are stuck in (or failed at): hung or crashed."""
+    world = frames.world_size
+    c = frames.collectives
+    if c.height == 0 or world < 2:
+        return []
+    c = c.filter(pl.col("peer").is_null())
+    group = c.group_by("process_group").len().sort("len", descending=True)["process_group"][0]
+    g = c.filter(pl.col("process_group") == group)
+    last = g.group_by("rank").agg(max_seq=pl.col("seq").max())
+    hb = frames.heartbeats
+    if hb.height:  # a rank still waiting has no record of its in-flight collective yet, but a heartbeat
+        waiting = hb.filter(pl.col("inflight_seq").is_not_null()).group_by("rank").agg(
+            max_seq=pl.col("inflight_seq").max())
+        last = pl.concat([last, waiting.cast(last.schema)]).group_by("rank").agg(pl.col("max_seq").max())
+    seen = dict(zip(last["rank"].to_list(), last["max_seq"].to_list()))
+    max_seq = max(seen.values())
+    per_rank = {r: seen.get(r, -1) for r in range(world)}
+    lowest = min(per_rank.values())
+    if lowest >= max_seq:
+        return []
+    culprits = [r for r, s in per_rank.items() if s == lowest]
+    stuck_seq = lowest + 1
+    others = g.filter((pl.col("seq") == stuck_seq) & ~pl.col("rank").is_in(culprits))
+    enters = others["enter_ns"].to_list()
+    if hb.height:
+        enters += hb.filter((pl.col("inflight_seq") == stuck_seq) & ~pl.col("rank").is_in(culprits))[
+            "inflight_since_ns"].to_list()
+    enters = [e for e in enters if e is not None]
+    others_enter = min(enters) if enters else None
+    failed = others.filter(~pl.col("ok").fill_null(False))
+    op = others["op"][0] if others.height else None
+    step = others["step"].min() if others.height else None
+    findings = []
+    for rank in culprits:
+        alive = _last_alive(frames, rank)
+        sigterm = None
+        if hb.height:
+            st = hb.filter((pl.col("rank") == rank) & (pl.col("state") == "sigterm"))["ts_ns"]
+            sigterm = st.max() if st.len() else None
+        alive_after = None if alive is None or others_enter is None else alive - others_enter
+        hung = alive_after is not None and (
+            alive_after >= th.hang_alive_ns or (sigterm is not None and sigterm > others_enter))
+        first_step = step if step is not None else _rank_last_step(frames, rank) + 1
+        clean = _clean_exit(frames, rank)
+        evidence = {
+            "process_group": group, "stuck_seq": stuck_seq, "op": op, "rank_last_seq": lowest,
+            "others_last_seq": max_seq, "ranks_waiting": sorted(set(others["rank"].to_list())),
+            "ranks_failed": sorted(set(failed["rank"].to_list())),
+            "errors": sorted(set(e for e in failed["error"].to_list() if e))[:3] if failed.height else [],
+            "alive_after_others_entered_ms": _ms(alive_after), "received_sigterm": sigterm is not None,
+            "clean_exit": clean,
+        }
+        confidence = round((0.95 if failed.height or others_enter is not None else 0.7) / len(culprits), 3)
+        if hung:
+            summary = (f"rank {rank} never entered {op or 'collective'} #{stuck_seq} of group {group} that ranks "
+                       f"{evidence['ranks_waiting']} entered; it stayed alive {alive_after / MS / 1000:.1f} s "
+                       "after they did (heartbeats), so it hung before the collective")
+        else:
+            summary = (f"rank {rank}'s records stop before {op or 'collective'} #{stuck_seq} of group {group}; "
+                       f"{'it did not exit cleanly; ' if clean is False else ''}"
+                       f"the others failed waiting for it ({len(evidence['ranks_failed'])} ranks)")
+        findings.append(Finding("hang" if hung else "crash", f"rank:{rank}", None if first_step is None else int(first_step),
+                                confidence, evidence, summary))
+    return findings
+
+
+def _last_alive(frames: RunFrames, rank: int) -> int | None:
+    times = []
+    c = frames.collectives.filter(pl.col("rank") == rank)
+    if c.height:
+        times += [c["enter_ns"].max(), c["exit_ns"].max()]
+    if frames.heartbeats.height:
+        times.append(frames.heartbeats.filter(pl.col("rank") == rank)["ts_ns"].max())
+    if frames.steps.height:
+        times.append(frames.steps.filter(pl.col("rank") == rank)["end_ns"].max())
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _rank_last_step(frames: RunFrames, rank: int) -> int:
+    s = frames.collectives.filter(pl.col("rank") == rank)["step"].max()
+    return int(s) if s is not None else -1
+
+
+def _clean_exit(frames: RunFrames, rank: int) -> bool | None:
+    e = frames.rank_exits
+    if e.height == 0:
+        return None
+    row = e.filter(pl.col("rank") == rank)
+    return bool(row["clean_exit"][0]) if row.height else None
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite gradients
+
+
+def detect_nonfinite(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """The rank whose local gradients went non-finite first (checked in the DDP hook before reducing)."""
+    c = frames.collectives
+    if c.height and "nonfinite" in c.columns and c["nonfinite"].any():
+        bad = c.filter(pl.col("nonfinite").fill_null(False))
+        group = bad.sort("seq")["process_group"][0]
+        bad = bad.filter(pl.col("process_group") == group)
+        first_seq = bad["seq"].min()
+        culprits = sorted(bad.filter(pl.col("seq") == first_seq)["rank"].to_list())
+        step = bad.filter(pl.col("seq") == first_seq)["step"].min()
+        later = bad.filter(~pl.col("rank").is_in(culprits))
+        spread_seq = later["seq"].min() if later.height else None
+        where = f"bucket all-reduce #{first_seq} (step {step})"
+    elif frames.steps.height and frames.steps["nonfinite"].fill_null(False).any():
+        bad = frames.steps.filter(pl.col("nonfinite").fill_null(False))
+        step = bad["step"].min()
+        culprits = sorted(bad.filter(pl.col("step") == step)["rank"].to_list())
+        later = bad.filter(~pl.col("rank").is_in(culprits))
+        spread_seq, first_seq = None, None
+        where = f"step {step}"
+    else:
+        return []
+    world = max(frames.world_size, 1)
+    localized = len(culprits) < world
+    confidence = round((0.95 if localized else 0.2) / len(culprits), 3)
+    evidence = {"first_seq": first_seq, "ranks_nonfinite_first": culprits,
+                "others_nonfinite_from_seq": spread_seq, "others_nonfinite": sorted(set(later["rank"].to_list()))}
+    return [Finding(
+        "nonfinite", f"rank:{r}", None if step is None else int(step), confidence, evidence,
+        f"rank {r}'s local gradients were non-finite before reduction at {where}"
+        + (", before any other rank's; the all-reduce then spread them" if localized else
+           ", on every rank at once: not localized to one rank"),
+    ) for r in culprits]
+
+
+# ---------------------------------------------------------------------------------------------
+# slow link
+
+
+def detect_slow_links(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """The directed rank pair the pairwise probe measured far slower than every other pair, repeatedly."""
+    p = frames.probes
+    if p.height == 0:
+        return []
+    p = p.with_columns(round_median=pl.col("dur_ns").median().over("round"))
+    p = p.with_columns(
+        slow=(pl.col("dur_ns") >= th.probe_ratio * pl.col("round_median"))
+        & ((pl.col("dur_ns") - pl.col("round_median")) >= th.probe_excess_ns))
+    # a rank slow with two or more different peers in one round is a slow *rank* (throttle), not a link
+    slow = p.filter(pl.col("slow"))
+    involved = pl.concat([slow.select("round", r=pl.col("src"), peer=pl.col("dst")),
+                          slow.select("round", r=pl.col("dst"), peer=pl.col("src"))])
+    busy = involved.group_by("round", "r").agg(peers=pl.col("peer").n_unique()).filter(pl.col("peers") >= 2)
+    bad_ranks = busy.select("round", "r")
+    slow = (slow.join(bad_ranks, left_on=["round", "src"], right_on=["round", "r"], how="anti")
+                .join(bad_ranks, left_on=["round", "dst"], right_on=["round", "r"], how="anti"))
+    if slow.height == 0:
+        return []
+    rounds = p.group_by("round").agg(step=pl.col("step").min()).sort("round")
+    findings = []
+    for (src, dst), rows in slow.group_by(["src", "dst"]):
+        rows = rows.sort("round")
+        first_round = int(rows["round"][0])
+        since = rounds.filter(pl.col("round") >= first_round).height
+        if rows.height < th.probe_min_rounds or rows.height / since < 0.6:
+            continue
+        ratio = float((rows["dur_ns"] / rows["round_median"]).median())
+        first_step = rows["step"][0]
+        evidence = {"slow_rounds": rows.height, "rounds_since_onset": since,
+                    "median_probe_ms": _ms(rows["dur_ns"].median()),
+                    "median_other_pairs_ms": _ms(rows["round_median"].median()),
+                    "ratio": round(ratio, 1), "direction": f"{src}->{dst}", "probe_bytes": int(rows["bytes"][0] or 0),
+                    **_collective_slowdown(frames, first_step)}
+        confidence = round(min(0.99, 0.5 * rows.height / since + 0.5 * min(1.0, math.log10(ratio) / 1.0)), 3)
+        findings.append(Finding(
+            "slow_link", f"link:{src}-{dst}", None if first_step is None else int(first_step), confidence, evidence,
+            f"the probe from rank {src} to rank {dst} took {evidence['median_probe_ms']} ms, {ratio:.0f}x the other "
+            f"pairs ({evidence['median_other_pairs_ms']} ms), in {rows.height} of {since} rounds since step {first_step}",
+        ))
+    return findings
+
+
+def _collective_slowdown(frames: RunFrames, onset: Any) -> dict[str, Any]:
+    """Collective time before/after onset, and the arrival spread (a slow link slows all, late-arrives none)."""
+    per = _arrivals(frames)
+    if per.height == 0 or onset is None:
+        return {}
+    before = per.filter((pl.col("step") < onset) & (pl.col("step") > 0))
+    after = per.filter(pl.col("step") >= onset)
+    return {"collective_wait_before_ms": _ms(before["wait"].median()),
+            "collective_wait_after_ms": _ms(after["wait"].median()),
+            "max_arrival_lag_after_ms": _ms(after["lag"].abs().median())}
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+DEFAULT_DETECTORS: tuple[Detector, ...] = (detect_missing_rank, detect_nonfinite, detect_slow_links, detect_stragglers)
+
+
+def detect(
+    frames: RunFrames, *, detectors: Sequence[Detector] = DEFAULT_DETECTORS, thresholds: Thresholds | None = None,
+) -> list[Finding]:
+    """Run the detectors and return their findings, most certain first.
+
+    Once a rank is hung, crashed or a link is slow, the late arrivals it causes are symptoms: straggler
+    findings on steps after a hang/crash onset are dropped.
+    """
+    th = thresholds or Thresholds()
+    findings = [f for d in detectors for f in d(frames, th)]
+    stops = [f.first_step for f in findings if f.kind in ("hang", "crash") and f.first_step is not None]
+    if stops:
+        findings = [f for f in findings if not (f.kind in ("straggler", "throttle")
+                                                and f.first_step is not None and f.first_step >= min(stops))]
+    return sorted(findings, key=lambda f: (-f.confidence, KINDS.index(f.kind), f.subject))
+
+
+def detect_run(con: Any, run_id: str, *, detectors: Sequence[Detector] = DEFAULT_DETECTORS,
+               thresholds: Thresholds | None = None, store: bool = True) -> list[dict[str, Any]]:
+    """Detect anomalies in a stored run; store them in the findings table (a writable `con`) and return them."""
+    from tracekit.store.findings import write_findings
+
+    found = [f.to_dict() for f in detect(frames_from_store(con, run_id), detectors=detectors, thresholds=thresholds)]
+    if store:
+        write_findings(con, run_id, "collectives", found)
+    return found
+
+
+def naive_slowest_rank(frames: RunFrames, th: Thresholds | None = None) -> list[Finding]:
+    """The naive baseline: blame the rank with the slowest mean step time (always names someone)."""
+    s = frames.steps
+    if s.height == 0:
+        return []
+    mean = (s.filter(pl.col("step") > 0).group_by("rank")
+             .agg(ms=((pl.col("end_ns") - pl.col("start_ns")).mean() / MS)).sort("ms", descending=True))
+    if mean.height == 0:
+        return []
+    rank = int(mean["rank"][0])
+    return [Finding("straggler", f"rank:{rank}", None, 1.0, {"mean_step_ms": round(float(mean["ms"][0]), 2)},
+                    f"rank {rank} has the slowest mean step time")]

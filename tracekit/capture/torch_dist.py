@@ -1,0 +1,855 @@
+"""Per-rank capture of torch.distributed: every collective and p2p call, DDP bucket all-reduces, steps, probes.
+
+``tracekit.torch.instrument()`` (automatic under ``tracekit record``) records, on every rank, one
+lean spool record per collective (stream ``collectives``: process group, per-group sequence number,
+op, bytes, dtype, enter/exit ns, step, ok) -- not one OpenTelemetry span per call:
+
+* the public and ``distributed_c10d`` functions are wrapped; for ``async_op=True`` and isend/irecv
+  the exit time is the work's completion (its future's callback), not the call's return;
+* DistributedDataParallel is patched so every wrapped model gets a communication hook that records
+  each gradient-bucket all-reduce and checks the *local* bucket for non-finite values before the
+  reduction (``torch.isfinite(buf.sum())``: ~0.3 ms per 1 M floats);
+* the optimizer's step (global post hook) closes a training step (stream ``steps``: start, end,
+  loss of the last ``backward()``, gradient norm, local non-finite flag), unless the script calls
+  ``tracekit.torch.step(...)`` itself;
+* a heartbeat thread writes each rank's liveness and in-flight collective (stream ``heartbeats``),
+  and on SIGTERM (torchrun stopping a failed job) it records in-flight collectives as interrupted
+  and flushes the spool, even while the main thread is blocked inside gloo;
+* ``probe_links()`` is the active pairwise send/recv probe (C4-style) that names a slow link.
+
+Nothing here imports torch until ``instrument()`` runs, and nothing raises into the training script.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+__all__ = ["instrument", "uninstrument", "step", "probe_links", "is_instrumented", "install_import_hook"]
+
+# op -> (payload parameter, peer parameter or None, always async)
+_OPS: dict[str, tuple[str | None, str | None, bool]] = {
+    "all_reduce": ("tensor", None, False),
+    "broadcast": ("tensor", None, False),
+    "reduce": ("tensor", None, False),
+    "all_gather": ("tensor", None, False),
+    "all_gather_into_tensor": ("input_tensor", None, False),
+    "_all_gather_base": ("input_tensor", None, False),
+    "reduce_scatter": ("input_list", None, False),
+    "reduce_scatter_tensor": ("input", None, False),
+    "_reduce_scatter_base": ("input", None, False),
+    "all_to_all": ("input_tensor_list", None, False),
+    "all_to_all_single": ("input", None, False),
+    "barrier": (None, None, False),
+    "monitored_barrier": (None, None, False),
+    "gather": ("tensor", None, False),
+    "scatter": ("tensor", None, False),
+    "send": ("tensor", "dst", False),
+    "recv": ("tensor", "src", False),
+    "isend": ("tensor", "dst", True),
+    "irecv": ("tensor", "src", True),
+}
+_P2P = {"send", "recv", "isend", "irecv"}
+_HEARTBEAT_S = 1.0
+_TICK_S = 0.25
+
+
+class _Local(threading.local):
+    busy = False
+
+
+_local = _Local()
+_cap: "_Capture | None" = None
+_originals: dict[tuple[str, str], Callable[..., Any]] = {}  # (module, name) -> original function
+_lock = threading.Lock()
+
+
+def _nbytes(value: Any) -> tuple[int, str | None]:
+    """Bytes and dtype of a tensor or a list of tensors."""
+    if value is None:
+        return 0, None
+    if isinstance(value, (list, tuple)):
+        total, dtype = 0, None
+        for item in value:
+            n, d = _nbytes(item)
+            total += n
+            dtype = dtype or d
+        return total, dtype
+    try:
+        return int(value.numel()) * int(value.element_size()), str(value.dtype).removeprefix("torch.")
+    except AttributeError:
+        return 0, None
+
+
+class _Capture:
+    """The per-process recording state: rank, sequence counters, current step, spool streams."""
+
+    def __init__(self, run: Any, dist: Any, torch: Any) -> None:
+        self.run = run
+        self.dist = dist
+        self.torch = torch
+        self.collectives = run.spool.stream("collectives")
+        self.steps = run.spool.stream("steps")
+        self.rank: int | None = None
+        self.world: int | None = None
+        self.step = 0
+        self.step_start_ns = time.time_ns()
+        self.explicit_steps = False
+        self.nonfinite: bool | None = None
+        self.loss: Any = None
+        self._seq: dict[Any, Any] = {}
+        self._group_names: dict[int, str] = {}
+        self.inflight: dict[int, dict[str, Any]] = {}
+        self._inflight_ids = itertools.count()
+        self.last_seq = -1
+        self.last_activity_ns = time.time_ns()
+        self.probe_round = 0
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.terminated = False
+
+    # -- identity --------------------------------------------------------------------------
+    def ready(self) -> bool:
+        if self.rank is not None:
+            return True
+        try:
+            if not self.dist.is_initialized():
+                return False
+            self.rank = int(self.dist.get_rank())
+            self.world = int(self.dist.get_world_size())
+        except Exception:  # noqa: BLE001 - never raise into training code
+            return False
+        self._start_heartbeat()
+        return True
+
+    def group_name(self, group: Any) -> str:
+        if group is None:
+            return "default"
+        key = id(group)
+        name = self._group_names.get(key)
+        if name is None:
+            try:
+                default = self.dist.distributed_c10d._get_default_group()
+            except Exception:  # noqa: BLE001
+                default = None
+            if group is default or group is getattr(self.dist, "GroupMember", None) and group is self.dist.GroupMember.WORLD:
+                name = "default"
+            else:
+                name = str(getattr(group, "group_name", None) or f"pg{key:x}")
+            self._group_names[key] = name
+        return name
+
+    def next_seq(self, group: str, peer: int | None = None, direction: str = "") -> int:
+        key = group if peer is None else (group, direction, peer)
+        counter = self._seq.get(key)
+        if counter is None:
+            counter = self._seq.setdefault(key, itertools.count())
+        seq = next(counter)
+        if peer is None and group == "default":
+            self.last_seq = seq
+        return seq
+
+    # -- records ---------------------------------------------------------------------------
+    def begin(self, op: str, group: str, seq: int, enter_ns: int, **fields: Any) -> tuple[int, dict[str, Any]]:
+        record = {
+            "rank": self.rank, "world_size": self.world, "process_group": group, "seq": seq, "op": op,
+            "enter_ns": enter_ns, "step": self.step, **fields,
+        }
+        token = next(self._inflight_ids)
+        self.inflight[token] = record
+        self.last_activity_ns = enter_ns
+        return token, record
+
+    def finish(self, token: int, ok: bool, error: str | None = None) -> None:
+        record = self.inflight.pop(token, None)
+        if record is None:
+            return
+        now = time.time_ns()
+        record["exit_ns"] = now
+        record["ok"] = ok
+        if error:
+            record["error"] = error[:300]
+        self.last_activity_ns = now
+        self.collectives.write(record)
+
+    def end_step(self, *, loss: float | None = None, grad_norm: float | None = None) -> None:
+        if not self.ready():
+            return
+        now = time.time_ns()
+        if loss is None and self.loss is not None:
+            try:
+                loss = float(self.loss)
+            except Exception:  # noqa: BLE001
+                loss = None
+        self.steps.write({
+            "rank": self.rank, "step": self.step, "start_ns": self.step_start_ns, "end_ns": now,
+            "loss": loss if loss is None or loss == loss else None, "grad_norm": grad_norm,
+            "nonfinite": self.nonfinite if self.nonfinite is not None else (
+                None if loss is None else not (abs(loss) < float("inf"))),
+        })
+        self.step += 1
+        self.step_start_ns = now
+        self.nonfinite = None
+        self.loss = None
+        self.last_activity_ns = now
+
+    # -- liveness --------------------------------------------------------------------------
+    def heartbeat_record(self, state: str) -> dict[str, Any]:
+        oldest = min(self.inflight.values(), key=lambda r: r["enter_ns"], default=None)
+        return {
+            "rank": self.rank, "ts_ns": time.time_ns(), "step": self.step, "last_seq": self.last_seq,
+            "inflight_op": oldest["op"] if oldest else None,
+            "inflight_seq": oldest["seq"] if oldest else None,
+            "inflight_since_ns": oldest["enter_ns"] if oldest else None, "state": state,
+        }
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            return
+        self._heartbeat = threading.Thread(target=self._run_heartbeat, name="tracekit-torch", daemon=True)
+        self._heartbeat.start()
+        self._install_sigterm()
+
+    def _run_heartbeat(self) -> None:
+        stream = self.run.spool.stream("heartbeats")
+        next_beat = 0.0
+        while not self._stop.wait(_TICK_S):
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + _HEARTBEAT_S
+                stream.write(self.heartbeat_record("alive"))
+
+    def _install_sigterm(self) -> None:
+        """On SIGTERM, write in-flight collectives as interrupted and flush, even if main is blocked in C++."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return  # the script (or a framework) handles SIGTERM itself
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(write_fd, False)
+            if signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False) != -1:
+                signal.set_wakeup_fd(-1)  # someone else (asyncio) owns the wakeup fd: leave it
+                signal.set_wakeup_fd(-1)
+                os.close(read_fd)
+                os.close(write_fd)
+                return
+            signal.signal(signal.SIGTERM, lambda _s, _f: None)
+        except (ValueError, OSError):
+            return
+        threading.Thread(target=self._watch_sigterm, args=(read_fd,), name="tracekit-sigterm", daemon=True).start()
+
+    def _watch_sigterm(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                self.on_terminate()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def on_terminate(self) -> None:
+        self.terminated = True
+        try:
+            self.run.spool.stream("heartbeats").write(self.heartbeat_record("sigterm"))
+            for token in list(self.inflight):
+                self.finish(token, False, "interrupted: the process received SIGTERM while waiting")
+            self.run.spool.flush()
+        except Exception:  # noqa: BLE001 - dying anyway
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# wrapping torch.distributed
+
+
+def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    payload, peer_param, always_async = _OPS[op]
+    params = list(inspect.signature(fn).parameters)
+    payload_pos = params.index(payload) if payload in params else None
+    group_pos = params.index("group") if "group" in params else None
+    async_pos = params.index("async_op") if "async_op" in params else None
+    peer_pos = params.index(peer_param) if peer_param in params else None
+
+    def arg(args: tuple[Any, ...], kwargs: dict[str, Any], pos: int | None, name: str | None) -> Any:
+        if name is not None and name in kwargs:
+            return kwargs[name]
+        if pos is not None and pos < len(args):
+            return args[pos]
+        return None
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cap = _cap
+        if cap is None or _local.busy or not cap.ready():
+            return fn(*args, **kwargs)
+        try:
+            is_async = always_async or bool(arg(args, kwargs, async_pos, "async_op"))
+            group = cap.group_name(arg(args, kwargs, group_pos, "group"))
+            nbytes, dtype = _nbytes(arg(args, kwargs, payload_pos, payload))
+            peer = arg(args, kwargs, peer_pos, peer_param) if peer_param else None
+            peer = int(peer) if isinstance(peer, int) else None
+            direction = "send" if op in ("send", "isend") else "recv"
+            seq = cap.next_seq(group, peer, direction) if op in _P2P else cap.next_seq(group)
+            token, _ = cap.begin(op, group, seq, time.time_ns(), bytes=nbytes, dtype=dtype, peer=peer,
+                                 async_op=is_async, source="call")
+        except Exception:  # noqa: BLE001 - describing the call must never break it
+            return fn(*args, **kwargs)
+        _local.busy = True
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            _local.busy = False
+        if is_async and result is not None:
+            _on_completion(cap, token, result)
+        else:
+            cap.finish(token, True)
+        return result
+
+    wrapper.__tracekit_original__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _on_completion(cap: _Capture, token: int, work: Any) -> None:
+    """Record the exit when an async work handle completes (its future's callback)."""
+    try:
+        future = work.get_future()
+    except Exception:  # noqa: BLE001 - a backend without futures: the exit is the wait() call
+        _wrap_wait(cap, token, work)
+        return
+
+    def done(fut: Any) -> None:
+        try:
+            fut.value()
+        except Exception as exc:  # noqa: BLE001
+            cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            return
+        cap.finish(token, True)
+
+    try:
+        future.add_done_callback(done)
+    except Exception:  # noqa: BLE001
+        cap.finish(token, True)
+
+
+def _wrap_wait(cap: _Capture, token: int, work: Any) -> None:
+    try:
+        original = work.wait
+
+        def wait(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = original(*args, **kwargs)
+            except Exception as exc:
+                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+                raise
+            cap.finish(token, True)
+            return result
+
+        work.wait = wait
+    except (AttributeError, TypeError):
+        cap.finish(token, True)
+
+
+def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def batch_isend_irecv(p2p_op_list: list[Any]) -> Any:
+        cap = _cap
+        if cap is None or _local.busy or not cap.ready():
+            return fn(p2p_op_list)
+        tokens = []
+        try:
+            for p2p in p2p_op_list:
+                name = getattr(p2p.op, "__name__", "p2p")
+                op = "isend" if "send" in name else "irecv"
+                group = cap.group_name(p2p.group)
+                nbytes, dtype = _nbytes(p2p.tensor)
+                seq = cap.next_seq(group, int(p2p.peer), "send" if op == "isend" else "recv")
+                tokens.append(cap.begin(op, group, seq, time.time_ns(), bytes=nbytes, dtype=dtype,
+                                        peer=int(p2p.peer), async_op=True, source="batch")[0])
+        except Exception:  # noqa: BLE001
+            tokens = []
+        _local.busy = True
+        try:
+            works = fn(p2p_op_list)
+        except Exception as exc:
+            for token in tokens:
+                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            _local.busy = False
+        if tokens and works and len(works) == len(tokens):
+            for token, work in zip(tokens, works):
+                _on_completion(cap, token, work)
+        elif works:
+            for token in tokens:
+                _on_completion(cap, token, works[-1])
+        return works
+
+    batch_isend_irecv.__tracekit_original__ = fn  # type: ignore[attr-defined]
+    return batch_isend_irecv
+
+
+def _patch_functions() -> None:
+    """Wrap the collective and p2p functions in torch.distributed and distributed_c10d (idempotent)."""
+    modules = [sys.modules.get("torch.distributed"), sys.modules.get("torch.distributed.distributed_c10d")]
+    for module in filter(None, modules):
+        for name in [*_OPS, "batch_isend_irecv"]:
+            fn = getattr(module, name, None)
+            if fn is None or hasattr(fn, "__tracekit_original__"):
+                continue
+            key = (module.__name__, name)
+            _originals[key] = fn
+            setattr(module, name, _wrap_batch(fn) if name == "batch_isend_irecv" else _wrap(name, fn))
+
+
+def _original(name: str) -> Callable[..., Any]:
+    import torch.distributed as dist
+
+    fn = getattr(dist, name)
+    return getattr(fn, "__tracekit_original__", fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP, optimizer, backward
+
+
+def _ddp_allreduce_hook(process_group: Any, bucket: Any) -> Any:
+    """DDP's default all-reduce (average), recorded, with the local non-finite check before reducing."""
+    cap = _cap
+    group = process_group
+    all_reduce = _original("all_reduce")
+    buffer = bucket.buffer()
+    world = group.size() if group is not None else _original_world()
+    if cap is None or not cap.ready():
+        buffer.div_(world)
+        return all_reduce(buffer, group=group, async_op=True).get_future().then(lambda f: f.value()[0])
+    enter = time.time_ns()
+    nonfinite = not bool(cap.torch.isfinite(buffer.sum()))
+    if nonfinite:
+        cap.nonfinite = True
+    elif cap.nonfinite is None:
+        cap.nonfinite = False
+    name = cap.group_name(group)
+    token, _ = cap.begin("all_reduce", name, cap.next_seq(name), enter, bytes=buffer.numel() * buffer.element_size(),
+                         dtype=str(buffer.dtype).removeprefix("torch."), async_op=True, source="ddp",
+                         nonfinite=nonfinite)
+    buffer.div_(world)
+    try:
+        future = all_reduce(buffer, group=group, async_op=True).get_future()
+    except Exception as exc:
+        cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+        raise
+
+    def done(fut: Any) -> Any:
+        try:
+            value = fut.value()
+        except Exception as exc:
+            cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            raise
+        cap.finish(token, True)
+        return value[0]
+
+    return future.then(done)
+
+
+_ddp_allreduce_hook.__annotations__ = {}  # DDP rejects a hook whose annotations are not GradBucket/Future
+
+
+def _original_world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
+def _wrap_user_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A user's own comm hook, recorded around (completion = its future)."""
+
+    @functools.wraps(hook)
+    def recorded(state: Any, bucket: Any) -> Any:
+        cap = _cap
+        if cap is None or not cap.ready():
+            return hook(state, bucket)
+        buffer = bucket.buffer()
+        group = state if hasattr(state, "size") and hasattr(state, "rank") else None
+        name = cap.group_name(group)
+        nonfinite = not bool(cap.torch.isfinite(buffer.sum()))
+        cap.nonfinite = bool(cap.nonfinite) or nonfinite
+        token, _ = cap.begin("all_reduce", name, cap.next_seq(name), time.time_ns(),
+                             bytes=buffer.numel() * buffer.element_size(),
+                             dtype=str(buffer.dtype).removeprefix("torch."), async_op=True, source="ddp_user_hook",
+                             nonfinite=nonfinite)
+        future = hook(state, bucket)
+
+        def done(fut: Any) -> Any:
+            try:
+                value = fut.value()
+            except Exception as exc:
+                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+                raise
+            cap.finish(token, True)
+            return value
+
+        return future.then(done)
+
+    recorded.__annotations__ = dict(getattr(hook, "__annotations__", {}))
+    return recorded
+
+
+def _patch_ddp() -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if getattr(DDP, "__tracekit_patched__", False):
+        return
+    register = DDP.register_comm_hook
+    builtin = DDP._register_builtin_comm_hook
+    forward = DDP.forward
+
+    def register_comm_hook(self: Any, state: Any, hook: Callable[..., Any]) -> None:
+        self.__dict__["_tracekit_hooked"] = True
+        return register(self, state, _wrap_user_hook(hook))
+
+    def _register_builtin_comm_hook(self: Any, comm_hook_type: Any) -> None:
+        self.__dict__["_tracekit_hooked"] = True
+        return builtin(self, comm_hook_type)
+
+    def patched_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.__dict__.get("_tracekit_hooked") and _cap is not None:
+            self.__dict__["_tracekit_hooked"] = True
+            try:
+                register(self, self.process_group, _ddp_allreduce_hook)
+            except Exception:  # noqa: BLE001 - e.g. a hook registered behind our back
+                pass
+        return forward(self, *args, **kwargs)
+
+    functools.update_wrapper(register_comm_hook, register)
+    functools.update_wrapper(patched_forward, forward)
+    DDP.register_comm_hook = register_comm_hook
+    DDP._register_builtin_comm_hook = _register_builtin_comm_hook
+    DDP.forward = patched_forward
+    DDP.__tracekit_patched__ = True
+    _originals[("DDP", "register_comm_hook")] = register
+    _originals[("DDP", "_register_builtin_comm_hook")] = builtin
+    _originals[("DDP", "forward")] = forward
+
+
+_hook_handles: list[Any] = []
+
+
+def _grad_norm(optimizer: Any, torch: Any) -> float | None:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads)
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def _patch_optimizer_and_backward(torch: Any) -> None:
+    if _hook_handles:
+        return
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def post_step(optimizer: Any, _args: Any, _kwargs: Any) -> None:
+        cap = _cap
+        if cap is None or cap.explicit_steps:
+            return
+        try:
+            norm = _grad_norm(optimizer, torch)
+        except Exception:  # noqa: BLE001
+            norm = None
+        cap.end_step(grad_norm=norm)
+
+    _hook_handles.append(register_optimizer_step_post_hook(post_step))
+    backward = torch.Tensor.backward
+
+    def recorded_backward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cap = _cap
+        if cap is not None and self.numel() == 1:
+            cap.loss = self.detach()
+        return backward(self, *args, **kwargs)
+
+    functools.update_wrapper(recorded_backward, backward)
+    recorded_backward.__tracekit_original__ = backward  # type: ignore[attr-defined]
+    torch.Tensor.backward = recorded_backward
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def instrument() -> bool:
+    """Record every torch.distributed collective of this process into the current tracekit run.
+
+    Starts a run if none is active (all ranks of one torchrun job join one run), wraps the
+    collective and p2p functions, patches DDP to record its bucket all-reduces, and hooks the
+    optimizer step. Idempotent. Returns False (and records nothing) when capture is off.
+    """
+    global _cap
+    from tracekit.config import env_flag
+
+    if env_flag("TRACEKIT_DISABLED", False) or not env_flag("TRACEKIT_TORCH", True):
+        return False
+    with _lock:
+        if _cap is not None:
+            return True
+        import torch
+        import torch.distributed as dist
+
+        run = _ensure_run()
+        if run is None:
+            return False
+        _patch_functions()
+        _patch_ddp()
+        _patch_optimizer_and_backward(torch)
+        _cap = _Capture(run, dist, torch)
+        _cap.ready()
+    return True
+
+
+def _ensure_run() -> Any:
+    from tracekit.capture.setup import current_run, init
+
+    run = current_run()
+    if run is not None:
+        return run
+    if not os.environ.get("TRACEKIT_RUN_ID") and os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        # one run for the whole torchrun job: every rank derives the same id from the launcher's identity
+        import hashlib
+
+        ident = "|".join(os.environ.get(k, "") for k in (
+            "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "GROUP_WORLD_SIZE",
+        )) + f"|{os.getppid()}"
+        os.environ["TRACEKIT_RUN_ID"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        os.environ.setdefault("TRACEKIT_RUN_KIND", "training")
+        run = init(kind="training")
+        if os.environ.get("RANK", "0") == "0":
+            _write_shared_manifest(run)
+        return run
+    return init(kind="training")
+
+
+def _write_shared_manifest(run: Any) -> None:
+    """Rank 0 of a job started without `tracekit record` writes the run manifest and ingests at exit."""
+    import atexit
+
+    from tracekit.capture.spool import write_run_manifest
+
+    try:
+        write_run_manifest(run.run_dir, run.manifest())
+    except OSError:
+        return
+
+    def finish() -> None:
+        run.spool.close()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not _all_footers(run.run_dir):
+            time.sleep(0.2)
+        try:
+            write_run_manifest(run.run_dir, run.manifest(ended_ns=time.time_ns()))
+            from tracekit.store.ingest import ingest_paths
+
+            report = ingest_paths([run.run_dir], db=run.db)
+            print(f"tracekit: run {run.name!r} ({run.run_id[:12]}) -> {run.db}: {report.records} records",
+                  file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001
+            print(f"tracekit: run spooled to {run.run_dir} but not ingested ({exc}); "
+                  f"run: tracekit ingest {run.run_dir}", file=sys.stderr)
+
+    if run.ingest_at_exit:
+        atexit.register(finish)
+
+
+def _all_footers(run_dir: Any) -> bool:
+    for path in run_dir.glob("*.jsonl"):
+        try:
+            with path.open("rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 200))
+                if b'"tracekit_end"' not in fh.read():
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def is_instrumented() -> bool:
+    return _cap is not None
+
+
+def uninstrument() -> None:
+    """Restore every patched function (used by tests); records already written stay."""
+    global _cap
+    with _lock:
+        for (module_name, name), fn in list(_originals.items()):
+            if module_name == "DDP":
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                setattr(DDP, name, fn)
+                DDP.__tracekit_patched__ = False
+            else:
+                setattr(sys.modules[module_name], name, fn)
+        _originals.clear()
+        for handle in _hook_handles:
+            handle.remove()
+        _hook_handles.clear()
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            backward = torch.Tensor.backward
+            torch.Tensor.backward = getattr(backward, "__tracekit_original__", backward)
+        if _cap is not None:
+            _cap._stop.set()
+        _cap = None
+
+
+def step(loss: Any = None, grad_norm: float | None = None) -> None:
+    """Close the current training step explicitly (then the optimizer hook no longer does).
+
+    Parameters
+    ----------
+    loss : the step's loss (a float or a one-element tensor).
+    grad_norm : the gradient norm, if the script computes it anyway.
+    """
+    cap = _cap
+    if cap is None:
+        return
+    cap.explicit_steps = True
+    try:
+        value = float(loss) if loss is not None else None
+    except (TypeError, ValueError):
+        value = None
+    cap.end_step(loss=value, grad_norm=grad_norm)
+
+
+def probe_links(nbytes: int = 256 * 1024, group: Any = None) -> list[dict[str, Any]]:
+    """Active pairwise probe (C4-style): every ordered rank pair sends ``nbytes``; the receiver times it.
+
+    Every rank of the group must call it at the same point. Pairs run in round-robin rounds (each
+    rank in one pair at a time), each direction separately, so a throttled direction shows whether
+    or not the ring all-reduce happens to use it. Each receiver records its measurements in the
+    ``probes`` stream and returns them.
+    """
+    import torch
+    import torch.distributed as dist
+
+    send, recv = _original("send"), _original("recv")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    payload = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+    token = torch.zeros(1, dtype=torch.float32)
+    cap = _cap
+    round_id = cap.probe_round if cap else 0
+    if cap:
+        cap.probe_round += 1
+    results: list[dict[str, Any]] = []
+    busy, _local.busy = _local.busy, True  # the probe's own send/recv are not training traffic
+    try:
+        _probe_rounds(rank, world, group, send, recv, payload, token, round_id, cap, results)
+    finally:
+        _local.busy = busy
+    if cap is not None:
+        stream = cap.run.spool.stream("probes")
+        for record in results:
+            stream.write(record)
+    return results
+
+
+def _probe_rounds(rank: int, world: int, group: Any, send: Any, recv: Any, payload: Any, token: Any,
+                  round_id: int, cap: Any, results: list[dict[str, Any]]) -> None:
+    players = list(range(world)) + ([None] if world % 2 else [])
+    n = len(players)
+    for _ in range(n - 1):
+        pairs = [(players[i], players[n - 1 - i]) for i in range(n // 2)]
+        for a, b in pairs:
+            if a is None or b is None or rank not in (a, b):
+                continue
+            for src, dst in ((a, b), (b, a)):
+                if rank == dst:
+                    start = time.perf_counter_ns()
+                    send(token, src, group=group)
+                    recv(payload, src, group=group)
+                    dur = time.perf_counter_ns() - start
+                    results.append({"rank": rank, "world_size": world, "round": round_id, "src": src,
+                                    "dst": dst, "bytes": payload.numel() * 4, "ts_ns": time.time_ns(),
+                                    "dur_ns": dur, "step": cap.step if cap else None})
+                else:
+                    recv(token, dst, group=group)
+                    send(payload, dst, group=group)
+        players = [players[0], players[-1], *players[1:-1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# automatic capture under `tracekit record`
+
+
+class _TorchDistributedFinder:
+    """A meta-path finder that instruments torch.distributed right after it is imported (no torch import here)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "torch.distributed":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_instrument(module: Any) -> None:
+            exec_module(module)
+            _on_torch_distributed_imported()
+
+        spec.loader.exec_module = exec_and_instrument  # type: ignore[method-assign]
+        return spec
+
+
+def _on_torch_distributed_imported() -> None:
+    """torch.distributed is loaded (torch itself may be half-imported): wrap the functions now, the rest
+    (DDP, optimizer) when the process group is created, once torch is fully imported."""
+    try:
+        _patch_functions()
+        dist = sys.modules["torch.distributed"]
+        init_pg = getattr(dist, "init_process_group", None)
+        if init_pg is None or hasattr(init_pg, "__tracekit_original__"):
+            return
+
+        @functools.wraps(init_pg)
+        def init_process_group(*args: Any, **kwargs: Any) -> Any:
+            result = init_pg(*args, **kwargs)
+            try:
+                instrument()
+            except Exception as exc:  # noqa: BLE001 - capture must never stop training
+                print(f"tracekit: torch.distributed capture is off: {exc}", file=sys.stderr)
+            return result
+
+        init_process_group.__tracekit_original__ = init_pg  # type: ignore[attr-defined]
+        for module in (dist, sys.modules.get("torch.distributed.distributed_c10d")):
+            if module is not None and getattr(module, "init_process_group", None) is init_pg:
+                module.init_process_group = init_process_group
+                _originals[(module.__name__, "init_process_group")] = init_pg
+    except Exception as exc:  # noqa: BLE001
+        print(f"tracekit: torch.distributed capture is off: {exc}", file=sys.stderr)
+
+
+def install_import_hook() -> None:
+    """Instrument torch.distributed when (and only if) the process imports it. Honours TRACEKIT_TORCH=0."""
+    from tracekit.config import env_flag
+
+    if not env_flag("TRACEKIT_TORCH", True):
+        return
+    if "torch.distributed" in sys.modules:
+        _on_torch_distributed_imported()
+        return
+    if not any(isinstance(f, _TorchDistributedFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchDistributedFinder())
