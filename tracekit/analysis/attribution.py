@@ -440,27 +440,52 @@ def _apply_judge(g: nx.DiGraph, candidates: Sequence[Candidate], fail: str, judg
                           f"({verdict.confidence:.2f}): {verdict.reason}")
 
 
-def attribute_run(con: Any, run_id: str, *, judge: Judge | None = None, store: bool = True,
-                  infer: bool | str = "auto", top: int = 10) -> list[Candidate]:
-    """Attribute one stored run: build its IDG, rank candidates, store them as findings."""
+def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
+    """The IDG of a stored run (id, prefix or name): its steps, recorded links and links derived from
+    span attributes; edges are inferred when none were recorded. ``g.graph`` holds the run row."""
     from tracekit.graph.idg import build_idg, steps_from_spans
     from tracekit.importers.genai import derive_links
     from tracekit.store.agents import run_links, run_spans
-    from tracekit.store.findings import write_findings
-    from tracekit.store.queries import get_run
+    from tracekit.store.queries import get_run, resolve_run
 
-    run = get_run(con, run_id)
-    spans = run_spans(con, run_id)
+    run_row = get_run(con, resolve_run(con, run))
+    spans = run_spans(con, run_row["run_id"])
     steps = steps_from_spans(spans)
     if not steps:
-        raise TracekitError(f"run {run['name']!r} has no agent steps (record them with tracekit.agent_step, "
+        raise TracekitError(f"run {run_row['name']!r} has no agent steps (record them with tracekit.agent_step, "
                             "tracekit.message, GenAI/OpenInference spans, or `tracekit import whowhen`)")
-    g = build_idg(steps, run_links(con, run_id), derived=derive_links(spans), infer=infer)  # type: ignore[arg-type]
-    attrs = run["attributes"]
+    g = build_idg(steps, run_links(con, run_row["run_id"]), derived=derive_links(spans), infer=infer)  # type: ignore[arg-type]
+    g.graph["run"] = run_row
+    return g
+
+
+def attribute_run(con: Any, run_id: str, *, judge: Judge | None = None, store: bool = True,
+                  infer: bool | str = "auto", top: int = 10) -> list[Candidate]:
+    """Attribute one stored run: build its IDG, rank candidates, store them as findings."""
+    from tracekit.store.findings import write_findings
+
+    g = load_idg(con, run_id, infer=infer)
+    attrs = g.graph["run"]["attributes"]
     found = attribute(g, ground_truth=attrs.get("ground_truth") or None, judge=judge, context=attrs, top=top)
     if store:
-        write_findings(con, run_id, "attribution", [
+        write_findings(con, g.graph["run"]["run_id"], "attribution", [
             {"kind": c.role, "subject": f"agent:{c.agent}/step:{c.step}", "score": c.score,
              "confidence": None, "first_step": c.step, **c.to_dict()} for c in found
         ])
     return found
+
+
+def attribute_runs(db: Any, run: str | None, *, judge: Judge | None = None, top: int = 10) -> list[dict[str, Any]]:
+    """Attribute one run (`run`) or, with ``run=None``, every run of kind agents; findings are stored.
+    Returns ``[{"run_id", "name", "candidates"}]``."""
+    from tracekit.store.agents import agent_run_ids
+    from tracekit.store.db import connect
+    from tracekit.store.queries import get_run, resolve_run
+
+    with connect(db) as con:
+        ids = [resolve_run(con, run)] if run is not None else agent_run_ids(con)
+        out = []
+        for run_id in ids:
+            out.append({"run_id": run_id, "name": get_run(con, run_id)["name"],
+                        "candidates": attribute_run(con, run_id, judge=judge, top=top)})
+    return out
