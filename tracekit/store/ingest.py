@@ -560,9 +560,6 @@ def ingest_paths(
     total = sources.count()
     done = 0
     con = connect(db)
-    # zstd for strings: nearly the insert speed of no compression (random hex ids defeat the
-    # default analysis, which costs 2-3x the load time) at about 1.5x the size of the default.
-    con.execute("PRAGMA force_compression = 'zstd'")
     con.execute("SET checkpoint_threshold = '1GB'")  # one checkpoint at the end, not one per file
 
     def on_done(path: Path) -> None:
