@@ -39,6 +39,10 @@ def main() -> None:
     except TracekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # an output path that cannot be written, a file that vanished
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
         duckdb = sys.modules.get("duckdb")
         if duckdb is None or not isinstance(exc, duckdb.Error):
