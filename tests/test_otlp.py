@@ -233,3 +233,16 @@ def test_conventions_match_what_capture_writes():
     from tracekit.capture import otel
 
     assert conv.NODE == otel.NODE_ATTR and conv.RUN_ID == otel.RUN_ID_ATTR
+
+
+def test_a_directory_holding_spool_and_otlp_files_loads_both(tmp_path):
+    from tracekit.capture.spool import Spool
+
+    spool = Spool(tmp_path / "mixed" / "run1", "run1" + "0" * 28, "rank:0", flush_interval_ms=60000)
+    spool.stream("spans").write({"trace_id": "ab" * 16, "span_id": "cd" * 8, "name": "from-spool",
+                                 "start_ns": 10, "end_ns": 20})
+    spool.close()
+    write_encoded(make_spans(), tmp_path / "mixed" / "exported.otlp.json", "json-hex")
+    report = ingest_paths([tmp_path / "mixed"], tmp_path / "store.duckdb")
+    assert report.rejected == [] and report.records == 1 + 4
+    assert len(report.runs) == 2
