@@ -20,6 +20,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SpoolSpanExporter": ("tracekit.capture.otel", "SpoolSpanExporter"),
     "CaptureWarning": ("tracekit.capture.spool", "CaptureWarning"),
     "TracekitError": ("tracekit.errors", "TracekitError"),
+    "fault_point": ("tracekit.inject.points", "fault_point"),
+    "observe_fault": ("tracekit.inject.points", "observe_fault"),
     "agent_step": ("tracekit.capture.agents", "agent_step"),
     "message": ("tracekit.capture.agents", "message"),
     "tool_call": ("tracekit.capture.agents", "tool_call"),

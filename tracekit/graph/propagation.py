@@ -80,11 +80,13 @@ def find_chains(graph: nx.DiGraph, *, cutoff: int = MAX_CHAIN_LENGTH) -> list[di
     """
     cyclic = {n for scc in nx.strongly_connected_components(graph) if len(scc) > 1 for n in scc}
     cyclic |= {n for n in graph if graph.has_edge(n, n)}
-    sources = [n for n in graph if graph.in_degree(n) == 0]
-    targets = [n for n in graph if graph.out_degree(n) == 0 or n in cyclic]
+    walk = graph.copy()
+    walk.remove_edges_from([(a, b) for a, b in graph.edges if a in cyclic])  # a chain stops where it enters a cycle
+    sources = [n for n in walk if walk.in_degree(n) == 0 and n not in cyclic]
+    targets = [n for n in walk if walk.out_degree(n) == 0]
     found: dict[tuple[str, ...], dict[str, Any]] = {}
     for src in sorted(sources):
-        for path in nx.all_simple_paths(graph, src, targets, cutoff=cutoff):
+        for path in nx.all_simple_paths(walk, src, targets, cutoff=cutoff):
             if len(path) < 3:
                 continue
             names = tuple(n.name for n in path)

@@ -111,12 +111,15 @@ def _write_fault(point: str, fault_type: str, injected: bool, detail: dict[str, 
             return
         plan = current_plan() or Plan()
         ctx = otel_trace.get_current_span().get_span_context()
-        run.spool.stream("faults").write({
+        stream = run.spool.stream("faults")
+        stream.write({
             "campaign": plan.campaign or None, "test": plan.test or None, "point": point,
             "fault_type": fault_type, "injected": injected, "ts_ns": time.time_ns(),
             "span_id": format(ctx.span_id, "016x") if ctx.is_valid else None,
             "detail": json.dumps({**detail, "pid": os.getpid()}, default=str),
         })
+        if injected:
+            stream.flush()  # the fault may kill the process: its record must reach the OS first
     except Exception:  # recording must never break the program under test
         pass
 
@@ -189,6 +192,8 @@ def _observe(point: str, parent: str | None, exc: BaseException) -> None:
     if isinstance(exc, (GeneratorExit, StopIteration, StopAsyncIteration, KeyboardInterrupt, SystemExit)):
         return
     origin = getattr(exc, "__tracekit_origin__", None)
+    if origin == point:
+        return  # the fault injected right here: already recorded as injected
     if origin is None:
         try:
             exc.__tracekit_origin__ = point  # type: ignore[attr-defined]

@@ -1,0 +1,113 @@
+"""Fault causality analysis, stitching, cycles and budget allocation on tiny hand-built inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracekit.analysis.causality import Consequence, Edge, FaultNode, RunObservation, consequence_node, fca, welch_greater
+from tracekit.graph.propagation import build_graph, find_chains, find_cycles, to_names
+from tracekit.inject.budget import ThreePhase, UniformRandom, Exhaustive, cluster_points, jaccard_distance
+from tracekit.inject.campaign import Experiment, PointInfo, primary_fault
+
+
+def obs(run: str, sigs: list[tuple[str, str, str | None]], counts: dict | None = None) -> RunObservation:
+    return RunObservation(run, frozenset(sigs), dict(counts or {}))
+
+
+BASE = [("a", "ok", None), ("b", "ok", "a")]
+
+
+def test_e_edge_needs_every_injection_repeat_and_no_profile_repeat():
+    profile = [obs("p1", BASE), obs("p2", BASE), obs("p3", BASE)]
+    new = ("b", "error:TimeoutError", "a")
+    injected = [obs("i1", BASE + [new]), obs("i2", BASE + [new])]
+    assert [(c.kind, c.op, c.outcome, c.parent) for c in fca(profile, injected)] == [("E", "b", "error:TimeoutError", "a")]
+    # seen in only one injection repeat: not an edge
+    assert fca(profile, [obs("i1", BASE + [new]), obs("i2", BASE)]) == []
+
+
+def test_profile_noise_never_makes_an_edge():
+    noisy = ("b", "error:TimeoutError", "a")
+    profile = [obs("p1", BASE), obs("p2", BASE + [noisy]), obs("p3", BASE, {("a", "b"): 9})]
+    injected = [obs("i1", BASE + [noisy], {("a", "b"): 9}), obs("i2", BASE + [noisy], {("a", "b"): 9})]
+    assert fca(profile, injected) == []
+
+
+def test_s_plus_edge_uses_one_sided_welch_test():
+    profile = [obs(f"p{i}", BASE, {("a", "b"): n}) for i, n in enumerate([3, 4, 3])]
+    rising = [obs("i1", BASE, {("a", "b"): 9}), obs("i2", BASE, {("a", "b"): 11})]
+    [c] = fca(profile, rising)
+    assert c.kind == "S+" and c.p_value is not None and c.p_value < 0.1
+    assert consequence_node(c) == FaultNode("b", "delay", "", "a")
+    falling = [obs("i1", BASE, {("a", "b"): 1}), obs("i2", BASE, {("a", "b"): 2})]
+    assert fca(profile, falling) == []
+    # higher than every profile repeat but too noisy to be significant
+    noisy = [obs("i1", BASE, {("a", "b"): 5}), obs("i2", BASE, {("a", "b"): 60})]
+    assert welch_greater([5, 60], [3, 4, 3]) > 0.1
+    assert fca(profile, noisy) == []
+
+
+def test_fca_needs_two_repeats_each():
+    assert fca([obs("p1", BASE)], [obs("i1", BASE + [("x", "ok", None)]), obs("i2", BASE + [("x", "ok", None)])]) == []
+
+
+@pytest.mark.parametrize("outcome,expected", [
+    ("error:TimeoutError", FaultNode("op", "raise", "TimeoutError", "p")),
+    ("ret:False", FaultNode("op", "error_return", "false", "p")),
+    ("fault:retry", FaultNode("op", "retry", "", "p")),
+    ("ok", FaultNode("op", "call", "", "p")),
+])
+def test_consequences_are_named_as_the_fault_that_reproduces_them(outcome, expected):
+    assert consequence_node(Consequence("E", "op", outcome, "p")) == expected
+
+
+def edge(src: FaultNode, dst: FaultNode, run: str) -> Edge:
+    return Edge(src, dst, "E", "c", "t", (run,), ("p",), Consequence("E", dst.point, "x", dst.context))
+
+
+def test_cycle_found_only_when_contexts_are_compatible():
+    delay = FaultNode("server.handle", "delay", "", None)
+    timeout = FaultNode("client.call", "raise", "TimeoutError", "client.request")
+    graph = build_graph([edge(delay, timeout, "r1"), edge(timeout, delay, "r2")])
+    [cycle] = find_cycles(graph)
+    assert cycle["faults"] == ["client.call:raise", "server.handle:delay"]
+    assert {r for link in cycle["links"] for r in link["evidence_runs"]} == {"r1", "r2"}
+    # the consequence happened under another caller than where the fault was injected: no stitching
+    other_caller = FaultNode("client.call", "raise", "TimeoutError", "client.batch")
+    graph = build_graph([edge(delay, other_caller, "r1"), edge(timeout, delay, "r2")])
+    assert find_cycles(graph) == []
+    # a different exception type is not the same fault either
+    wrong_type = FaultNode("client.call", "raise", "RemoteError", "client.request")
+    assert find_cycles(build_graph([edge(delay, wrong_type, "r1"), edge(timeout, delay, "r2")])) == []
+
+
+def test_chains_stitch_across_tests_and_stop_at_cycles():
+    a, b, c = (FaultNode(p, "raise", "E", None) for p in "abc")
+    loop = FaultNode("l", "delay", "", None)
+    graph = build_graph([edge(a, b, "r1"), edge(b, c, "r2"), edge(c, loop, "r3"), edge(loop, loop, "r4")])
+    assert to_names(find_chains(graph)) == [["a:raise", "b:raise", "c:raise", "l:delay"]]
+    assert to_names(find_cycles(graph)) == [["l:delay"]]
+
+
+def test_jaccard_clusters():
+    assert jaccard_distance(frozenset(), frozenset()) == 0.0
+    clusters = cluster_points({"p": frozenset("xy"), "q": frozenset("xy"), "r": frozenset("z"), "s": frozenset()})
+    assert ["p", "q"] in clusters and ["r"] in clusters
+
+
+def test_point_kinds_pick_the_primary_fault():
+    assert primary_fault(PointInfo("c", "traced", returns="bool")) == "error_return"
+    assert primary_fault(PointInfo("l", "traced", loop=True)) == "delay"
+    assert primary_fault(PointInfo("f", "traced", returns="int")) == "raise"
+
+
+def test_allocators_respect_slots_and_never_repeat():
+    cands = [Experiment("w", p, f) for p in "abcd" for f in ("raise", "delay", "drop")]
+    for alloc in (Exhaustive(cands), UniformRandom(cands, 1), ThreePhase(cands, {p: "delay" for p in "abcd"})):
+        outcomes: dict = {}
+        while batch := alloc.next_batch(outcomes, 3):
+            assert len(batch) <= 3 and not set(batch) & set(outcomes)
+            outcomes.update({e: frozenset({f"{e.point}x"}) if e.point == "a" else frozenset() for e in batch})
+        assert set(outcomes) == set(cands)
+    first = ThreePhase(cands, {p: "delay" for p in "abcd"}).next_batch({}, 10)
+    assert sorted((e.point, e.fault) for e in first) == [(p, "delay") for p in "abcd"]
