@@ -126,15 +126,17 @@ def test_decorators_spans_and_errors_end_to_end(tmp_path):
     for name in ("fails", "afails", "gfails", "agfails"):
         (row,) = by_name[name]
         assert row[4] == "error" and row[5] == "Boom: boom", row
-        events = query(db, "SELECT name, attributes->>'exception.type' FROM events WHERE span_id = ?", [row[0]])
-        assert events == [("exception", "Boom")], name
+        events = query(db, "SELECT name, attributes->>'exception.type', attributes->>'exception.message' "
+                           "FROM events WHERE span_id = ?", [row[0]])
+        assert [(n, t.rsplit(".", 1)[-1], m) for n, t, m in events] == [("exception", "Boom", "boom")], name
     assert all(r[4] != "error" for n in ("plain", "coro", "gen", "agen", "block") for r in by_name[n])
     # tracekit.span: node, attributes (None dropped), events, and child spans
     (block,) = by_name["block"]
     assert block[3] == "service:db" and json.loads(block[6]) == {"rows": 10, "table": "orders"}
     assert query(db, "SELECT name FROM events WHERE span_id = ?", [block[0]]) == [("checkpoint",)]
     assert any(r[1] == block[0] for r in by_name["plain"])
-    assert query(db, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("ok",)]
+    # root spans failed (caught by the program, but failed): the run is marked error
+    assert query(db, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("error",)]
 
 
 USER_PROVIDER_PROGRAM = """
@@ -167,3 +169,21 @@ def test_spool_span_exporter_on_a_users_own_provider(tmp_path):
         "service:users-own": 1, "rank:0": 25, "rank:1": 25}
     # the node attribute became the column; it is not kept twice
     assert query(db, "SELECT count(*) FROM spans WHERE attributes->>'tracekit.node' IS NOT NULL") == [(0,)]
+
+
+def test_tracekit_disabled_turns_capture_off(tmp_path):
+    from foundation_helpers import clean_env
+
+    program = """
+    import tracekit
+    run = tracekit.init(run="off")
+
+    @tracekit.trace
+    def work(i):
+        return i
+
+    print(sum(work(i) for i in range(100)), tracekit.current_run())
+    """
+    done = run_py(tmp_path, program, env=clean_env(tmp_path, TRACEKIT_DISABLED="1"))
+    assert done.code == 0 and done.out.split() == ["4950", "None"], done.err
+    assert not (tmp_path / "spool").exists() and not (tmp_path / "store.duckdb").exists()

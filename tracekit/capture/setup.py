@@ -126,6 +126,11 @@ def init(
         run_dir=run_dir, db=settings.db, owner=owner, spool=spool,
         ingest_at_exit=settings.ingest_at_exit, attributes=settings.attributes,
     )
+    if env_flag("TRACEKIT_DISABLED", False):
+        # capture is off: no provider, no files, no current run (decorators fall back to the
+        # global OpenTelemetry provider, a no-op unless the program set one)
+        state.ingest_at_exit = False
+        return state
     if owner:
         try:
             write_run_manifest(run_dir, state.manifest())
