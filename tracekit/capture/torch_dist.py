@@ -57,8 +57,8 @@ _OPS: dict[str, tuple[str | None, str | None, bool]] = {
     "irecv": ("tensor", "src", True),
 }
 _P2P = {"send", "recv", "isend", "irecv"}
-_HEARTBEAT_S = 1.0
-_TICK_S = 0.25
+_HEARTBEAT_S = 0.5
+_TICK_S = 0.04
 
 
 class _Local(threading.local):
@@ -218,13 +218,26 @@ class _Capture:
         self._install_sigterm()
 
     def _run_heartbeat(self) -> None:
+        """Beat every _HEARTBEAT_S; between beats, measure how late each _TICK_S wake-up is: a process
+        starved of CPU (a quota, SIGSTOP, a noisy neighbour) wakes late, a busy one on its own does not."""
+        import random
+
         stream = self.run.spool.stream("heartbeats")
         next_beat = 0.0
-        while not self._stop.wait(_TICK_S):
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + _HEARTBEAT_S
-                stream.write(self.heartbeat_record("alive"))
+        worst = 0
+        while True:
+            tick = random.uniform(0.5 * _TICK_S, 1.5 * _TICK_S)  # never phase-locked to a periodic stall
+            asleep = time.monotonic_ns()
+            if self._stop.wait(tick):
+                return
+            now = time.monotonic_ns()
+            worst = max(worst, now - asleep - int(tick * 1e9))
+            if now / 1e9 >= next_beat:
+                next_beat = now / 1e9 + _HEARTBEAT_S
+                record = self.heartbeat_record("alive")
+                record["sched_lag_ns"] = worst
+                worst = 0
+                stream.write(record)
 
     def _install_sigterm(self) -> None:
         """On SIGTERM, write in-flight collectives as interrupted and flush, even if main is blocked in C++."""
@@ -776,6 +789,7 @@ def _probe_rounds(rank: int, world: int, group: Any, send: Any, recv: Any, paylo
                 continue
             for src, dst in ((a, b), (b, a)):
                 if rank == dst:
+                    recv(token, src, group=group)  # untimed handshake: both ends are here
                     start = time.perf_counter_ns()
                     send(token, src, group=group)
                     recv(payload, src, group=group)
@@ -784,6 +798,7 @@ def _probe_rounds(rank: int, world: int, group: Any, send: Any, recv: Any, paylo
                                     "dst": dst, "bytes": payload.numel() * 4, "ts_ns": time.time_ns(),
                                     "dur_ns": dur, "step": cap.step if cap else None})
                 else:
+                    send(token, dst, group=group)
                     recv(token, dst, group=group)
                     send(payload, dst, group=group)
         players = [players[0], players[-1], *players[1:-1]]

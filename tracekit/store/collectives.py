@@ -25,7 +25,7 @@ SELECT rank, world_size, round, src, dst, bytes, ts_ns, dur_ns, step FROM probes
 """
 
 _HEARTBEATS_SQL = """
-SELECT rank, ts_ns, step, last_seq, inflight_op, inflight_seq, inflight_since_ns, state
+SELECT rank, ts_ns, step, last_seq, inflight_op, inflight_seq, inflight_since_ns, state, sched_lag_ns
 FROM heartbeats WHERE run_id = $run
 """
 

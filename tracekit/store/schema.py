@@ -73,6 +73,9 @@ MIGRATIONS: list[Migration] = [
         run_id VARCHAR, rank INTEGER, ts_ns BIGINT, step BIGINT, last_seq BIGINT, inflight_op VARCHAR,
         inflight_seq BIGINT, inflight_since_ns BIGINT, state VARCHAR, pid INTEGER);
     """),
+    Migration(11, "training: scheduling lag in rank heartbeats (CPU starvation)", """
+    ALTER TABLE heartbeats ADD COLUMN sched_lag_ns BIGINT;
+    """),
     Migration(30, "fault-injection campaigns", """
     CREATE TABLE campaigns (
         campaign_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, strategy VARCHAR, budget INTEGER,
