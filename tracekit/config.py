@@ -13,6 +13,11 @@
 | TRACEKIT_RECORD             | (unset)                | set by `tracekit record`: capture starts in every process  |
 | TRACEKIT_DISABLED           | (unset)                | 1 turns capture off entirely (decorators become no-ops)    |
 | TRACEKIT_TORCH              | 1                      | under `record`, hook torch.distributed when it is imported |
+| TRACEKIT_INJECT             | (unset)                | set by the campaign runner: this run's fault plan (JSON)   |
+| TRACEKIT_JUDGE_URL          | (unset)                | OpenAI-compatible base URL of the model judge (`--judge`)  |
+| TRACEKIT_JUDGE_MODEL        | (unset)                | the judge's model name (required with the URL)             |
+| TRACEKIT_JUDGE_API_KEY      | (unset)                | the judge's API key, if the endpoint needs one             |
+| TRACEKIT_JUDGE_TIMEOUT      | 30                     | seconds to wait for one judge reply                        |
 """
 
 from __future__ import annotations
