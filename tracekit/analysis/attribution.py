@@ -45,6 +45,7 @@ __all__ = [
 EVIDENCE_THRESHOLD = 1.0  # a step with at least this much own evidence counts as erroneous
 STRONG_PATH = 0.35  # a path at least this confident makes an earlier error explain a later one
 EARLINESS = 0.5
+ORIGIN_SPREAD = 0.7  # answer tokens found in more than this share of steps are too common to trace
 BACKTRACE = 0.5
 SAME_AGENT = True
 SCAN_CHARS = 4000
@@ -69,6 +70,7 @@ _NEGATIVE_JUDGMENT = re.compile(
 _STRUCTURED = re.compile(r"\"(\w+)\"\s*:\s*\{[^{}]{0,600}?\"answer\"\s*:\s*(true|false)", re.I | re.S)
 _NEGATION = re.compile(r"\b(not|no|never|isn't|aren't|wasn't|without|nor)\b[\w\s]{0,12}$")
 _FINAL = re.compile(r"\b(final answer|the answer is|in conclusion|to summari[sz]e)\b", re.I)
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _WORDS = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
 
@@ -167,7 +169,7 @@ def judge_from_env() -> HttpJudge | None:
 
 
 def _norm_words(text: str) -> list[str]:
-    return _WORDS.findall(text.lower())
+    return _WORDS.findall(_THOUSANDS.sub("", text.lower()))
 
 
 def _contains_answer(text: str, truth: str) -> bool:
@@ -183,7 +185,7 @@ def _contains_answer(text: str, truth: str) -> bool:
 def step_evidence(data: dict[str, Any], *, is_last: bool = False, ground_truth: str | None = None) -> tuple[float, list[str]]:
     """A step's own error evidence: (weight, reasons). Judgments of *other* steps are added separately.
 
-    >>> step_evidence({"content": "I'm sorry, I was unable to open the file.", "status": "ok",
+    >>> step_evidence({"content": "I was unable to open the file.", "status": "ok",
     ...                "errors": [], "kind": "step"})[1]
     ['inability or refusal: "unable to"']
     """
@@ -202,14 +204,14 @@ def step_evidence(data: dict[str, Any], *, is_last: bool = False, ground_truth: 
     if (m := _INABILITY.search(text)) is not None:
         weight += 1.0
         reasons.append(f"inability or refusal: \"{m.group(0)}\"")
-    if not text.strip() and data.get("kind") in ("step", "tool_result", "message"):
+    if not text.strip() and not data.get("errors") and data.get("kind") in ("step", "tool_result", "message"):
         weight += 1.5
         reasons.append("produced no output (a dropped message?)")
     if ground_truth:
         if _contains_answer(text, ground_truth):
             weight -= 1.0
             reasons.append("states the ground truth")
-        elif is_last or _FINAL.search(text):
+        elif (is_last and text.strip()) or _FINAL.search(text):
             weight += 1.0 if is_last else 0.5
             reasons.append("answer disagrees with the ground truth")
     return weight, reasons
@@ -266,10 +268,12 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
     the steps are too common to trace.
     """
     given = set(_norm_words(question or "")) | (set(_norm_words(g.nodes[task]["content"])) if task else set())
-    wanted = [t for t in dict.fromkeys(_answer_tokens(g.nodes[fail]["content"])) if t not in given]
+    failing = g.nodes[fail]
+    wanted = [t for t in dict.fromkeys(_answer_tokens(" ".join([failing["content"], *failing["errors"]])))
+              if t not in given]
     if not wanted:
         return {}
-    limit = max(2, len(order) // 4)
+    limit = max(3, int(len(order) * ORIGIN_SPREAD))
     first: dict[str, str] = {}
     count: dict[str, int] = {t: 0 for t in wanted}
     for n in order:
@@ -284,8 +288,29 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
     out: dict[str, tuple[float, list[str]]] = {}
     for t in traced:
         share, toks = out.get(first[t], (0.0, []))
-        out[first[t]] = (share + 1.0 / len(wanted), [*toks, t])
+        out[first[t]] = (share + 1.0 / len(traced), [*toks, t])
     return out
+
+
+def _link_dropped(g: nx.DiGraph, order: list[str], fail: str, weight: dict[str, float],
+                  reasons: dict[str, list[str]]) -> None:
+    """A step whose output no later step received, while a later step reports missing information
+    about what that output held, lost its message: link the two (inferred, relation "missing")."""
+    words = {n: {w for w in _norm_words(g.nodes[n]["content"][:SCAN_CHARS]) if len(w) >= 5 and w not in _STOP}
+             for n in order}
+    for i, n in enumerate(order):
+        if n == fail or i == len(order) - 1 or not g.nodes[n]["content"].strip():
+            continue
+        if any(g.edges[n, s]["relation"] != "context" for s in g.successors(n)):
+            continue
+        for m in order[i + 1:]:
+            text = g.nodes[m]["content"][:SCAN_CHARS]
+            if _INABILITY.search(text) and words[n] & words[m]:
+                g.add_edge(n, m, relation="missing", provenance="inferred", confidence=0.6)
+                weight[n] += 1.5
+                reasons[n].append(f"its output reached no later step, and step {g.nodes[m]['step']} "
+                                  f"reports it missing (a dropped message?)")
+                break
 
 
 def _task_node(g: nx.DiGraph, order: list[str], question: str | None) -> str | None:
@@ -300,9 +325,11 @@ def _task_node(g: nx.DiGraph, order: list[str], question: str | None) -> str | N
 
 def attribute(
     g: nx.DiGraph, *, ground_truth: str | None = None, failure: str | None = None, judge: Judge | None = None,
-    context: dict[str, Any] | None = None, top: int = 10,
+    context: dict[str, Any] | None = None, top: int = 10, failed: bool | None = None,
 ) -> list[Candidate]:
     """Ranked root-cause candidates (best first) for the failure of the run whose IDG is `g`.
+
+    ``failed=False`` (a run that ended well and has no step in error) returns no candidates.
 
     >>> from tracekit.graph.idg import Step, build_idg
     >>> steps = [Step("a", "Search", 0, "population of X is 9,999 (made up)"),
@@ -316,6 +343,8 @@ def attribute(
     if g.number_of_nodes() == 0:
         raise TracekitError("the run has no agent steps to attribute")
     order = sorted(g.nodes, key=lambda n: g.nodes[n]["step"])
+    if failed is False and failure is None and not any(g.nodes[n]["status"] == "error" for n in order):
+        return []
     pos = {n: i for i, n in enumerate(order)}
     fail = failure or _failure_node(g, order)
     last = order[-1]
@@ -347,16 +376,22 @@ def attribute(
             continue
         weight[n] += 1.5 * min(1.0, share * 2)
         reasons[n].append("first stated what the failing answer repeats: " + ", ".join(toks[:6]))
-    # an error inherited through a strong edge points back at where its content came from
+    if not g.graph.get("inferred"):
+        _link_dropped(g, order, fail, weight, reasons)
+    # an error inherited through a strong edge points back at where its content came from, unless
+    # a recorded edge shows an earlier step with evidence of its own feeding it (that one explains it)
     if BACKTRACE > 0:
         carried = {n: 0.0 for n in order}
         for n in reversed(order):
             total = max(weight[n], 0.0) + carried[n]
             if total < EVIDENCE_THRESHOLD:
                 continue
-            preds = [(g.edges[p, n]["confidence"], pos[p], p) for p in g.predecessors(n)
-                     if p != task and pos[p] < pos[n] and g.edges[p, n]["relation"] != "context"
-                     and (not SAME_AGENT or g.nodes[p]["agent"] == g.nodes[n]["agent"])]
+            strong = [p for p in g.predecessors(n) if p != task and pos[p] < pos[n]
+                      and g.edges[p, n]["relation"] != "context" and g.edges[p, n]["confidence"] >= STRONG_PATH]
+            if any(weight[p] >= EVIDENCE_THRESHOLD and g.edges[p, n]["provenance"] != "inferred" for p in strong):
+                continue
+            preds = [(g.edges[p, n]["confidence"], pos[p], p) for p in strong
+                     if not SAME_AGENT or g.nodes[p]["agent"] == g.nodes[n]["agent"]]
             if not preds:
                 continue
             conf, _, p = max(preds)
@@ -466,7 +501,8 @@ def attribute_run(con: Any, run_id: str, *, judge: Judge | None = None, store: b
 
     g = load_idg(con, run_id, infer=infer)
     attrs = g.graph["run"]["attributes"]
-    found = attribute(g, ground_truth=attrs.get("ground_truth") or None, judge=judge, context=attrs, top=top)
+    found = attribute(g, ground_truth=attrs.get("ground_truth") or None, judge=judge, context=attrs, top=top,
+                      failed=g.graph["run"]["status"] in ("error", "aborted"))
     if store:
         write_findings(con, g.graph["run"]["run_id"], "attribution", [
             {"kind": c.role, "subject": f"agent:{c.agent}/step:{c.step}", "score": c.score,

@@ -55,21 +55,26 @@ class Step:
 
 def steps_from_spans(spans: Sequence[dict[str, Any]]) -> list[Step]:
     """The agent steps among a run's spans (start order), recognised by any supported convention."""
-    from tracekit.importers.genai import agent_step_of, select_steps
+    from tracekit.importers.genai import select_steps
 
     steps: list[Step] = []
-    for span in select_steps(spans):
-        found = agent_step_of(span)
-        if found is None:
-            continue
+    for span, found in select_steps(spans):
         steps.append(Step(
             span_id=span["span_id"], agent=found["agent"], index=len(steps), content=found.get("content", ""),
             input=found.get("input", ""), kind=found.get("kind", "step"),
             status=span.get("status") or "unset",
-            errors=tuple([*(span.get("errors") or []), *([span["status_message"]] if span.get("status") == "error" and span.get("status_message") else [])]),
+            errors=_errors(span),
             role=found.get("role", ""), tool_call_id=found.get("tool_call_id", ""),
         ))
     return steps
+
+
+def _errors(span: dict[str, Any]) -> tuple[str, ...]:
+    errors = [str(e) for e in span.get("errors") or []]
+    if not errors and span.get("status") == "error":
+        message = str(span.get("status_message") or "error status").split("Traceback (most recent", 1)[0]
+        errors.append(message.strip()[:500])
+    return tuple(errors)
 
 
 def _add_edge(g: nx.DiGraph, src: str, dst: str, relation: str, provenance: str, confidence: float) -> None:

@@ -20,7 +20,7 @@ answered by another (declared), and an earlier step's output text found in a lat
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tracekit.capture.agents import (
@@ -115,6 +115,18 @@ def _indexed(attrs: dict[str, Any], prefix: str, field: str) -> str:
     return "\n".join(v for _i, _m, v in sorted(found))
 
 
+def _tool_calls_text(attrs: dict[str, Any]) -> str:
+    """``name(arguments)`` of each tool call in a model's flattened output messages."""
+    names = _indexed_any(attrs, OI_OUTPUT_MESSAGES, "tool_call.function.name")
+    args = _indexed_any(attrs, OI_OUTPUT_MESSAGES, "tool_call.function.arguments")
+    return "\n".join(f"call {n}({a})" for n, a in zip(names, args + [""] * len(names)))
+
+
+def _indexed_any(attrs: dict[str, Any], prefix: str, suffix: str) -> list[str]:
+    found = [(key, str(value)) for key, value in attrs.items() if key.startswith(prefix + ".") and key.endswith("." + suffix)]
+    return [v for _k, v in sorted(found, key=lambda kv: [int(p) if p.isdigit() else 0 for p in kv[0].split(".")])]
+
+
 def _metadata(attrs: dict[str, Any]) -> dict[str, Any]:
     meta = _json(attrs.get(OI_METADATA))
     return meta if isinstance(meta, dict) else {}
@@ -159,11 +171,17 @@ def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
         return None
     oi_kind = str(oi_kind).upper()
     meta = _metadata(attrs)
-    content = text_of(attrs.get(OI_OUTPUT)) or _indexed(attrs, OI_OUTPUT_MESSAGES, "message.content")
-    inp = text_of(attrs.get(OI_INPUT)) or _indexed(attrs, OI_INPUT_MESSAGES, "message.content")
+    if oi_kind == "LLM":
+        content = _indexed(attrs, OI_OUTPUT_MESSAGES, "message.content") or _tool_calls_text(attrs) \
+            or text_of(attrs.get(OI_OUTPUT))
+        inp = _indexed(attrs, OI_INPUT_MESSAGES, "message.content") or text_of(attrs.get(OI_INPUT))
+    else:
+        content = text_of(attrs.get(OI_OUTPUT)) or _indexed(attrs, OI_OUTPUT_MESSAGES, "message.content")
+        inp = text_of(attrs.get(OI_INPUT)) or _indexed(attrs, OI_INPUT_MESSAGES, "message.content")
     if oi_kind == "TOOL":
         return {"agent": f"tool:{attrs.get(OI_TOOL_NAME) or span.get('name')}", "content": content, "input": inp,
-                "kind": "tool_result", "role": "TOOL", "tool_call_id": str(attrs.get(OI_TOOL_CALL_ID) or "")}
+                "kind": "tool_result", "role": "TOOL",
+                "tool_call_id": str(attrs.get(OI_TOOL_CALL_ID) or _answered_call(attrs.get(OI_OUTPUT)) or "")}
     agent = attrs.get(OI_AGENT_NAME) or attrs.get(OI_GRAPH_NODE_NAME)
     if agent is None and meta.get(LANGGRAPH_NODE) == span.get("name"):
         agent = meta[LANGGRAPH_NODE]  # a LangGraph node's own span
@@ -178,28 +196,58 @@ def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
             "tool_call_id": ""}
 
 
-def select_steps(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The spans that are agent steps: model calls count only when no enclosing span is already a step
-    (a model call inside an agent's step is part of that step)."""
+def _answered_call(output: Any) -> str | None:
+    """The tool-call id a tool's output message answers (LangChain ToolMessage JSON)."""
+    stack = [_json(output)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("tool_call_id"), str):
+                return item["tool_call_id"]
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def select_steps(spans: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The agent steps among spans, as (span, step info), in the spans' order.
+
+    The finest acts are the steps: model calls and tool executions. An agent span (GenAI
+    ``invoke_agent``, an OpenInference AGENT, a LangGraph node) that encloses such acts is their
+    container and lends them its agent name; one that encloses none is a step itself. Spans recorded
+    by tracekit's own API are always steps.
+    """
     by_id = {s["span_id"]: s for s in spans}
     found = {s["span_id"]: agent_step_of(s) for s in spans}
+
+    def ancestors(span: dict[str, Any]) -> Iterator[str]:
+        parent = span.get("parent_id")
+        for _ in range(64):
+            if parent is None or parent not in by_id:
+                return
+            yield parent
+            parent = by_id[parent].get("parent_id")
+
+    containers: set[str] = set()
+    owner: dict[str, str] = {}
+    for span in spans:
+        info = found[span["span_id"]]
+        if info is None or info["kind"] not in ("model", "tool_result") or AGENT_ATTR in (span.get("attributes") or {}):
+            continue
+        for parent in ancestors(span):
+            pinfo = found.get(parent)
+            if pinfo is not None and pinfo["kind"] == "step" and AGENT_ATTR not in (by_id[parent].get("attributes") or {}):
+                containers.add(parent)
+                owner.setdefault(span["span_id"], pinfo["agent"])
     chosen = []
     for span in spans:
-        step = found[span["span_id"]]
-        if step is None:
+        info = found[span["span_id"]]
+        if info is None or span["span_id"] in containers:
             continue
-        if step["kind"] == "model":
-            parent, inside = span.get("parent_id"), False
-            for _ in range(64):
-                if parent is None or parent not in by_id:
-                    break
-                if found.get(parent) is not None and found[parent]["kind"] != "model":
-                    inside = True
-                    break
-                parent = by_id[parent].get("parent_id")
-            if inside:
-                continue
-        chosen.append(span)
+        if info["kind"] == "model" and span["span_id"] in owner:
+            info = {**info, "agent": owner[span["span_id"]]}
+        chosen.append((span, info))
     return chosen
 
 
@@ -226,7 +274,8 @@ def _tool_calls_issued(attrs: dict[str, Any]) -> set[str]:
 
 def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Edges between the run's agent steps derived from span attributes (see the module docstring)."""
-    steps = select_steps(spans)
+    selected = select_steps(spans)
+    steps = [span for span, _info in selected]
     step_ids = {s["span_id"] for s in steps}
     by_id = {s["span_id"]: s for s in spans}
     links: list[dict[str, Any]] = []
@@ -264,13 +313,12 @@ def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         attrs = s.get("attributes") or {}
         for call_id in _tool_calls_issued(attrs):
             issued.setdefault(call_id, owner)
-    for s in steps:
-        attrs = s.get("attributes") or {}
-        call_id = attrs.get(OI_TOOL_CALL_ID) or attrs.get(GENAI_TOOL_CALL_ID) or attrs.get(TOOL_CALL_ID_ATTR)
-        if call_id and str(call_id) in issued:
+    for s, info in selected:
+        call_id = info.get("tool_call_id")
+        if call_id and str(call_id) in issued and info.get("kind") == "tool_result":
             link(issued[str(call_id)], s["span_id"], "tool_result", "declared", 1.0)
     # observed: an earlier step's output text inside a later step's input
-    infos = [(s, agent_step_of(s) or {}) for s in steps[:MAX_FLOW_STEPS]]
+    infos = selected[:MAX_FLOW_STEPS]
     order = sorted(infos, key=lambda si: (si[0].get("start_ns") or 0))
     outputs: list[tuple[str, list[str], int]] = []  # span id, output pieces, end time
     for s, info in order:
