@@ -98,7 +98,8 @@ def test_jaccard_clusters():
 def test_point_kinds_pick_the_primary_fault():
     assert primary_fault(PointInfo("c", "traced", returns="bool")) == "error_return"
     assert primary_fault(PointInfo("l", "traced", loop=True)) == "delay"
-    assert primary_fault(PointInfo("f", "traced", returns="int")) == "raise"
+    assert primary_fault(PointInfo("f", "traced", returns="int")) == "delay"
+    assert primary_fault(PointInfo("p", "explicit", raises="ConnectionError")) == "raise"
 
 
 def test_allocators_respect_slots_and_never_repeat():

@@ -7,6 +7,8 @@ likely. Budgets count runs: an experiment costs ``injection_repeats`` runs.
 * **breadth** — every point once, with its primary fault (negate a check, delay a loop, else raise);
 * **uniqueness** — cluster points by the Jaccard distance of what they caused and give every cluster
   the same share, so a point with consequences nobody else has is not drowned by many look-alikes;
+  within a cluster, faults already observed as a consequence somewhere come first (injecting them
+  is what lets causal stitching extend a chain);
 * **diversity** — points whose consequences changed with the workload, or that caused something and
   were reached by another workload, get their remaining faults there.
 """
@@ -106,6 +108,7 @@ class ThreePhase:
 
     def _uniqueness(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
         effects = self._effects(outcomes)
+        seen = frozenset().union(*outcomes.values()) if outcomes else frozenset()  # faults observed as consequences
         clusters = cluster_points(effects, self.threshold)
         if not clusters:
             return []
@@ -113,8 +116,8 @@ class ThreePhase:
         batch: list[Experiment] = []
         for members in sorted(clusters, key=lambda c: (-max(len(effects[p]) for p in c), c)):
             members = sorted(members, key=lambda p: (-len(effects[p]), p))
-            queues = [[e for e in self.candidates if e.point == p and e.workload == self._home(p, outcomes)
-                       and e not in outcomes] for p in members]
+            queues = [sorted((e for e in self.candidates if e.point == p and e.workload == self._home(p, outcomes)
+                              and e not in outcomes), key=lambda e: e.fault_name not in seen) for p in members]
             picked: list[Experiment] = []
             while len(picked) < share and any(queues):
                 for q in queues:

@@ -88,7 +88,7 @@ class Campaign:
     workloads: tuple[Workload, ...]
     fault_types: tuple[str, ...] = FAULT_TYPES
     delays_ms: tuple[int, ...] = (300,)
-    busy: bool = False
+    busy_delays_ms: tuple[int, ...] = ()
     exception: str = "RuntimeError"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
@@ -110,7 +110,8 @@ class Campaign:
         return {
             "name": self.name, "root": str(self.root),
             "workloads": [{"name": w.name, "target": w.target, "command": list(w.command)} for w in self.workloads],
-            "fault_types": list(self.fault_types), "delays_ms": list(self.delays_ms), "busy": self.busy,
+            "fault_types": list(self.fault_types), "delays_ms": list(self.delays_ms),
+            "busy_delays_ms": list(self.busy_delays_ms),
             "exception": self.exception, "include": list(self.include), "exclude": list(self.exclude),
             "raises": self.raises, "profile_repeats": self.profile_repeats,
             "injection_repeats": self.injection_repeats, "timeout_s": self.timeout_s, "seed": self.seed,
@@ -164,7 +165,8 @@ def load_campaign(path: str | Path) -> Campaign:
         root=(path.parent / str(head.get("root", "."))).resolve(),
         workloads=tuple(workloads), fault_types=types,
         delays_ms=_tuple(faults.get("delays_ms", [300]), "faults.delays_ms", int),
-        busy=bool(faults.get("busy", False)), exception=str(faults.get("exception", "RuntimeError")),
+        busy_delays_ms=_tuple(faults.get("busy_delays_ms", []), "faults.busy_delays_ms", int),
+        exception=str(faults.get("exception", "RuntimeError")),
         include=_tuple(points.get("include", ["*"]), "points.include", str),
         exclude=_tuple(points.get("exclude", []), "points.exclude", str),
         raises={str(k): str(v) for k, v in dict(points.get("raises", {})).items()},
@@ -183,7 +185,8 @@ def candidate_experiments(campaign: Campaign, workload: str, points: list[PointI
     """Every experiment the campaign allows at the points one workload reached, primary fault first per point.
 
     raise: every point (the exception the campaign names for the point, else the one an explicit
-    point declares, else the campaign default); delay: every point, each duration; error_return:
+    point declares, else the campaign default); delay: every point, each sleeping and each busy
+    duration; error_return:
     points that return a bool (the check is negated); drop: points that return nothing or a bool.
     """
     out: list[Experiment] = []
@@ -197,8 +200,12 @@ def candidate_experiments(campaign: Campaign, workload: str, points: list[PointI
                 options.append(Experiment(workload, info.point, "raise", exception=exc))
             elif fault == "delay":
                 options.extend(
-                    Experiment(workload, info.point, "delay", delay_ms=ms, busy=campaign.busy)
+                    Experiment(workload, info.point, "delay", delay_ms=ms)
                     for ms in sorted(campaign.delays_ms, reverse=True)
+                )
+                options.extend(
+                    Experiment(workload, info.point, "delay", delay_ms=ms, busy=True)
+                    for ms in sorted(campaign.busy_delays_ms, reverse=True)
                 )
             elif fault == "error_return" and info.returns == "bool":
                 options.append(Experiment(workload, info.point, "error_return"))
@@ -210,9 +217,14 @@ def candidate_experiments(campaign: Campaign, workload: str, points: list[PointI
 
 
 def primary_fault(info: PointInfo) -> str:
-    """The fault a point is tried with first (CSnake's point kinds): negate checks, delay loops, else raise."""
+    """The fault a point is tried with first (CSnake's point kinds).
+
+    A boolean check is negated; an explicit point that declares an exception (a throw site) raises
+    it; anything else is delayed (the longest sleeping delay), the probe that reveals most: timeouts,
+    retries and loops that spin longer all show up as consequences of a delay.
+    """
     if info.returns == "bool":
         return "error_return"
-    if info.loop:
-        return "delay"
-    return "raise"
+    if info.kind == "explicit" and info.raises:
+        return "raise"
+    return "delay"

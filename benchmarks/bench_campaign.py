@@ -1,0 +1,255 @@
+"""Causal fault-injection campaigns: seeded cascades found per budget, campaign throughput, injection-point cost.
+
+1. Accuracy per seeded fixture (fixtures/campaigns/{retry_storm,failover,stampede}.toml, ground truth
+   in each file's [ground_truth] and GROUND_TRUTH.md): a real exhaustive campaign (every allowed
+   fault at every point), then real three-phase and uniform-random campaigns with one third of the
+   exhaustive injection budget. Reports the fraction of seeded cycles and chains found, the runs
+   spent, the runs until every seeded cycle was found, and cycles that are not real (must be 0).
+   Random allocation is also replayed over 200 seeds against the exhaustive campaign's measured
+   outcomes (an oracle of what each experiment caused), so "fewer runs than random" is compared
+   with random's distribution, not one lucky or unlucky draw.
+2. Throughput: runs per minute of the tiny campaign with 1 and 2 local workers and with Ray.
+3. Injection-point cost outside a campaign: ns per `tracekit.fault_point` call against a plain call,
+   and the per-call cost of the ARMED flag check in the capture wrapper.
+
+usage: python benchmarks/bench_campaign.py [--quick] [--workers 2] [--no-ray]
+Ends with one JSON line of all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import final_line  # noqa: E402
+
+FIXTURES = ("retry_storm", "failover", "stampede")
+
+
+def canonical(cycle: list[str]) -> tuple[str, ...]:
+    i = min(range(len(cycle)), key=lambda k: cycle[k])
+    return tuple(cycle[i:] + cycle[:i])
+
+
+def contains(chain: list[str], part: list[str]) -> bool:
+    n = len(part)
+    return any(chain[i:i + n] == part for i in range(len(chain) - n + 1))
+
+
+def score(report: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    seeded = {canonical(c) for c in truth.get("cycles", [])}
+    links = {tuple(link) for link in truth.get("true_links", [])}
+    found = {canonical(c) for c in report["cycles"]}
+    real = {c for c in found if all((c[i], c[(i + 1) % len(c)]) in links for i in range(len(c)))}
+    chains = truth.get("chains", [])
+    chains_found = [c for c in chains if any(contains(r, c) for r in report["chains"])]
+    return {
+        "seeded_cycles": len(seeded), "cycles_found": len(seeded & found),
+        "false_cycles": sorted(" -> ".join(c) for c in found - real - seeded), "cycles_reported": len(found),
+        "seeded_chains": len(chains), "chains_found": len(chains_found),
+    }
+
+
+def oracle(db: Path, campaign_id: str) -> tuple[dict[str, list[Any]], dict[str, frozenset[str]], list[Any], dict[str, str]]:
+    """What every experiment of the exhaustive campaign caused, and its candidate list (for replays)."""
+    from tracekit.analysis.causality import analyze_experiments
+    from tracekit.inject.campaign import candidate_experiments, load_campaign, primary_fault
+    from tracekit.inject.runner import _points
+    from tracekit.store.campaigns import campaign_runs, get_campaign
+    from tracekit.store.db import connect
+
+    with connect(db, read_only=True) as con:
+        result = analyze_experiments(con, [campaign_id])
+        runs = campaign_runs(con, [campaign_id])
+        campaign = load_campaign(get_campaign(con, campaign_id)["file"])
+        candidates, primary = [], {}
+        for w in campaign.workloads:
+            ids = [r["run_id"] for r in runs if r["attributes"].get("test") == w.name and r["attributes"]["mode"] == "profile"]
+            infos = _points(con, ids)
+            candidates += candidate_experiments(campaign, w.name, infos)
+            for info in infos:
+                primary.setdefault(info.point, primary_fault(info))
+    edges: dict[str, list[Any]] = {}
+    for e in result.edges:
+        label = next(x.experiment for x in result.experiments if set(e.evidence_runs) <= set(x.fired_runs))
+        edges.setdefault(label, []).append(e)
+    names = {x.experiment: x.consequence_names() for x in result.experiments}
+    return edges, names, candidates, primary
+
+
+def cycles_of(edge_lists: list[list[Any]]) -> set[tuple[str, ...]]:
+    from tracekit.graph.propagation import build_graph, find_cycles
+
+    graph = build_graph([e for lst in edge_lists for e in lst])
+    return {canonical(c["faults"]) for c in find_cycles(graph)}
+
+
+def experiments_to_find(order: list[str], edges: dict[str, list[Any]], seeded: set[tuple[str, ...]]) -> int | None:
+    for k in range(1, len(order) + 1):
+        if seeded <= cycles_of([edges.get(label, []) for label in order[:k]]):
+            return k
+    return None
+
+
+def replay_three_phase(candidates: list[Any], primary: dict[str, str], names: dict[str, frozenset[str]], slots: int) -> list[str]:
+    from tracekit.inject.budget import ThreePhase
+
+    alloc, outcomes, order = ThreePhase(candidates, primary), {}, []
+    while len(order) < slots:
+        batch = [e for e in alloc.next_batch(outcomes, slots - len(order)) if e not in outcomes]
+        if not batch:
+            break
+        for e in batch:
+            outcomes[e] = names.get(e.label, frozenset())
+            order.append(e.label)
+    return order
+
+
+def accuracy(fixture: str, workers: int, tmp: Path) -> dict[str, Any]:
+    from tracekit.inject.campaign import load_campaign
+    from tracekit.inject.runner import run_campaign
+
+    campaign = load_campaign(ROOT / "fixtures" / "campaigns" / f"{fixture}.toml")
+    truth = campaign.ground_truth
+    seeded = {canonical(c) for c in truth.get("cycles", [])}
+    db, spool = tmp / f"{fixture}.duckdb", tmp / "spool"
+    repeats, profile = campaign.injection_repeats, campaign.profile_repeats * len(campaign.workloads)
+    out: dict[str, Any] = {}
+    exh = run_campaign(campaign, budget=100000, workers=workers, strategy="exhaustive", db=db, spool_dir=spool)
+    out["exhaustive"] = {"runs": exh.runs, "injection_runs": exh.runs - profile, "seconds": round(exh.seconds, 1),
+                         **score(exh.report, truth)}
+    edges, names, candidates, primary = oracle(db, exh.campaign_id)
+    slots = math.ceil(exh.experiments / 3)
+    budget = profile + slots * repeats
+    for strategy in ("three-phase", "random"):
+        res = run_campaign(campaign, budget=budget, workers=workers, strategy=strategy, db=db, spool_dir=spool, seed=0)
+        out[strategy] = {"runs": res.runs, "injection_runs": res.runs - profile, "budget": budget,
+                         "seconds": round(res.seconds, 1), **score(res.report, truth)}
+    # runs until every seeded cycle is found, replayed against the exhaustive campaign's outcomes
+    order = replay_three_phase(candidates, primary, names, slots)
+    k = experiments_to_find(order, edges, seeded)
+    out["three-phase"]["replay_injection_runs_to_find_all_cycles"] = k * repeats if k else None
+    random_needs = []
+    labels = [e.label for e in candidates]
+    for seed in range(200):
+        rng = random.Random(seed)
+        perm = labels[:]
+        rng.shuffle(perm)
+        k_rand = experiments_to_find(perm, edges, seeded)
+        random_needs.append(k_rand * repeats if k_rand else len(labels) * repeats)
+    random_needs.sort()
+    out["random"]["replay_injection_runs_to_find_all_cycles_mean"] = round(sum(random_needs) / len(random_needs), 1)
+    out["random"]["replay_injection_runs_to_find_all_cycles_median"] = random_needs[len(random_needs) // 2]
+    out["random"]["replay_share_finding_all_cycles_within_budget"] = round(
+        sum(1 for n in random_needs if n <= slots * repeats) / len(random_needs), 3)
+    out["exhaustive_experiments"] = exh.experiments
+    out["budget_fraction_of_exhaustive"] = round(slots / exh.experiments, 3)
+    return out
+
+
+def throughput(executor: str, workers: int, tmp: Path, budget: int) -> float:
+    from tracekit.inject.campaign import load_campaign
+    from tracekit.inject.runner import run_campaign
+
+    campaign = load_campaign(ROOT / "fixtures" / "campaigns" / "tiny.toml")
+    t0 = time.perf_counter()
+    res = run_campaign(campaign, budget=budget, workers=workers, executor=executor,
+                       db=tmp / f"tp-{executor}-{workers}.duckdb", spool_dir=tmp / "tp-spool")
+    return res.runs / ((time.perf_counter() - t0) / 60)
+
+
+def point_cost() -> dict[str, float]:
+    import tracekit
+    from opentelemetry import trace as otel_trace
+    from tracekit.inject import points
+
+    assert not points.ARMED, "run the benchmark outside a campaign"
+    n = 200_000
+
+    def plain(value: Any = True) -> Any:
+        return value
+
+    fp = tracekit.fault_point
+    tracer = otel_trace.get_tracer("bench")  # no provider: the same no-op spans an uninitialised process gets
+
+    def with_check() -> Any:
+        with tracer.start_as_current_span("x"):
+            if points.ARMED:
+                return points.intercept("x", plain, (), {})
+            return plain()
+
+    def without_check() -> Any:
+        with tracer.start_as_current_span("x"):
+            return plain()
+
+    def flag() -> int:
+        if points.ARMED:
+            return 1
+        return 0
+
+    def no_flag() -> int:
+        return 0
+
+    # interleaved rounds, minimum per variant: the machine is shared and noisy
+    best = {"base": math.inf, "cost": math.inf, "a": math.inf, "b": math.inf, "f": math.inf, "nf": math.inf}
+    m = n // 10
+    for _ in range(15):
+        best["base"] = min(best["base"], timeit.timeit(lambda: plain(1), number=m) / m * 1e9)
+        best["cost"] = min(best["cost"], timeit.timeit(lambda: fp("bench.point", 1), number=m) / m * 1e9)
+        best["a"] = min(best["a"], timeit.timeit(with_check, number=m // 4) / (m // 4) * 1e9)
+        best["b"] = min(best["b"], timeit.timeit(without_check, number=m // 4) / (m // 4) * 1e9)
+        best["f"] = min(best["f"], timeit.timeit(flag, number=m) / m * 1e9)
+        best["nf"] = min(best["nf"], timeit.timeit(no_flag, number=m) / m * 1e9)
+    base, cost, a, b = best["base"], best["cost"], best["a"], best["b"]
+    return {"fault_point_ns": round(cost, 1), "plain_call_ns": round(base, 1),
+            "fault_point_over_plain_ns": round(cost - base, 1),
+            "wrapper_with_flag_check_ns": round(a, 1), "wrapper_without_flag_check_ns": round(b, 1),
+            "flag_check_ratio": round(a / b, 3), "flag_check_alone_ns": round(best["f"] - best["nf"], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="throughput and point cost only")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--fixtures", default=",".join(FIXTURES))
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"name": "bench_campaign"}
+    figures["point_cost"] = point_cost()
+    print("injection point cost outside a campaign:", figures["point_cost"], flush=True)
+    with tempfile.TemporaryDirectory(prefix="tk-bench-campaign-") as d:
+        tmp = Path(d)
+        if not args.quick:
+            figures["accuracy"] = {}
+            for fixture in args.fixtures.split(","):
+                figures["accuracy"][fixture] = accuracy(fixture, args.workers, tmp)
+                print(fixture, figures["accuracy"][fixture], flush=True)
+        tp = {"local_1": throughput("local", 1, tmp, 10), "local_2": throughput("local", 2, tmp, 10)}
+        if not args.no_ray:
+            tp["ray_2"] = throughput("ray", 2, tmp, 10)
+        figures["throughput_runs_per_min"] = {k: round(v, 1) for k, v in tp.items()}
+        figures["throughput_ratio_2_vs_1_workers"] = round(tp["local_2"] / tp["local_1"], 2)
+        print("throughput (runs/min):", figures["throughput_runs_per_min"], flush=True)
+    if "accuracy" in figures:
+        acc = figures["accuracy"].values()
+        figures["cycles_found"] = {s: f"{sum(a[s]['cycles_found'] for a in acc)}/{sum(a[s]['seeded_cycles'] for a in acc)}"
+                                   for s in ("three-phase", "random", "exhaustive")}
+        figures["chains_found"] = {s: f"{sum(a[s]['chains_found'] for a in acc)}/{sum(a[s]['seeded_chains'] for a in acc)}"
+                                   for s in ("three-phase", "random", "exhaustive")}
+        figures["false_cycles"] = sum(len(a[s]["false_cycles"]) for a in acc for s in ("three-phase", "random", "exhaustive"))
+    final_line(**figures)
+
+
+if __name__ == "__main__":
+    main()
