@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,9 +16,9 @@ from tracekit.errors import TracekitError
 from tracekit.store.db import connect
 
 # The page that shows each kind of run best (every run also has a Timeline).
-KIND_PAGE = {"training": "pages/training.py", "agents": "pages/agents.py", "campaign": "pages/campaign.py"}
-PAGE_URL = {"pages/runs.py": "runs", "pages/timeline.py": "timeline", "pages/training.py": "training",
-            "pages/agents.py": "agents", "pages/campaign.py": "campaign", "pages/sql.py": "sql"}
+KIND_PAGE = {"training": "views/training.py", "agents": "views/agents.py", "campaign": "views/campaign.py"}
+PAGE_URL = {"views/runs.py": "runs", "views/timeline.py": "timeline", "views/training.py": "training",
+            "views/agents.py": "agents", "views/campaign.py": "campaign", "views/sql.py": "sql"}
 STATUS_COLOR = {"ok": "#4c78a8", "unset": "#9ecae9", "error": "#e45756", "faulted": "#f58518"}
 
 
@@ -88,13 +89,23 @@ def open_links(run: dict[str, Any]) -> None:
     cols = st.columns(3)
     page = KIND_PAGE.get(run["kind"])
     if page:
-        cols[0].page_link(page, label=f"Open {run['kind']} page", icon="➡️", query_params={"run": run["run_id"]})
-    cols[1].page_link("pages/timeline.py", label="Open timeline", icon="🕒", query_params={"run": run["run_id"]})
+        cols[0].page_link(page, label=f"Open {run['kind']} page", icon=":material/arrow_forward:", query_params={"run": run["run_id"]})
+    cols[1].page_link("views/timeline.py", label="Open timeline", icon=":material/timeline:", query_params={"run": run["run_id"]})
 
 
 def run_url(run: dict[str, Any]) -> str:
     """A relative link to the run's page (for link columns in tables)."""
-    return f"./{PAGE_URL[KIND_PAGE.get(run['kind'], 'pages/timeline.py')]}?run={run['run_id']}"
+    return f"./{PAGE_URL[KIND_PAGE.get(run['kind'], 'views/timeline.py')]}?run={run['run_id']}"
+
+
+def evidence_text(detail: dict[str, Any], n: int = 240) -> str:
+    """A finding's evidence as one readable line: `key=value` pairs (nested values as compact JSON)."""
+    ev = detail.get("evidence", detail.get("reason", detail.get("summary")))
+    if isinstance(ev, dict):
+        ev = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)}" for k, v in ev.items())
+    elif isinstance(ev, list):
+        ev = "; ".join(str(e) for e in ev)
+    return short(ev or "", n)
 
 
 def short(text: Any, n: int = 120) -> str:

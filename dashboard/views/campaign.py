@@ -174,8 +174,8 @@ if not profile_ids or not inject_ids:
 c1, c2 = st.columns(2)
 prof = c1.selectbox("Profile run", profile_ids, key="cp_prof", format_func=lambda r: r[:12])
 inj = c2.selectbox("Injection run (evidence)", inject_ids, key="cp_inj", format_func=lambda r: r[:12])
-c1.page_link("pages/timeline.py", label="profile run timeline", icon="🕒", query_params={"run": prof})
-c2.page_link("pages/timeline.py", label="injection run timeline", icon="🕒", query_params={"run": inj})
+c1.page_link("views/timeline.py", label="profile run timeline", icon=":material/timeline:", query_params={"run": prof})
+c2.page_link("views/timeline.py", label="injection run timeline", icon=":material/timeline:", query_params={"run": inj})
 with tkui.store() as con:
     prof_rows = span_profile(con, [prof, inj])
     faults = {r: run_faults(con, r, limit=200) for r in (prof, inj)}

@@ -18,10 +18,7 @@ st.title("SQL")
 st.caption("Read-only DuckDB over the store's tables: runs, spans, events, links, collectives, steps, faults, "
            f"findings. The connection cannot read or write other files. At most {ROW_LIMIT:,} rows are shown.")
 
-with st.form("sql_form"):
-    query = st.text_area("Query", value=st.session_state.get("sql_last", EXAMPLE), height=140, key="sql_query")
-    submitted = st.form_submit_button("Run")
-st.session_state["sql_last"] = query
+query = st.text_area("Query (Ctrl+Enter runs it)", value=EXAMPLE, height=140, key="sql_query")
 
 with tkui.store() as con:
     try:

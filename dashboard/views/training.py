@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import tkui
 
+from tracekit.errors import TracekitError
 from tracekit.store.dashboard import collective_matrix, rank_last_activity, run_findings, step_times, training_summary
 
 BLAME = "#d62728"
@@ -46,6 +47,22 @@ def heatmap(frame: pd.DataFrame, value: str, title: str, unit: str, blamed: dict
     return fig
 
 
+def live_findings(con, run_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The collective-anomaly analysis run now on a run that has no stored findings (not stored: read-only)."""
+    try:
+        from tracekit.analysis.collectives import detect_run
+    except ImportError:
+        return []
+    try:
+        found = detect_run(con, run_id, store=False)
+    except TracekitError as exc:
+        st.warning(f"collective-anomaly analysis: {exc}")
+        return []
+    return [{"analysis": "collectives", "kind": f.get("kind"), "subject": f.get("subject"), "score": f.get("score"),
+             "rank_order": i, "first_step": f.get("first_step"), "confidence": f.get("confidence"), "detail": f}
+            for i, f in enumerate(found)]
+
+
 st.title("Training run")
 
 with tkui.store() as con:
@@ -54,12 +71,16 @@ with tkui.store() as con:
         st.stop()
     run_id = run["run_id"]
     summary = training_summary(con, run_id)
-    findings = run_findings(con, run_id)
+    findings, source = run_findings(con, run_id, analysis="collectives"), "stored"
+    if not findings:
+        findings, source = live_findings(con, run_id), "computed now"
     steps = step_times(con, run_id)
     colls = collective_matrix(con, run_id)
     last = rank_last_activity(con, run_id)
 
 tkui.open_links(run)
+if run["kind"] != "training":
+    st.info(f"This is a {run['kind']} run, not a training job: its own page (linked above) shows it best.")
 m = st.columns(5)
 m[0].metric("Ranks", max(summary["step_ranks"], summary["collective_ranks"]))
 m[1].metric("Steps", "" if summary["last_step"] is None else summary["last_step"] - summary["first_step"] + 1)
@@ -77,12 +98,12 @@ if findings:
              if top["score"] is not None else f"Blamed: **{top['subject']}** — {top['kind']}{when} ({top['analysis']})")
     table = pd.DataFrame([{"#": f["rank_order"] + 1, "kind": f["kind"], "subject": f["subject"], "score": f["score"],
                            "first step": f["first_step"], "confidence": f["confidence"], "analysis": f["analysis"],
-                           "evidence": tkui.short(f["detail"].get("evidence") or f["detail"].get("reason")
-                                                  or f["detail"].get("summary") or "", 200)} for f in findings])
+                           "evidence": tkui.evidence_text(f["detail"])} for f in findings])
     st.dataframe(table, hide_index=True, width="stretch", key="tr_findings")
+    if source != "stored":
+        st.caption("Findings computed now by the collective-anomaly analysis (none were stored for this run).")
 else:
-    st.success("No findings stored for this run: the collective-anomaly analysis found nothing, or has not been "
-               "run (`tracekit analyze` stores its findings).")
+    st.success("No anomaly: the collective-anomaly analysis blames no rank or link in this run.")
 
 if not steps and not colls:
     st.info("This run recorded no training steps or collectives (record it under `tracekit record` with torch "
