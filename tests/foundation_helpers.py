@@ -76,3 +76,38 @@ def assert_one_line_error(done: Done) -> None:
     assert "Traceback" not in done.err, done.err
     lines = [ln for ln in done.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.err
+
+
+def cli_here(tmp: Path, *args: str, **env: str) -> Done:
+    """Run `tracekit ARGS...` inside this interpreter (same code path as the console script's `main`),
+    for the many small calls where a fresh interpreter per call would only add start-up time."""
+    import contextlib
+    import io
+
+    from tracekit.cli import main
+
+    saved_env = dict(os.environ)
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.clear()
+        os.environ.update(clean_env(tmp, **env))
+        os.chdir(tmp)
+        sys.argv = ["tracekit", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # an escaped exception is what the CLI must never show: report it
+                import traceback
+
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Done(code, out.getvalue(), err.getvalue())
