@@ -7,8 +7,8 @@ likely. Budgets count runs: an experiment costs ``injection_repeats`` runs.
 * **breadth** — every point once, with its primary fault (negate a check, delay a loop, else raise);
 * **uniqueness** — cluster points by the Jaccard distance of what they caused and give every cluster
   the same share, so a point with consequences nobody else has is not drowned by many look-alikes;
-  within a cluster, faults already observed as a consequence somewhere come first (injecting them
-  is what lets causal stitching extend a chain);
+  clusters and faults that were observed as a consequence somewhere but not injected yet come
+  first (injecting them is what lets causal stitching extend a chain);
 * **diversity** — points whose consequences changed with the workload, or that caused something and
   were reached by another workload, get their remaining faults there.
 """
@@ -108,13 +108,19 @@ class ThreePhase:
 
     def _uniqueness(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
         effects = self._effects(outcomes)
-        seen = frozenset().union(*outcomes.values()) if outcomes else frozenset()  # faults observed as consequences
+        # faults observed as a consequence that no experiment has injected yet (under any variant)
+        seen = (frozenset().union(*outcomes.values()) if outcomes else frozenset()) - {e.fault_name for e in outcomes}
         clusters = cluster_points(effects, self.threshold)
         if not clusters:
             return []
         share = max(1, slots // len(clusters))
         batch: list[Experiment] = []
-        for members in sorted(clusters, key=lambda c: (-max(len(effects[p]) for p in c), c)):
+        def stitchable(cluster: list[str]) -> bool:
+            return any(e.point in cluster and e.fault_name in seen and e not in outcomes for e in self.candidates)
+
+        # clusters holding a fault already seen as a consequence first, then the most consequential
+        order = sorted(clusters, key=lambda c: (not stitchable(c), -max(len(effects[p]) for p in c), c))
+        for members in order:
             members = sorted(members, key=lambda p: (-len(effects[p]), p))
             queues = [sorted((e for e in self.candidates if e.point == p and e.workload == self._home(p, outcomes)
                               and e not in outcomes), key=lambda e: e.fault_name not in seen) for p in members]
