@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--onset", type=int, default=8)
     p.add_argument("--out", default=None, help="keep the store here (default: a temporary directory)")
+    p.add_argument("--reanalyse", metavar="DIR", default=None,
+                   help="re-run the detectors over the runs a previous invocation stored in DIR (no new jobs)")
     args = p.parse_args()
+    if args.reanalyse:
+        report(reanalyse(Path(args.reanalyse) / "bench.duckdb", args.onset), time.monotonic())
+        return
     workdir = Path(args.out or tempfile.mkdtemp(prefix="tk-bench-acc-"))
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "bench.duckdb"
@@ -79,8 +85,6 @@ def main() -> None:
         for i in range(args.healthy if world == int(args.worlds.split(",")[0]) else 0):
             seed += 1
             plan.append(("none", world, -1, seed))
-    if args.healthy and len(args.worlds.split(",")) > 1:
-        pass
     results = []
     started = time.monotonic()
     for fault, world, rank, seed in plan:
@@ -90,21 +94,45 @@ def main() -> None:
         if run_id is None:
             print(f"{name}: skipped (the machine cannot run it)", file=sys.stderr, flush=True)
             continue
-        found, naive = analyse(db, run_id)
-        top = found[0] if found else None
-        expect_subject = None
-        if fault == "slow_link":
-            peer = (rank + 1) % world
-            expect_subject = f"link:{min(rank, peer)}-{max(rank, peer)}"
-        elif fault != "none":
-            expect_subject = f"rank:{rank}"
-        hit = bool(top and fault != "none" and top["subject"] == expect_subject and top["kind"] == KINDS[fault])
-        naive_hit = bool(naive and fault not in ("none", "slow_link") and naive[0]["subject"] == expect_subject)
-        delay = (top["first_step"] - args.onset) if hit and top.get("first_step") is not None else None
-        results.append({"fault": fault, "world": world, "rank": rank, "hit": hit, "naive_hit": naive_hit,
-                        "delay": delay, "findings": len(found), "top": top and f"{top['kind']} {top['subject']}",
-                        "seconds": round(time.monotonic() - t0, 1)})
+        results.append(score(db, run_id, fault, world, rank, args.onset))
+        results[-1]["seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    report(results, started)
+
+
+def score(db: Path, run_id: str, fault: str, world: int, rank: int, onset: int) -> dict:
+    found, naive = analyse(db, run_id)
+    top = found[0] if found else None
+    expect_subject = None
+    if fault == "slow_link":
+        peer = (rank + 1) % world
+        expect_subject = f"link:{min(rank, peer)}-{max(rank, peer)}"
+    elif fault != "none":
+        expect_subject = f"rank:{rank}"
+    hit = bool(top and fault != "none" and top["subject"] == expect_subject and top["kind"] == KINDS[fault])
+    naive_hit = bool(naive and fault not in ("none", "slow_link") and naive[0]["subject"] == expect_subject)
+    delay = (top["first_step"] - onset) if hit and top.get("first_step") is not None else None
+    return {"fault": fault, "world": world, "rank": rank, "hit": hit, "naive_hit": naive_hit, "delay": delay,
+            "findings": len(found), "top": top and f"{top['kind']} {top['subject']}"}
+
+
+def reanalyse(db: Path, onset: int) -> list[dict]:
+    from tracekit.store.db import connect
+
+    with connect(db, read_only=True) as con:
+        runs = con.execute("SELECT run_id, name FROM runs WHERE kind = 'training' ORDER BY started_ns").fetchall()
+    results = []
+    for run_id, name in runs:
+        match = re.fullmatch(r"(\w+)-w(\d+)-r(-?\d+)-s(\d+)", name)
+        if match is None:
+            continue
+        fault, world, rank = match.group(1), int(match.group(2)), int(match.group(3))
+        results.append(score(db, run_id, fault, world, rank, onset))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def report(results: list[dict], started: float) -> None:
     summary = summarize(results)
     print(f"\n{'fault':<10} {'runs':>4} {'top-1':>7} {'naive':>7} {'delay (median/max)':>20}")
     for fault, row in summary["per_kind"].items():
@@ -113,7 +141,7 @@ def main() -> None:
     h = summary["healthy"]
     print(f"healthy runs: {h['runs']}, runs with any finding: {h['runs_with_findings']} "
           f"(naive baseline blames a rank in {h['naive_blames']} of {h['runs']}); "
-          f"total {time.monotonic() - started:.0f} s")
+          f"analysis wall time {time.monotonic() - started:.0f} s")
     overall = summary["overall_accuracy"]
     print(json.dumps({"name": "collectives_top1_accuracy", "value": overall, "unit": "fraction",
                       "baseline": "naive slowest mean step time", "baseline_value": summary["overall_naive"],

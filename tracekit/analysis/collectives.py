@@ -95,8 +95,8 @@ class Thresholds:
     floor_ns: int = 5 * MS            # ... and this absolute floor
     window: int = 5                   # a straggler is late in `min_in_window` of `window` consecutive steps
     min_in_window: int = 4
-    throttle_ratio: float = 3.0       # a throttled rank's threads wake this many times later than its peers' ...
-    throttle_lag_ns: int = 10 * MS    # ... and at least this late (CPU starvation, not load)
+    throttle_ratio: float = 5.0       # a throttled rank's threads wake this many times later than its peers' ...
+    throttle_lag_ns: int = 40 * MS    # ... and this late: 8 GIL switch intervals, more than a busy process causes
     probe_ratio: float = 4.0          # a probed direction this many times the round's median ...
     probe_excess_ns: int = 10 * MS    # ... and this much slower is a slow link
     probe_min_rounds: int = 2
@@ -152,9 +152,17 @@ def _with_steps(c: pl.DataFrame) -> pl.DataFrame:
     ref_rank = int(c["rank"].min())
     seq = c.filter((pl.col("rank") == ref_rank) & pl.col("peer").is_null()).sort("seq")
     period = infer_period([f"{o}:{b}" for o, b in zip(seq["op"].to_list(), seq["bytes"].to_list())])
+    offset = 0
+    if period in (None, 1) and seq.height > 3:
+        # identical collectives: the period shows in time instead, as the long gap between steps
+        gaps = np.diff(seq["enter_ns"].to_numpy().astype(np.int64))
+        big = gaps > 2 * np.median(gaps)
+        by_gap = infer_period(big.tolist())
+        if by_gap and by_gap > 1 and big.any():
+            period, offset = by_gap, (int(np.argmax(big)) + 1) % by_gap
     if period is None:
         return c.with_columns(pl.col("step").fill_null(pl.col("seq")))
-    return c.with_columns(pl.col("step").fill_null(pl.col("seq") // period))
+    return c.with_columns(pl.col("step").fill_null((pl.col("seq") - offset) // period))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +321,13 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
     if lowest >= max_seq:
         return []
     culprits = [r for r, s in per_rank.items() if s == lowest]
-    stuck_seq = lowest + 1
+    # where the others got stuck: their first failed or in-flight collective past the culprit's last
+    # (the culprit's own last records may be up to one flush interval older than its death)
+    blocked = g.filter(~pl.col("ok").fill_null(False) & (pl.col("seq") > lowest) & ~pl.col("rank").is_in(culprits))
+    stuck_seq = int(blocked["seq"].min()) if blocked.height else lowest + 1
+    if hb.height and not blocked.height:
+        waiting_at = hb.filter(pl.col("inflight_seq") > lowest)["inflight_seq"].min()
+        stuck_seq = int(waiting_at) if waiting_at is not None else stuck_seq
     others = g.filter((pl.col("seq") == stuck_seq) & ~pl.col("rank").is_in(culprits))
     enters = others["enter_ns"].to_list()
     if hb.height:

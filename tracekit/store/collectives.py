@@ -41,7 +41,7 @@ GROUP BY 1
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> pa.Table:
-    return con.execute(sql, {"run": run_id}).to_arrow_table()
+    return con.sql(sql, params={"run": run_id}).to_arrow_table()
 
 
 def collectives_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:

@@ -1,0 +1,226 @@
+"""Unit tests of the collective-anomaly detectors on tiny hand-built per-rank frames (no torch, no processes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tracekit.analysis.collectives import (
+    DEFAULT_DETECTORS, Finding, RunFrames, Thresholds, detect, detect_missing_rank, detect_nonfinite,
+    detect_slow_links, detect_stragglers, infer_period, naive_slowest_rank,
+)
+
+MS = 1_000_000
+T0 = 1_800_000_000 * 10**9
+
+
+def build(world: int = 4, steps: int = 30, per_step: int = 4, *, late: dict[int, tuple[int, int]] | None = None,
+          seed: int = 0, step_col: bool = True, sched_lag: dict[int, tuple[int, int]] | None = None,
+          nonfinite: dict[int, int] | None = None) -> RunFrames:
+    """A healthy job with arrival noise; `late={rank: (from_step, ms)}` delays a rank's arrivals."""
+    rng = np.random.default_rng(seed)
+    rows, step_rows, hb = [], [], []
+    for s in range(steps):
+        for k in range(per_step):
+            seq = s * per_step + k
+            base = T0 + s * 100 * MS + k * 5 * MS
+            enters = {r: base + int(rng.gamma(2.0, 1.0) * MS) for r in range(world)}
+            for r, (onset, ms) in (late or {}).items():
+                if s >= onset:
+                    enters[r] += ms * MS
+            done = max(enters.values()) + MS
+            for r in range(world):
+                bad = nonfinite is not None and r in nonfinite and seq >= nonfinite[r]
+                spread = nonfinite is not None and any(seq > v for v in nonfinite.values())
+                rows.append({"rank": r, "world_size": world, "process_group": "default", "seq": seq,
+                             "op": "all_reduce", "bytes": 1 << 20, "enter_ns": enters[r], "exit_ns": done,
+                             "step": s if step_col else None, "ok": True, "peer": None, "async_op": True,
+                             "source": "ddp", "nonfinite": bool(bad or spread), "error": None})
+        for r in range(world):
+            step_rows.append({"rank": r, "step": s, "start_ns": T0 + s * 100 * MS, "end_ns": T0 + (s + 1) * 100 * MS,
+                              "loss": 1.0, "grad_norm": 1.0, "nonfinite": False})
+    for r in range(world):
+        for i in range(steps // 5 + 1):
+            ts = T0 + i * 500 * MS
+            lag = 2 * MS
+            if sched_lag and r in sched_lag and ts >= T0 + sched_lag[r][0] * 100 * MS:
+                lag = sched_lag[r][1] * MS
+            hb.append({"rank": r, "ts_ns": ts, "step": i * 5, "last_seq": None, "inflight_op": None,
+                       "inflight_seq": None, "inflight_since_ns": None, "state": "alive", "sched_lag_ns": lag})
+    return RunFrames(collectives=pl.DataFrame(rows, schema=COLLECTIVES), steps=pl.DataFrame(step_rows),
+                     heartbeats=pl.DataFrame(hb, schema=HEARTBEATS))
+
+
+COLLECTIVES = {"rank": pl.Int32, "world_size": pl.Int32, "process_group": pl.String, "seq": pl.Int64,
+               "op": pl.String, "bytes": pl.Int64, "enter_ns": pl.Int64, "exit_ns": pl.Int64, "step": pl.Int64,
+               "ok": pl.Boolean, "peer": pl.Int32, "async_op": pl.Boolean, "source": pl.String,
+               "nonfinite": pl.Boolean, "error": pl.String}
+HEARTBEATS = {"rank": pl.Int32, "ts_ns": pl.Int64, "step": pl.Int64, "last_seq": pl.Int64, "inflight_op": pl.String,
+              "inflight_seq": pl.Int64, "inflight_since_ns": pl.Int64, "state": pl.String, "sched_lag_ns": pl.Int64}
+
+
+def test_healthy_run_has_no_findings() -> None:
+    for seed in range(5):
+        assert detect(build(seed=seed)) == []
+
+
+@pytest.mark.parametrize("culprit", [0, 2, 3])
+def test_straggler_named_from_its_onset(culprit: int) -> None:
+    findings = detect(build(late={culprit: (10, 40)}))
+    assert [f.kind for f in findings] == ["straggler"]
+    top = findings[0]
+    assert top.subject == f"rank:{culprit}"
+    assert 10 <= top.first_step <= 12
+    assert 0 < top.confidence <= 1
+    assert top.evidence["median_lag_ms"] > top.evidence["threshold_ms"]
+
+
+def test_throttle_told_apart_by_scheduling_lag() -> None:
+    findings = detect(build(late={1: (10, 40)}, sched_lag={1: (10, 80)}))
+    assert [(f.kind, f.subject) for f in findings] == [("throttle", "rank:1")]
+    assert findings[0].evidence["sched_lag_ms"] == 80.0
+
+
+def test_transient_late_arrivals_are_not_a_straggler() -> None:
+    """Guards against alarming on noise: a rank late in 2 isolated steps is not a straggler."""
+    frames = build()
+    c = frames.collectives.with_columns(
+        enter_ns=pl.when((pl.col("rank") == 1) & pl.col("step").is_in([5, 17])).then(pl.col("enter_ns") + 60 * MS)
+        .otherwise(pl.col("enter_ns")))
+    assert detect(RunFrames(collectives=c, steps=frames.steps, heartbeats=frames.heartbeats)) == []
+
+
+def test_period_is_learned_when_steps_are_missing() -> None:
+    findings = detect(build(late={2: (12, 40)}, step_col=False, per_step=3))
+    assert findings[0].subject == "rank:2"
+    assert 12 <= findings[0].first_step <= 14
+
+
+def test_infer_period() -> None:
+    assert infer_period(["a", "a", "b"] * 20) == 3
+    assert infer_period(list("abcdefgh")) is None
+
+
+def _cut(frames: RunFrames, rank: int, last_seq: int, *, alive_until: int | None, sigterm: bool = False) -> RunFrames:
+    """Rank `rank` stops after `last_seq`; the others enter last_seq+1 and fail there."""
+    c = frames.collectives
+    stuck = last_seq + 1
+    c = c.filter(pl.col("seq") <= stuck).filter(~((pl.col("rank") == rank) & (pl.col("seq") == stuck)))
+    c = c.with_columns(
+        ok=pl.when(pl.col("seq") == stuck).then(False).otherwise(pl.col("ok")),
+        error=pl.when(pl.col("seq") == stuck).then(pl.lit("Timed out")).otherwise(pl.col("error")),
+        exit_ns=pl.when(pl.col("seq") == stuck).then(pl.col("enter_ns") + 5_000 * MS).otherwise(pl.col("exit_ns")))
+    stuck_enter = c.filter(pl.col("seq") == stuck)["enter_ns"].min()
+    hb = frames.heartbeats.filter(pl.col("ts_ns") <= stuck_enter)
+    if alive_until is not None:
+        extra = [{**hb.row(0, named=True), "rank": rank, "ts_ns": stuck_enter + alive_until * MS,
+                  "state": "sigterm" if sigterm else "alive"}]
+        hb = pl.concat([hb, pl.DataFrame(extra, schema=hb.schema)])
+    steps = frames.steps.filter(~((pl.col("rank") == rank) & (pl.col("start_ns") >= stuck_enter - 100 * MS)))
+    return RunFrames(collectives=c, steps=steps, heartbeats=hb)
+
+
+def test_hang_is_the_missing_rank_that_stayed_alive() -> None:
+    frames = _cut(build(), 2, 41, alive_until=6_000, sigterm=True)
+    findings = detect(frames)
+    assert findings[0].kind == "hang" and findings[0].subject == "rank:2"
+    assert findings[0].first_step == 10
+    assert findings[0].evidence["stuck_seq"] == 42
+    assert findings[0].evidence["ranks_waiting"] == [0, 1, 3]
+
+
+def test_crash_is_the_missing_rank_that_died_first() -> None:
+    frames = _cut(build(), 1, 41, alive_until=None)
+    findings = detect(frames)
+    assert [(f.kind, f.subject) for f in findings][:1] == [("crash", "rank:1")]
+    assert findings[0].evidence["ranks_failed"] == [0, 2, 3]
+
+
+def test_live_hang_seen_through_heartbeats_only() -> None:
+    """The others are still waiting (nothing failed yet): their heartbeats name the in-flight collective."""
+    frames = build()
+    c = frames.collectives.filter(pl.col("seq") <= 41)
+    since = c["enter_ns"].max() + 20 * MS
+    hb = pl.concat([frames.heartbeats.filter(pl.col("ts_ns") <= since), pl.DataFrame([
+        {"rank": r, "ts_ns": since + 3_000 * MS, "step": 10, "last_seq": 42 if r != 3 else 41,
+         "inflight_op": "all_reduce" if r != 3 else None, "inflight_seq": 42 if r != 3 else None,
+         "inflight_since_ns": since if r != 3 else None, "state": "alive", "sched_lag_ns": MS}
+        for r in range(4)], schema=frames.heartbeats.schema)])
+    findings = detect(RunFrames(collectives=c, steps=frames.steps, heartbeats=hb))
+    assert (findings[0].kind, findings[0].subject) == ("hang", "rank:3")
+
+
+def test_nonfinite_names_the_first_rank_before_reduction() -> None:
+    findings = detect(build(nonfinite={3: 50}))
+    assert [(f.kind, f.subject, f.first_step) for f in findings] == [("nonfinite", "rank:3", 12)]
+    assert findings[0].evidence["others_nonfinite_from_seq"] == 51
+
+
+def test_nonfinite_everywhere_at_once_is_not_localized() -> None:
+    findings = detect_nonfinite(build(nonfinite={0: 50, 1: 50, 2: 50, 3: 50}), Thresholds())
+    assert len(findings) == 4 and all(f.confidence < 0.5 for f in findings)
+
+
+def _probes(world: int, rounds: int, slow: tuple[int, int] | None, from_round: int = 3,
+            slow_rank: int | None = None) -> pl.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for rnd in range(rounds):
+        for src in range(world):
+            for dst in range(world):
+                if src == dst:
+                    continue
+                dur = int(rng.uniform(1, 3) * MS)
+                if slow and (src, dst) == slow and rnd >= from_round:
+                    dur = 60 * MS
+                if slow_rank is not None and slow_rank in (src, dst) and rnd >= from_round:
+                    dur = 40 * MS
+                rows.append({"rank": dst, "world_size": world, "round": rnd, "src": src, "dst": dst,
+                             "bytes": 1 << 18, "ts_ns": T0 + rnd * 200 * MS, "dur_ns": dur, "step": rnd * 2})
+    return pl.DataFrame(rows)
+
+
+def test_slow_link_named_by_the_probe() -> None:
+    frames = build()
+    frames = RunFrames(collectives=frames.collectives, steps=frames.steps, probes=_probes(4, 8, (2, 3)))
+    findings = detect(frames)
+    assert [(f.kind, f.subject, f.first_step) for f in findings] == [("slow_link", "link:2-3", 6)]
+    assert findings[0].evidence["slow_directions"] == ["2->3"]
+
+
+def test_a_slow_rank_is_not_a_slow_link() -> None:
+    frames = RunFrames(collectives=build().collectives, probes=_probes(4, 8, None, slow_rank=1))
+    assert detect_slow_links(frames, Thresholds()) == []
+
+
+def test_healthy_probes_have_no_findings() -> None:
+    assert detect_slow_links(RunFrames(collectives=build().collectives, probes=_probes(8, 10, None)), Thresholds()) == []
+
+
+def test_detectors_are_injectable_and_findings_sorted() -> None:
+    calls = []
+
+    def mine(frames: RunFrames, th: Thresholds) -> list[Finding]:
+        calls.append(frames.world_size)
+        return [Finding("straggler", "rank:0", 3, 0.3, {}, "low"), Finding("hang", "rank:1", 2, 0.9, {}, "high"),
+                Finding("nonfinite", "rank:2", 1, 0.5, {}, "mid")]
+
+    found = detect(build(), detectors=[mine])
+    assert calls == [4]
+    assert [f.subject for f in found] == ["rank:1", "rank:2"]  # the straggler after the hang's onset is a symptom
+    assert len(DEFAULT_DETECTORS) == 4
+
+
+def test_finding_dict_is_the_json_contract() -> None:
+    f = detect(build(late={1: (10, 40)}))[0].to_dict()
+    assert {"kind", "subject", "first_step", "confidence", "evidence"} <= set(f)
+    json.dumps(f)
+
+
+def test_naive_baseline_always_blames_someone() -> None:
+    assert len(naive_slowest_rank(build())) == 1
+    assert detect_missing_rank(build(), Thresholds()) == []
+    assert detect_stragglers(RunFrames(collectives=build().collectives.head(0)), Thresholds()) == []

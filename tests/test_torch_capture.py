@@ -1,0 +1,92 @@
+"""Capture of torch.distributed on real gloo ranks: every op, async handles, DDP buckets, steps; import hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_OPS = ROOT / "tests" / "data" / "torch_ops" / "all_ops.py"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_")}
+    env.update(TRACEKIT_SPOOL_DIR=str(tmp_path / "spool"), TRACEKIT_DB=str(tmp_path / "t.duckdb"), **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def _sql(tmp_path: Path, query: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "tracekit", "sql", query, "-f", "json"], cwd=tmp_path,
+                         env=_env(tmp_path), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_instrument_records_every_op_on_every_rank(tmp_path: Path) -> None:
+    """One line in the script (`tracekit.torch.instrument()`), plain torchrun: all ranks join one run."""
+    proc = subprocess.run(
+        ["torchrun", "--nproc-per-node", "2", "--master-port", "29811", str(ALL_OPS), "--instrument"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = _sql(tmp_path, "SELECT run_id, kind FROM runs")
+    assert len(runs) == 1 and runs[0]["kind"] == "training"
+    rows = _sql(tmp_path, "SELECT rank, op, seq, bytes, dtype, peer, async_op, source, ok, enter_ns, exit_ns, step "
+                          "FROM collectives ORDER BY rank, enter_ns")
+    for rank in (0, 1):
+        mine = [r for r in rows if r["rank"] == rank]
+        calls = [r for r in mine if r["source"] == "call"]
+        ops = [r["op"] for r in calls if r["peer"] is None]
+        assert ops == ["all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
+                       "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "barrier", "all_reduce"]
+        assert [r["seq"] for r in calls if r["peer"] is None] == list(range(10))  # one sequence per group
+        p2p = [(r["op"], r["peer"], r["seq"]) for r in calls if r["peer"] is not None]
+        sends = ("send", "recv") if rank == 0 else ("recv", "send")
+        assert p2p == [(sends[0], 1 - rank, 0), (sends[1], 1 - rank, 0), ("isend", 1 - rank, 1), ("irecv", 1 - rank, 1)]
+        by_op = {r["op"]: r for r in reversed(calls)}  # the first call of each op
+        assert by_op["all_reduce"]["bytes"] == 16 and by_op["all_reduce"]["dtype"] == "float32"
+        assert by_op["reduce_scatter_tensor"]["bytes"] == 32
+        assert by_op["barrier"]["bytes"] == 0
+        first_send = next(r for r in calls if r["op"] == "send")
+        assert first_send["dtype"] == ("int64" if rank == 0 else "float64")
+        assert all(r["ok"] and r["exit_ns"] >= r["enter_ns"] for r in mine)
+        asyncs = [r for r in calls if r["async_op"]]
+        assert {r["op"] for r in asyncs} == {"isend", "irecv", "all_reduce"}
+        assert next(r for r in asyncs if r["op"] == "all_reduce")["bytes"] == 4000
+        ddp = [r for r in mine if r["source"] == "ddp"]
+        assert len(ddp) == 3 and [r["step"] for r in ddp] == [0, 1, 2]
+        assert all(r["async_op"] and r["op"] == "all_reduce" for r in ddp)
+    assert [r["seq"] for r in rows if r["source"] == "ddp" and r["rank"] == 0] == \
+           [r["seq"] for r in rows if r["source"] == "ddp" and r["rank"] == 1]
+    steps = _sql(tmp_path, "SELECT rank, step, loss, grad_norm, nonfinite FROM steps ORDER BY rank, step")
+    assert [(s["rank"], s["step"]) for s in steps] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert all(s["loss"] is not None and s["grad_norm"] > 0 and s["nonfinite"] is False for s in steps)
+    nodes = _sql(tmp_path, "SELECT DISTINCT node FROM spool_files WHERE stream = 'collectives' ORDER BY node")
+    assert [n["node"] for n in nodes] == ["rank:0", "rank:1"]
+
+
+def test_cli_and_plain_processes_never_import_torch(tmp_path: Path) -> None:
+    code = "import sys, tracekit, tracekit.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    rec = subprocess.run(
+        [sys.executable, "-m", "tracekit", "record", "--run", "plain", "--", sys.executable, "-c",
+         "import sys; print('torch' in sys.modules)"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=True)
+    assert rec.stdout.splitlines()[0] == "False"
+
+
+def test_import_hook_wraps_torch_distributed_only_when_imported(tmp_path: Path) -> None:
+    code = ("import sys; from tracekit.capture.torch_dist import install_import_hook; install_import_hook(); "
+            "assert 'torch' not in sys.modules; import torch.distributed as d; "
+            "print(hasattr(d.all_reduce, '__tracekit_original__'), hasattr(d.init_process_group, '__tracekit_original__'))")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True"
+    off = subprocess.run([sys.executable, "-c", code.replace("True True", "")], env=_env(tmp_path, TRACEKIT_TORCH="0"),
+                         capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False False"
