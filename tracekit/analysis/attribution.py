@@ -224,7 +224,7 @@ def _judgment(text: str) -> str | None:
     such; free text is matched against negative-judgment phrases that are not negated.
     """
     text = text[:SCAN_CHARS]
-    structured = _STRUCTURED.findall(text)
+    structured = _STRUCTURED.findall(text) if '"answer"' in text else []
     if structured:
         for key, value in structured:
             key = key.lower()
@@ -279,7 +279,11 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
     for n in order:
         if n == fail:
             break
-        words = set(_norm_words(g.nodes[n]["content"][:SCAN_CHARS * 2]))
+        text = g.nodes[n]["content"][:SCAN_CHARS * 2]
+        flat = text.lower().replace(",", "")
+        if not any(t in flat for t in wanted):
+            continue
+        words = set(_norm_words(text))
         for t in wanted:
             if t in words:
                 count[t] += 1
@@ -292,25 +296,31 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
     return out
 
 
-def _link_dropped(g: nx.DiGraph, order: list[str], fail: str, weight: dict[str, float],
-                  reasons: dict[str, list[str]]) -> None:
-    """A step whose output no later step received, while a later step reports missing information
-    about what that output held, lost its message: link the two (inferred, relation "missing")."""
-    words = {n: {w for w in _norm_words(g.nodes[n]["content"][:SCAN_CHARS]) if len(w) >= 5 and w not in _STOP}
-             for n in order}
-    for i, n in enumerate(order):
-        if n == fail or i == len(order) - 1 or not g.nodes[n]["content"].strip():
+def _find_dropped(g: nx.DiGraph, order: list[str], fail: str) -> list[tuple[str, str]]:
+    """Steps whose output no later step received, while a later step reports missing information
+    about what that output held: (lost message, complaining step) pairs, to link as "missing"."""
+    complaints = [m for m in order if _INABILITY.search(g.nodes[m]["content"][:SCAN_CHARS])]
+    found: list[tuple[str, str]] = []
+    if not complaints:
+        return found
+    pos = {n: i for i, n in enumerate(order)}
+
+    def words(n: str) -> set[str]:
+        return {w for w in _norm_words(g.nodes[n]["content"][:SCAN_CHARS]) if len(w) >= 5 and w not in _STOP}
+
+    said = {m: words(m) for m in complaints}
+    last_complaint = pos[complaints[-1]]
+    for i, n in enumerate(order[:last_complaint]):
+        if n == fail or not g.nodes[n]["content"].strip():
             continue
         if any(g.edges[n, s]["relation"] != "context" for s in g.successors(n)):
             continue
-        for m in order[i + 1:]:
-            text = g.nodes[m]["content"][:SCAN_CHARS]
-            if _INABILITY.search(text) and words[n] & words[m]:
-                g.add_edge(n, m, relation="missing", provenance="inferred", confidence=0.6)
-                weight[n] += 1.5
-                reasons[n].append(f"its output reached no later step, and step {g.nodes[m]['step']} "
-                                  f"reports it missing (a dropped message?)")
+        held = words(n)
+        for m in complaints:
+            if pos[m] > i and held & said[m]:
+                found.append((n, m))
                 break
+    return found
 
 
 def _task_node(g: nx.DiGraph, order: list[str], question: str | None) -> str | None:
@@ -349,6 +359,9 @@ def attribute(
     fail = failure or _failure_node(g, order)
     last = order[-1]
     task = _task_node(g, order, (context or {}).get("question"))
+    nodes = g.nodes
+    ins: dict[str, list[tuple[str, dict[str, Any]]]] = {n: list(g.pred[n].items()) for n in order}
+    outs: dict[str, list[tuple[str, dict[str, Any]]]] = {n: list(g.succ[n].items()) for n in order}
     weight: dict[str, float] = {}
     reasons: dict[str, list[str]] = {}
     for n in order:
@@ -360,12 +373,12 @@ def attribute(
         verdict = _judgment(g.nodes[n]["content"])
         if verdict is None:
             continue
-        preds = [p for p in g.predecessors(n) if g.nodes[p]["agent"] != g.nodes[n]["agent"] and p != task]
+        preds = [(p, d) for p, d in ins[n] if nodes[p]["agent"] != nodes[n]["agent"] and p != task]
         if not preds:
             continue
-        preds.sort(key=lambda p: pos[p], reverse=True)
-        for rank, p in enumerate(preds[:2]):
-            share = 1.0 if rank == 0 else 0.25 * g.edges[p, n]["confidence"]
+        preds.sort(key=lambda pd: pos[pd[0]], reverse=True)
+        for rank, (p, d) in enumerate(preds[:2]):
+            share = 1.0 if rank == 0 else 0.25 * d["confidence"]
             if share < 0.15:
                 continue
             weight[p] += 1.5 * share
@@ -377,7 +390,13 @@ def attribute(
         weight[n] += 1.5 * min(1.0, share * 2)
         reasons[n].append("first stated what the failing answer repeats: " + ", ".join(toks[:6]))
     if not g.graph.get("inferred"):
-        _link_dropped(g, order, fail, weight, reasons)
+        for n, m in _find_dropped(g, order, fail):
+            edge = {"relation": "missing", "provenance": "inferred", "confidence": 0.6}
+            outs[n].append((m, edge))  # local to this attribution: the caller's graph stays as built
+            ins[m].append((n, edge))
+            weight[n] += 1.5
+            reasons[n].append(f"its output reached no later step, and step {nodes[m]['step']} "
+                              f"reports it missing (a dropped message?)")
     # an error inherited through a strong edge points back at where its content came from, unless
     # a recorded edge shows an earlier step with evidence of its own feeding it (that one explains it)
     if BACKTRACE > 0:
@@ -386,12 +405,12 @@ def attribute(
             total = max(weight[n], 0.0) + carried[n]
             if total < EVIDENCE_THRESHOLD:
                 continue
-            strong = [p for p in g.predecessors(n) if p != task and pos[p] < pos[n]
-                      and g.edges[p, n]["relation"] != "context" and g.edges[p, n]["confidence"] >= STRONG_PATH]
-            if any(weight[p] >= EVIDENCE_THRESHOLD and g.edges[p, n]["provenance"] != "inferred" for p in strong):
+            strong = [(p, d) for p, d in ins[n] if p != task and pos[p] < pos[n]
+                      and d["relation"] != "context" and d["confidence"] >= STRONG_PATH]
+            if any(weight[p] >= EVIDENCE_THRESHOLD and d["provenance"] != "inferred" for p, d in strong):
                 continue
-            preds = [(g.edges[p, n]["confidence"], pos[p], p) for p in strong
-                     if not SAME_AGENT or g.nodes[p]["agent"] == g.nodes[n]["agent"]]
+            preds = [(d["confidence"], pos[p], p) for p, d in strong
+                     if not SAME_AGENT or nodes[p]["agent"] == nodes[n]["agent"]]
             if not preds:
                 continue
             conf, _, p = max(preds)
@@ -408,21 +427,21 @@ def attribute(
     reach[fail] = 1.0
     for n in reversed(order[: pos[fail]]):
         best, via = 0.0, None
-        for s in g.successors(n):
-            if pos[s] <= pos[fail]:
-                value = g.edges[n, s]["confidence"] * reach[s]
+        for s_, d in outs[n]:
+            if pos[s_] <= pos[fail]:
+                value = d["confidence"] * reach[s_]
                 if value > best:
-                    best, via = value, s
+                    best, via = value, s_
         reach[n], nxt[n] = best, via
     # explained: how strongly an earlier erroneous step feeds this one
     explained = {n: 0.0 for n in order}
     explainer: dict[str, str | None] = {n: None for n in order}
     for n in order:
         best, who = 0.0, None
-        for p in g.predecessors(n):
+        for p, d in ins[n]:
             if pos[p] >= pos[n]:
                 continue
-            conf = g.edges[p, n]["confidence"]
+            conf = d["confidence"]
             own = conf if weight[p] >= EVIDENCE_THRESHOLD else 0.0
             inherited = conf * explained[p]
             value, src = (own, p) if own >= inherited else (inherited, explainer[p])
