@@ -246,3 +246,14 @@ def test_a_directory_holding_spool_and_otlp_files_loads_both(tmp_path):
     report = ingest_paths([tmp_path / "mixed"], tmp_path / "store.duckdb")
     assert report.rejected == [] and report.records == 1 + 4
     assert len(report.runs) == 2
+
+
+def test_the_same_spans_in_another_encoding_are_not_loaded_twice_into_a_named_run(tmp_path):
+    """Guards against duplicate spans when a run's spans arrive as both .pb and .json (different hashes)."""
+    spans = make_spans({conv.RUN_ID: "beef" * 8})
+    db = tmp_path / "store.duckdb"
+    first = ingest_paths([write_encoded(spans, tmp_path / "a.otlp.pb", "pb")], db)
+    second = ingest_paths([write_encoded(spans, tmp_path / "a.otlp.json", "json-hex")], db)
+    assert (first.records, second.records) == (4, 0)
+    assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(4, 4)]
+    assert query(db, "SELECT count(*) FROM links") == [(1,)] and query(db, "SELECT count(*) FROM events") == [(2,)]

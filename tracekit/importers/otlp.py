@@ -618,6 +618,13 @@ def _batches(otlp: OtlpFile) -> tuple[dict[str, _RunBatch], list[tuple[str, BadS
     return runs, bad
 
 
+def _known_span_ids(con: Any, run_id: str, span_ids: list[str]) -> set[str]:
+    rows = con.execute(
+        "SELECT span_id FROM spans WHERE run_id = ? AND list_contains(?, span_id)", [run_id, span_ids]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
     """Load one OTLP file into the store in one transaction; returns a run id (None if rejected).
 
@@ -648,6 +655,10 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
     con.execute("BEGIN TRANSACTION")
     try:
         for run_id, batch in runs.items():
+            known = _known_span_ids(con, run_id, [r["span_id"] for r in batch.records])
+            if known:  # the same spans already arrived (from the spool, or another encoding of this file)
+                batch.records = [r for r in batch.records if r["span_id"] not in known]
+                batch.links = [lk for lk in batch.links if lk["dst_span_id"] not in known]
             table, more_bad = rows_to_table(batch.records, SPANS, source=str(path), first_line=0)
             for q in more_bad:
                 q.line = None
