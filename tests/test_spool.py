@@ -173,15 +173,36 @@ def test_unwritable_spool_directory_keeps_the_program_running(tmp_path):
     assert "3000 record(s) of run" in done.err and "were dropped" in done.err
 
 
-def test_full_disk_keeps_the_program_running_and_what_was_written_loads(tmp_path):
-    done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "40000"))
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (a real ENOSPC), when this test may mount one (root in a permissive container)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the RLIMIT_FSIZE variant covers a full disk")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("how", ["file-size-limit", "tmpfs"])
+def test_full_disk_keeps_the_program_running_and_what_was_written_loads(tmp_path, how, request):
+    if how == "tmpfs":
+        small = request.getfixturevalue("small_tmpfs")
+        env = clean_env(tmp_path, TRACEKIT_SPOOL_DIR=str(small / "spool"))
+        done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "0"), env=env)
+        reason, spool = "No space left on device", small / "spool"
+    else:  # writes beyond 40 kB fail with EFBIG
+        done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "40000"))
+        reason, spool = "File too large", tmp_path / "spool"
     assert done.code == 0, done.err
     assert done.out.split() == ["result", str(sum(i * 2 for i in range(3000)))]
     assert "Traceback" not in done.err
-    assert "File too large" in done.err and "were dropped" in done.err
+    assert reason in done.err and "were dropped" in done.err, done.err
     dropped = int(done.err.split(" record(s) of run")[0].rsplit(None, 1)[-1])
     assert 0 < dropped < 3000
-    ingested = cli(tmp_path, "ingest", "spool", "--format", "json")
+    ingested = cli(tmp_path, "ingest", str(spool), "--format", "json")
     assert ingested.code == 0, ingested.err
     report = json.loads(ingested.out)
     # every span is either in the store or counted as dropped (a short write is not double-counted)
