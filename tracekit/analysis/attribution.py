@@ -296,6 +296,24 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
     return out
 
 
+def _retried(g: nx.DiGraph, order: list[str]) -> list[tuple[str, str]]:
+    """(failed step, later successful retry) pairs: same agent, same recorded input, no error later."""
+    last_ok: dict[tuple[str, str], str] = {}
+    found = []
+    for n in reversed(order):
+        d = g.nodes[n]
+        if not d.get("input"):
+            continue
+        key = (d["agent"], d["input"])
+        failed = d["status"] == "error" or bool(_EXCEPTION.search(d["content"][:SCAN_CHARS])) or \
+            (d["kind"] == "tool_result" and bool(_TOOL_ERROR.search(d["content"][:SCAN_CHARS])))
+        if failed and key in last_ok:
+            found.append((n, last_ok[key]))
+        elif not failed:
+            last_ok[key] = n
+    return found
+
+
 def _find_dropped(g: nx.DiGraph, order: list[str], fail: str) -> list[tuple[str, str]]:
     """Steps whose output no later step received, while a later step reports missing information
     about what that output held: (lost message, complaining step) pairs, to link as "missing"."""
@@ -367,6 +385,12 @@ def attribute(
     for n in order:
         w, r = step_evidence(g.nodes[n], is_last=(n == last), ground_truth=ground_truth)
         weight[n], reasons[n] = (w, r) if n != task else (0.0, [])
+    # a failed call that was retried with the same input and then succeeded was recovered from
+    for n, later in _retried(g, order):
+        if weight[n] > 0:
+            weight[n] *= 0.3
+            reasons[n].append(f"recovered: retried with the same input at step {nodes[later]['step']}, "
+                              "which succeeded")
     # claims later contradicted or corrected: a step judging what it received blames its sources,
     # most of all the latest step of another agent among them
     for n in order:
