@@ -96,6 +96,13 @@ include = ["tiny.fetch"]
     edges = {(e["test"], e["src"], e["dst"]) for e in result.report["edges"]}
     assert ("crash", "tiny.fetch:raise", "workload:crash:crash") in edges
     assert ("hang", "tiny.fetch:raise", "workload:hang:hang") in edges
+    # the registered analysis accepts a campaign run as well as the campaign itself
+    from tracekit.analysis.causality import analyze_campaign
+    from tracekit.store.db import connect
+
+    with connect(tmp_path / "s.duckdb", read_only=True) as con:
+        via_run = analyze_campaign(con, result.report["edges"][0]["evidence_runs"][0])
+    assert via_run["edges"] == result.report["edges"]
     helpers = [int(p) for p in pid_file.read_text().split()]
     assert len(helpers) == 4  # the hang workload ran twice in profile and twice with the fault
     time.sleep(0.2)

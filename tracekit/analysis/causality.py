@@ -255,7 +255,9 @@ def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, alpha: float = 
     """
     from tracekit.graph.propagation import build_graph, find_chains, find_cycles, to_names
 
-    ids = [campaign_ids] if isinstance(campaign_ids, str) else list(campaign_ids)
+    from tracekit.store.campaigns import campaign_ids_for
+
+    ids = campaign_ids_for(con, [campaign_ids] if isinstance(campaign_ids, str) else list(campaign_ids))
     result = analyze_experiments(con, ids, alpha=alpha)
     graph = build_graph(result.edges)
     cycles = find_cycles(graph)

@@ -32,7 +32,8 @@ class Workload:
     def argv(self, python: str) -> list[str]:
         if self.command:
             return [python if part == "{python}" else part for part in self.command]
-        assert self.target is not None
+        if self.target is None:
+            raise ConfigError(f"workload {self.name!r} has neither a target nor a command")
         if "::" in self.target or self.target.endswith(".py"):
             return [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", self.target]
         return [python, "-m", "tracekit.inject.workload", self.target]

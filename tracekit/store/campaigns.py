@@ -71,6 +71,21 @@ def resolve_campaign(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     raise NotFoundError(f"no campaign with id or name {ref!r}: `tracekit campaign list` lists them")
 
 
+def campaign_ids_for(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
+    """Campaign ids for campaign ids or for runs of campaigns (an analysis may be handed either)."""
+    out: list[str] = []
+    for ref in refs:
+        hit = rows(con, """
+            SELECT campaign_id FROM campaigns WHERE campaign_id = $r
+            UNION ALL
+            SELECT json_extract_string(attributes, '$.campaign') FROM runs WHERE run_id = $r AND kind = 'campaign'
+        """, {"r": ref})
+        found = hit[0]["campaign_id"] if hit else ref
+        if found not in out:
+            out.append(found)
+    return out
+
+
 def campaign_runs(con: duckdb.DuckDBPyConnection, campaign_ids: list[str]) -> list[dict[str, Any]]:
     """Every run of the campaigns with its plan attributes (mode, test, point, fault, repeat, ...)."""
     found = rows(con, """
