@@ -139,12 +139,12 @@ def _hex_id(raw: Any, nbytes: int, what: str, *, optional: bool = False) -> str 
         value = bytes(raw)
     elif isinstance(raw, str):
         text = raw.strip()
-        if len(text) == 2 * nbytes and all(c in "0123456789abcdefABCDEF" for c in text):
-            value = bytes.fromhex(text)
-        else:
+        try:
+            value = bytes.fromhex(text) if len(text) == 2 * nbytes else base64.b64decode(text, validate=True)
+        except ValueError:  # binascii.Error is a ValueError
             try:
                 value = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
+            except ValueError:
                 raise _BadValue(f"{what} {raw!r} is neither hex nor base64") from None
     else:
         raise _BadValue(f"{what} has the wrong type ({type(raw).__name__})")
@@ -630,6 +630,8 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
 
     Called by ``tracekit.store.ingest.ingest_paths``; ``report`` is its ``IngestReport``.
     """
+    import pyarrow as pa
+
     from tracekit.store.ingest import Quarantined, load_table, refresh_run, rows_to_table
     from tracekit.store.streams import LINKS, SPANS
 
@@ -655,14 +657,18 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
     con.execute("BEGIN TRANSACTION")
     try:
         for run_id, batch in runs.items():
-            known = _known_span_ids(con, run_id, [r["span_id"] for r in batch.records])
+            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            known = _known_span_ids(con, run_id, [r["span_id"] for r in batch.records]) if existing else set()
             if known:  # the same spans already arrived (from the spool, or another encoding of this file)
                 batch.records = [r for r in batch.records if r["span_id"] not in known]
                 batch.links = [lk for lk in batch.links if lk["dst_span_id"] not in known]
-            table, more_bad = rows_to_table(batch.records, SPANS, source=str(path), first_line=0)
-            for q in more_bad:
-                q.line = None
-            quarantined.extend((run_id, q) for q in more_bad)
+            if SPAN_MAPPERS:  # records a mapper rewrote are checked like spool records
+                table, more_bad = rows_to_table(batch.records, SPANS, source=str(path), first_line=0)
+                for q in more_bad:
+                    q.line = None
+                quarantined.extend((run_id, q) for q in more_bad)
+            else:  # built by the decoder above with the right types: straight to Arrow
+                table = pa.Table.from_pylist(batch.records, schema=SPANS.schema)
             loaded += load_table(con, SPANS, table, run_id=run_id, pid=batch.pid,
                                  default_node=f"service:{conv.UNKNOWN_SERVICE}")
             if batch.links:
@@ -671,7 +677,6 @@ def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
             if table.num_rows:
                 starts.append(min(table.column("start_ns").to_pylist()))
                 ends.append(max(table.column("end_ns").to_pylist()))
-            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall()
             manifest = None if existing else {
                 "run_id": run_id, "name": batch.name, "kind": batch.kind,
                 "started_ns": min(starts[-1:] or [0]) or None,
