@@ -257,3 +257,11 @@ def test_the_same_spans_in_another_encoding_are_not_loaded_twice_into_a_named_ru
     assert (first.records, second.records) == (4, 0)
     assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(4, 4)]
     assert query(db, "SELECT count(*) FROM links") == [(1,)] and query(db, "SELECT count(*) FROM events") == [(2,)]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tracekit.importers.otlp as otlp
+
+    assert doctest.testmod(otlp).failed == 0

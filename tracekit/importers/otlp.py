@@ -24,10 +24,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracekit.errors import SpoolError
 from tracekit.importers import conventions as conv
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from tracekit.store.ingest import IngestReport
 
 __all__ = [
     "OtlpEvent", "OtlpLink", "OtlpSpan", "BadSpan", "ResourceSpans", "OtlpFile",
@@ -618,14 +623,14 @@ def _batches(otlp: OtlpFile) -> tuple[dict[str, _RunBatch], list[tuple[str, BadS
     return runs, bad
 
 
-def _known_span_ids(con: Any, run_id: str, span_ids: list[str]) -> set[str]:
+def _known_span_ids(con: duckdb.DuckDBPyConnection, run_id: str, span_ids: list[str]) -> set[str]:
     rows = con.execute(
         "SELECT span_id FROM spans WHERE run_id = ? AND list_contains(?, span_id)", [run_id, span_ids]
     ).fetchall()
     return {r[0] for r in rows}
 
 
-def ingest_otlp_file(con: Any, path: Path, report: Any) -> str | None:
+def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestReport) -> str | None:
     """Load one OTLP file into the store in one transaction; returns a run id (None if rejected).
 
     Called by ``tracekit.store.ingest.ingest_paths``; ``report`` is its ``IngestReport``.
