@@ -490,6 +490,13 @@ def attribute(
             role="symptom" if symptom else "candidate", evidence=reasons[n], path=path,
             explained_by=g.nodes[explainer[n]]["step"] if symptom and explainer[n] else None,
         ))
+    # with recorded dependencies a symptom ranks below the step that explains it (inferred edges
+    # are too uncertain to override a symptom's own evidence: there it is only marked)
+    by_id = {c.span_id: c for c in found} if not g.graph.get("inferred") else {}
+    for c in found:  # in step order: an explainer is settled before its symptoms
+        source = by_id.get(explainer[c.span_id] or "") if c.role == "symptom" else None
+        if source is not None and c.score >= source.score:
+            c.score = round(source.score * 0.9, 4)
     if not found:  # no evidence anywhere: the failure itself is all we can name
         found.append(Candidate(fail, g.nodes[fail]["agent"], g.nodes[fail]["step"], 0.0, "candidate",
                                ["the failing step; no earlier step shows error evidence"], [g.nodes[fail]["step"]]))
