@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_helpers import assert_one_line_error, cli, counts, query
+from foundation_helpers import assert_one_line_error, cli, cli_here, counts, query
 from tracekit.capture.spool import Spool
 from tracekit.store.ingest import ingest_paths
 
@@ -153,12 +153,11 @@ def test_corrupt_store_gives_one_clear_line(tmp_path, damage):
         ingest_paths([spool.run_dir], db)
         data = db.read_bytes()
         db.write_bytes(data[: len(data) // 3])
-    for args in (["runs"], ["ingest", str(spool.run_dir)]):
-        done = cli(tmp_path, *args)
+    for done in (cli(tmp_path, "runs"), cli_here(tmp_path, "ingest", str(spool.run_dir))):
         assert_one_line_error(done)
         assert "store" in done.err
     # a query may still succeed when it only reads pages that survived; it must never crash
-    done = cli(tmp_path, "sql", "SELECT count(*) FROM spans")
+    done = cli_here(tmp_path, "sql", "SELECT count(*) FROM spans")
     if damage == "garbage" or done.code:
         assert_one_line_error(done)
 
