@@ -110,7 +110,8 @@ def _print_ingest_report(report, fmt: Format) -> None:  # type: ignore[no-untype
         print(f"ingested {report.records} records from {report.files} file(s) into {len(report.runs)} run(s)"
               + (f"; {report.unchanged_files} file(s) had nothing new" if report.unchanged_files else ""))
     for q in report.quarantined[:20]:
-        print(f"quarantined: {q.source}:{q.line} id={q.record_id}: {q.error}", file=sys.stderr)
+        where = q.source if q.line is None else f"{q.source}:{q.line}"
+        print(f"quarantined: {where} id={q.record_id}: {q.error}", file=sys.stderr)
     if len(report.quarantined) > 20:
         print(f"... and {len(report.quarantined) - 20} more quarantined (see the quarantine table)", file=sys.stderr)
     for source, nbytes in report.torn:
