@@ -289,6 +289,8 @@ def _answer_origins(g: nx.DiGraph, order: list[str], fail: str, task: str | None
                 count[t] += 1
                 first.setdefault(t, n)
     traced = [t for t in wanted if t in first and count[t] <= limit]
+    numeric = [t for t in traced if any(ch.isdigit() for ch in t)]
+    traced = numeric or traced  # figures are the most specific claims: trace them when there are any
     out: dict[str, tuple[float, list[str]]] = {}
     for t in traced:
         share, toks = out.get(first[t], (0.0, []))
