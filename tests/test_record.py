@@ -59,3 +59,12 @@ def test_record_with_a_missing_command_is_one_clear_line(tmp_path):
     done = cli(tmp_path, "record", "--", "no-such-command-tracekit-test")
     assert_one_line_error(done)
     assert "command not found" in done.err
+
+
+def test_record_of_a_killed_command_exits_like_a_shell_would(tmp_path):
+    program = "import os, signal, tracekit\nwith tracekit.span('before-kill'):\n    pass\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    (tmp_path / "killed.py").write_text(program)
+    done = cli(tmp_path, "record", "--run", "killed", "--", "python", "killed.py")
+    assert done.code == 128 + 9, done.err
+    runs = json.loads(cli(tmp_path, "runs", "--format", "json").out)
+    assert [(r["name"], r["status"]) for r in runs] == [("killed", "error")]
