@@ -1,8 +1,12 @@
-"""tracekit dashboard: the Streamlit entry point (`tracekit dashboard` serves it). Pages live in views/ (not pages/: Streamlit would list that folder on its own)."""
+"""tracekit dashboard: the Streamlit entry point (`tracekit dashboard` serves it); pages live in views/.
+
+(Not in pages/: Streamlit would list a folder of that name in the sidebar on its own.)
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -11,6 +15,22 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # so pages can import tkui whatever the working directory
 
+
+def _import_analyses() -> None:
+    import tracekit.analysis.attribution  # noqa: F401
+    import tracekit.analysis.causality  # noqa: F401
+    import tracekit.analysis.collectives  # noqa: F401
+
+
+@st.cache_resource(show_spinner=False)
+def _preload() -> bool:
+    """Import the analyses (scipy, polars, networkx) in the background once per server, so the first visit
+    of the training, agent or campaign page does not wait for them."""
+    threading.Thread(target=_import_analyses, name="tracekit-preload", daemon=True).start()
+    return True
+
+
+_preload()
 st.set_page_config(page_title="tracekit", page_icon=":material/search:", layout="wide")
 
 PAGES = [

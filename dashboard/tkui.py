@@ -84,13 +84,14 @@ def pick_run(con: duckdb.DuckDBPyConnection, *, kind: str | None = None, key: st
     return by_id[chosen]
 
 
-def open_links(run: dict[str, Any]) -> None:
-    """Links from a run to its pages (its kind's page and the timeline)."""
+def open_links(run: dict[str, Any], here: str = "") -> None:
+    """Links from a run to its pages (its kind's page and the timeline), but not to the page `here`."""
     cols = st.columns(3)
     page = KIND_PAGE.get(run["kind"])
-    if page:
+    if page and page != here:
         cols[0].page_link(page, label=f"Open {run['kind']} page", icon=":material/arrow_forward:", query_params={"run": run["run_id"]})
-    cols[1].page_link("views/timeline.py", label="Open timeline", icon=":material/timeline:", query_params={"run": run["run_id"]})
+    if here != "views/timeline.py":
+        cols[1].page_link("views/timeline.py", label="Open timeline", icon=":material/timeline:", query_params={"run": run["run_id"]})
 
 
 def run_url(run: dict[str, Any]) -> str:

@@ -100,7 +100,7 @@ with tkui.store() as con:
         st.stop()
     attrs = get_run(con, run_id)["attributes"]
 
-tkui.open_links(run)
+tkui.open_links(run, here="views/agents.py")
 if size > MAX_SPANS:
     st.warning(f"This run has {size:,} spans: too many to draw its dependency graph here; its stored findings follow.")
 if g is not None and g.number_of_nodes() == 0:

@@ -8,7 +8,7 @@ import streamlit as st
 import tkui
 
 from tracekit.store.dashboard import (
-    find_spans, run_bounds, run_faults, run_nodes, span_detail, span_tree, timeline_density, timeline_spans,
+    activity_bars, activity_bounds, find_spans, rank_last_activity, run_bounds, run_faults, run_nodes, span_detail, span_tree, timeline_density, timeline_spans,
 )
 
 BAR_LIMIT = 1500
@@ -21,29 +21,36 @@ with tkui.store() as con:
         st.stop()
     run_id = run["run_id"]
     bounds = run_bounds(con, run_id)
+    activity = False  # a training run recorded without spans: draw its steps and collective calls instead
     if not bounds["spans"]:
-        st.info("This run has no spans (it may hold only steps, collectives or faults: see its own page).")
-        tkui.open_links(run)
-        st.stop()
+        bounds = activity_bounds(con, run_id)
+        activity = bool(bounds["spans"])
+        if not activity:
+            st.info("This run has no spans, steps or collectives (it may hold only faults: see its own page).")
+            tkui.open_links(run, here="views/timeline.py")
+            st.stop()
+        st.caption("This run recorded no spans: the bars are its training steps (rank:N) and collective calls "
+                   "(rank:N comm) per rank.")
     start, end = int(bounds["start_ns"]), int(max(bounds["end_ns"], bounds["start_ns"] + 1))
     total_ms = (end - start) / 1e6
     m = st.columns(4)
-    m[0].metric("Spans", f"{bounds['spans']:,}")
-    m[1].metric("Error spans", f"{bounds['errors']:,}")
+    m[0].metric("Steps and calls" if activity else "Spans", f"{bounds['spans']:,}")
+    m[1].metric("Failed" if activity else "Error spans", f"{bounds['errors']:,}")
     m[2].metric("Nodes", bounds["nodes"])
     m[3].metric("Duration", f"{total_ms / 1000:.3f} s")
 
-    nodes = run_nodes(con, run_id)
+    nodes = run_nodes(con, run_id) if not activity else \
+        [{"node": f"rank:{r['rank']}{suffix}"} for r in rank_last_activity(con, run_id) for suffix in ("", " comm")]
     c1, c2 = st.columns([2, 3])
     chosen_nodes = c1.multiselect("Nodes", [n["node"] for n in nodes], key="tl_nodes",
                                   help="Empty = all nodes. Nodes with errors are listed first.")
     window = c2.slider("Window (ms from run start)", 0.0, float(max(total_ms, 0.001)), (0.0, float(max(total_ms, 0.001))),
                        key="tl_window", help="Narrow the window to zoom in; the chart itself also zooms by dragging.")
     t0, t1 = start + int(window[0] * 1e6), start + int(window[1] * 1e6)
-    bars = timeline_spans(con, run_id, t0=t0, t1=t1, nodes=chosen_nodes, limit=BAR_LIMIT)
+    bars = (activity_bars if activity else timeline_spans)(con, run_id, t0=t0, t1=t1, nodes=chosen_nodes, limit=BAR_LIMIT)
     faults = run_faults(con, run_id)
     shown_all = len(bars) < BAR_LIMIT
-    density = [] if shown_all else timeline_density(con, run_id, t0=t0, t1=t1, nodes=chosen_nodes)
+    density = [] if shown_all or activity else timeline_density(con, run_id, t0=t0, t1=t1, nodes=chosen_nodes)
 
     if density:
         dens = pd.DataFrame(density)
@@ -76,8 +83,8 @@ with tkui.store() as con:
             continue
         fig.add_trace(go.Bar(
             y=part["node"], x=part["dur_ms"], base=part["start_ms"], orientation="h", name=label,
-            marker={"color": tkui.STATUS_COLOR[state], "line": {"width": 0}},
-            customdata=part[["span_id", "name", "status_message"]].fillna("").values,
+            marker={"color": tkui.STATUS_COLOR[state], "line": {"width": 0.5, "color": "white"}},
+            customdata=part[["span_id", "name", "status_message"]].astype(object).fillna("").values,
             hovertemplate="%{customdata[1]}<br>%{y}<br>start %{base:.3f} ms, %{x:.3f} ms"
                           "<br>%{customdata[2]}<br>span %{customdata[0]}<extra></extra>",
         ))
@@ -105,6 +112,8 @@ with tkui.store() as con:
             st.dataframe(pd.DataFrame(faults).drop(columns=["detail"]), hide_index=True, width="stretch")
 
     # --- the span tree of a selected span -------------------------------------------------------
+    if activity:
+        st.stop()
     st.subheader("Span")
     clicked = None
     selection = st.session_state.get("tl_gantt")

@@ -78,7 +78,7 @@ with tkui.store() as con:
     colls = collective_matrix(con, run_id)
     last = rank_last_activity(con, run_id)
 
-tkui.open_links(run)
+tkui.open_links(run, here="views/training.py")
 if run["kind"] != "training":
     st.info(f"This is a {run['kind']} run, not a training job: its own page (linked above) shows it best.")
 m = st.columns(5)

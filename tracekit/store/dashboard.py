@@ -93,20 +93,26 @@ def timeline_spans(
     """Spans overlapping [t0, t1] to draw as bars: every error span and every span a fault names first,
     then the longest others, at most `limit`, in start order. `faulted` marks spans an injected or
     observed fault points at."""
-    return rows(con, """
-        WITH f AS (SELECT DISTINCT span_id FROM faults WHERE run_id = $run AND span_id IS NOT NULL),
-        picked AS (
-            SELECT s.span_id, s.parent_id, s.name, s.node, s.start_ns, s.end_ns, s.status, s.status_message,
-                   f.span_id IS NOT NULL AS faulted
-            FROM spans s LEFT JOIN f USING (span_id)
-            WHERE s.run_id = $run
-              AND ($t0 IS NULL OR s.end_ns >= $t0) AND ($t1 IS NULL OR s.start_ns <= $t1)
-              AND (len($nodes) = 0 OR list_contains($nodes, s.node))
-            ORDER BY (s.status = 'error' OR f.span_id IS NOT NULL) DESC, s.end_ns - s.start_ns DESC, s.start_ns
-            LIMIT $limit
-        )
-        SELECT * FROM picked ORDER BY start_ns, span_id
-    """, {"run": run_id, "t0": t0, "t1": t1, "nodes": list(nodes or []), "limit": limit})
+    faulted = [r[0] for r in con.execute(
+        "SELECT DISTINCT span_id FROM faults WHERE run_id = ? AND span_id IS NOT NULL", [run_id]).fetchall()]
+    params: dict[str, Any] = {"run": run_id, "t0": t0, "t1": t1, "nodes": list(nodes or []), "faulted": faulted}
+    where = """run_id = $run AND ($t0 IS NULL OR end_ns >= $t0) AND ($t1 IS NULL OR start_ns <= $t1)
+               AND (len($nodes) = 0 OR list_contains($nodes, node))"""
+    # the telling spans first (a cheap filtered scan), then the longest others by a narrow top-N
+    picked = rows(con, f"""
+        SELECT span_id FROM spans WHERE {where} AND (status = 'error' OR list_contains($faulted, span_id))
+        LIMIT $n""", params | {"n": limit})
+    ids = [r["span_id"] for r in picked]
+    if len(ids) < limit:
+        ids += [r["span_id"] for r in rows(con, f"""
+            SELECT span_id FROM spans WHERE {where} AND status IS DISTINCT FROM 'error'
+                   AND NOT list_contains($faulted, span_id)
+            ORDER BY end_ns - start_ns DESC, start_ns LIMIT $n""", params | {"n": limit - len(ids)})]
+    return rows(con, f"""
+        SELECT span_id, parent_id, name, node, start_ns, end_ns, status, status_message,
+               list_contains($faulted, span_id) AS faulted
+        FROM spans WHERE {where} AND span_id IN (SELECT unnest($ids)) ORDER BY start_ns, span_id
+    """, params | {"ids": ids})
 
 
 def timeline_density(
@@ -116,16 +122,20 @@ def timeline_density(
     """Spans started per node per time bucket in [t0, t1] (and how many failed): the overview of a
     run too large to draw span by span. At most `max_nodes` nodes (the busiest)."""
     width = max(1, (t1 - t0) // max(1, buckets) + 1)
-    return rows(con, """
-        WITH sel AS (
-            SELECT node, start_ns, status FROM spans
-            WHERE run_id = $run AND start_ns BETWEEN $t0 AND $t1 AND (len($nodes) = 0 OR list_contains($nodes, node))
-        ), busiest AS (SELECT node FROM sel GROUP BY node ORDER BY count(*) DESC, node LIMIT $max_nodes)
+    found = rows(con, """
         SELECT node, $t0 + ((start_ns - $t0) // $width) * $width AS bucket_ns, count(*) AS spans,
                count(*) FILTER (WHERE status = 'error') AS errors
-        FROM sel WHERE node IN (SELECT node FROM busiest)
+        FROM spans
+        WHERE run_id = $run AND start_ns BETWEEN $t0 AND $t1 AND (len($nodes) = 0 OR list_contains($nodes, node))
         GROUP BY ALL ORDER BY node, bucket_ns
-    """, {"run": run_id, "t0": t0, "t1": t1, "width": width, "nodes": list(nodes or []), "max_nodes": max_nodes})
+    """, {"run": run_id, "t0": t0, "t1": t1, "width": width, "nodes": list(nodes or [])})
+    per_node: dict[str, int] = {}
+    for r in found:
+        per_node[r["node"]] = per_node.get(r["node"], 0) + r["spans"]
+    if len(per_node) > max_nodes:
+        keep = set(sorted(per_node, key=lambda n: (-per_node[n], n))[:max_nodes])
+        found = [r for r in found if r["node"] in keep]
+    return found
 
 
 def run_nodes(con: duckdb.DuckDBPyConnection, run_id: str, *, limit: int = 500) -> list[dict[str, Any]]:
@@ -149,15 +159,19 @@ def find_spans(
     con: duckdb.DuckDBPyConnection, run_id: str, *, text: str | None = None, errors_only: bool = False,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
-    """Spans to pick from: errors first, then by start; `text` matches name, node or span id prefix."""
-    return rows(con, """
-        SELECT span_id, name, node, status, start_ns, (end_ns - start_ns) / 1e6 AS duration_ms
-        FROM spans
-        WHERE run_id = $run AND (NOT $errors OR status = 'error')
-          AND ($text IS NULL OR contains(lower(name), lower($text)) OR contains(lower(node), lower($text))
-               OR starts_with(span_id, lower($text)))
-        ORDER BY status = 'error' DESC, start_ns, span_id LIMIT $limit
-    """, {"run": run_id, "text": text or None, "errors": errors_only, "limit": limit})
+    """Spans to pick from: error spans first, then others in recorded order; `text` matches name, node
+    or span id prefix. (No sort over the whole run: on a million spans that costs more than the page.)"""
+    where = """run_id = $run AND ($text IS NULL OR contains(lower(name), lower($text))
+               OR contains(lower(node), lower($text)) OR starts_with(span_id, lower($text)))"""
+    cols = "span_id, name, node, status, start_ns, (end_ns - start_ns) / 1e6 AS duration_ms"
+    params = {"run": run_id, "text": text or None, "limit": limit}
+    found = rows(con, f"SELECT * FROM (SELECT {cols} FROM spans WHERE {where} AND status = 'error' LIMIT $limit) "
+                      "ORDER BY start_ns, span_id", params)
+    if not errors_only and len(found) < limit:
+        params["limit"] = limit - len(found)
+        found += rows(con, f"SELECT * FROM (SELECT {cols} FROM spans WHERE {where} AND status IS DISTINCT FROM 'error' "
+                           "LIMIT $limit) ORDER BY start_ns, span_id", params)
+    return found
 
 
 def span_detail(con: duckdb.DuckDBPyConnection, run_id: str, span_id: str) -> dict[str, Any] | None:
@@ -176,36 +190,44 @@ def span_detail(con: duckdb.DuckDBPyConnection, run_id: str, span_id: str) -> di
 
 
 def span_tree(con: duckdb.DuckDBPyConnection, run_id: str, span_id: str, *, limit: int = 300) -> list[dict[str, Any]]:
-    """The selected span's ancestors (negative depth) and descendants (positive depth, breadth first),
-    at most `limit` descendants, in tree order."""
-    up = rows(con, """
-        WITH RECURSIVE anc(span_id, parent_id, depth) AS (
-            SELECT span_id, parent_id, 0 FROM spans WHERE run_id = $run AND span_id = $span
-            UNION ALL
-            SELECT s.span_id, s.parent_id, anc.depth - 1 FROM spans s JOIN anc ON s.span_id = anc.parent_id
-            WHERE s.run_id = $run AND anc.depth > -50
-        )
-        SELECT s.span_id, s.parent_id, s.name, s.node, s.status, s.start_ns, (s.end_ns - s.start_ns) / 1e6 AS duration_ms,
-               anc.depth
-        FROM anc JOIN spans s ON s.run_id = $run AND s.span_id = anc.span_id
-        WHERE anc.depth < 0 ORDER BY anc.depth
-    """, {"run": run_id, "span": span_id})
-    down = rows(con, """
-        WITH RECURSIVE des(span_id, depth, path) AS (
-            SELECT span_id, 0, [start_ns] FROM spans WHERE run_id = $run AND span_id = $span
-            UNION ALL
-            SELECT s.span_id, des.depth + 1, list_append(des.path, s.start_ns)
-            FROM spans s JOIN des ON s.parent_id = des.span_id
-            WHERE s.run_id = $run AND des.depth < 50
-        ), capped AS (SELECT * FROM des ORDER BY depth, path LIMIT $limit)
-        SELECT s.span_id, s.parent_id, s.name, s.node, s.status, s.start_ns, (s.end_ns - s.start_ns) / 1e6 AS duration_ms,
-               capped.depth, capped.path
-        FROM capped JOIN spans s ON s.run_id = $run AND s.span_id = capped.span_id
-        ORDER BY capped.path, capped.depth
-    """, {"run": run_id, "span": span_id, "limit": limit})
-    for r in down:
-        r.pop("path", None)
-    return list(reversed(up)) + down
+    """The selected span's ancestors (negative depth) and descendants (positive depth), at most `limit`
+    descendants, in tree order (children by start time).
+
+    Walked level by level with filtered scans rather than a recursive CTE: each level is one scan
+    DuckDB prunes well, where a recursive join rebuilds a hash table over the whole run per level.
+    """
+    cols = ("SELECT span_id, parent_id, name, node, status, start_ns, (end_ns - start_ns) / 1e6 AS duration_ms "
+            "FROM spans WHERE run_id = $run AND ")
+    found = rows(con, cols + "span_id = $span LIMIT 1", {"run": run_id, "span": span_id})
+    if not found:
+        return []
+    chain = [{**found[0], "depth": 0}]
+    seen = {span_id}
+    while chain[0]["parent_id"] and len(chain) < 50 and chain[0]["parent_id"] not in seen:
+        up = rows(con, cols + "span_id = $span LIMIT 1", {"run": run_id, "span": chain[0]["parent_id"]})
+        if not up:
+            break
+        seen.add(up[0]["span_id"])
+        chain.insert(0, {**up[0], "depth": chain[0]["depth"] - 1})
+    children: dict[str, list[dict[str, Any]]] = {}
+    level, depth, total = [span_id], 0, 0
+    while level and depth < 50 and total < limit:
+        depth += 1
+        kids = rows(con, cols + "list_contains($ids, parent_id) ORDER BY start_ns, span_id LIMIT $n",
+                    {"run": run_id, "ids": level, "n": limit - total})
+        kids = [k for k in kids if k["span_id"] not in seen]
+        for k in kids:
+            seen.add(k["span_id"])
+            children.setdefault(k["parent_id"], []).append({**k, "depth": depth})
+        total += len(kids)
+        level = [k["span_id"] for k in kids]
+    out = chain[:-1]
+    stack = [chain[-1]]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(children.get(node["span_id"], [])))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,3 +381,43 @@ def span_profile(con: duckdb.DuckDBPyConnection, run_ids: list[str], *, limit: i
         SELECT run_id, name, status, count(*) AS n, sum(end_ns - start_ns) / 1e6 AS total_ms
         FROM spans WHERE list_contains($ids, run_id) GROUP BY ALL ORDER BY name, status LIMIT $limit
     """, {"ids": run_ids, "limit": limit})
+
+
+_ACTIVITY = """
+    SELECT NULL AS span_id, NULL AS parent_id, 'step ' || step AS name, 'rank:' || rank AS node, start_ns,
+           coalesce(end_ns, start_ns) AS end_ns, CASE WHEN nonfinite THEN 'error' ELSE 'ok' END AS status,
+           CASE WHEN nonfinite THEN 'non-finite loss or gradient' END AS status_message, false AS faulted
+    FROM steps WHERE run_id = $run
+    UNION ALL
+    SELECT NULL, NULL, op || ' #' || seq, 'rank:' || rank || ' comm', enter_ns, coalesce(exit_ns, enter_ns),
+           CASE WHEN ok IS false OR exit_ns IS NULL THEN 'error' ELSE 'ok' END,
+           CASE WHEN exit_ns IS NULL THEN 'never returned' WHEN ok IS false THEN 'failed' END, false
+    FROM collectives WHERE run_id = $run
+"""
+
+
+def activity_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """Like run_bounds, over a training run's steps and collectives (for runs recorded without spans)."""
+    found = one(con, f"""
+        SELECT min(start_ns), max(end_ns), count(*), count(DISTINCT node), count(*) FILTER (WHERE status = 'error')
+        FROM ({_ACTIVITY})
+    """, {"run": run_id}) or (None, None, 0, 0, 0)
+    return {"start_ns": found[0], "end_ns": found[1], "spans": int(found[2]), "nodes": int(found[3]),
+            "errors": int(found[4])}
+
+
+def activity_bars(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, t0: int | None = None, t1: int | None = None,
+    nodes: list[str] | None = None, limit: int = 1500,
+) -> list[dict[str, Any]]:
+    """Steps and collective calls of a training run as timeline bars (rows shaped like timeline_spans):
+    failed ones first, then the longest, at most `limit`, in start order."""
+    return rows(con, f"""
+        WITH a AS ({_ACTIVITY}), picked AS (
+            SELECT * FROM a
+            WHERE ($t0 IS NULL OR end_ns >= $t0) AND ($t1 IS NULL OR start_ns <= $t1)
+              AND (len($nodes) = 0 OR list_contains($nodes, node))
+            ORDER BY status = 'error' DESC, end_ns - start_ns DESC, start_ns LIMIT $limit
+        )
+        SELECT * FROM picked ORDER BY start_ns, node
+    """, {"run": run_id, "t0": t0, "t1": t1, "nodes": list(nodes or []), "limit": limit})
