@@ -119,6 +119,19 @@ def test_round_trip_from_the_real_sdk_and_encoders(tmp_path, encoding):
     assert query(db, "SELECT name, kind, status FROM runs") == [("checkout", "service", "error")]
 
 
+def test_gzipped_files_load_and_a_damaged_gzip_is_rejected(tmp_path):
+    import gzip
+
+    raw = write_encoded(make_spans(), tmp_path / "x.otlp.pb", "pb").read_bytes()
+    packed = gzip.compress(raw)
+    (tmp_path / "good.otlp.pb.gz").write_bytes(packed)
+    (tmp_path / "cut.otlp.pb.gz").write_bytes(packed[: len(packed) // 2])
+    report = ingest_paths([tmp_path / "good.otlp.pb.gz", tmp_path / "cut.otlp.pb.gz"], tmp_path / "store.duckdb")
+    assert report.records == 4
+    assert [s for s, _ in report.rejected] == [str(tmp_path / "cut.otlp.pb.gz")]
+    assert "gzip" in report.rejected[0][1]
+
+
 def test_json_lines_file_and_torn_last_line(tmp_path):
     spans = make_spans()
     path = write_encoded(spans, tmp_path / "collector.otlp.jsonl", "jsonl")

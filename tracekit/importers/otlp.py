@@ -472,8 +472,16 @@ def _parse_protobuf(data: bytes, source: str) -> list[ResourceSpans]:
 
 
 def parse_otlp(data: bytes, source: str = "<bytes>") -> OtlpFile:
-    """Decode OTLP trace bytes (JSON, JSON lines or protobuf). Raises SpoolError for input to reject whole."""
+    """Decode OTLP trace bytes (JSON, JSON lines or protobuf; gzipped or not). SpoolError for input to reject whole."""
     digest = hashlib.sha256(data).hexdigest()
+    if data[:2] == b"\x1f\x8b":  # gzip, as collectors and exporters often write
+        import gzip
+        import zlib
+
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SpoolError(f"{source}: a damaged gzip file ({exc}); nothing was loaded") from None
     if not data.strip():
         raise SpoolError(f"{source}: the file is empty; nothing was loaded")
     if data.lstrip()[:1] in (b"{", b"["):
