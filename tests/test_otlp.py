@@ -278,3 +278,35 @@ def test_docstring_examples_run():
     import tracekit.importers.otlp as otlp
 
     assert doctest.testmod(otlp).failed == 0
+
+
+def test_spec_style_json_uppercase_hex_numeric_times_and_snake_case_fields(tmp_path):
+    """The OTLP/JSON spec example's quirks: uppercase hex ids, numeric int64 times, enums as numbers;
+    and proto3's alternative spellings: original field names and enum names."""
+    camel = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+             "scopeSpans": [{"scope": {"name": "my.library", "version": "1.0.0"}, "spans": [{
+                 "traceId": "5B8EFFF798038103D269B633813FC60C", "spanId": "EEE19B7EC3C1B174",
+                 "parentSpanId": "EEE19B7EC3C1B173", "name": "I'm a server span",
+                 "startTimeUnixNano": 1544712660000000000, "endTimeUnixNano": 1544712661000000000, "kind": 2,
+                 "attributes": [{"key": "my.span.attr", "value": {"stringValue": "some value"}},
+                                {"key": "nested", "value": {"kvlistValue": {"values": [
+                                    {"key": "n", "value": {"intValue": "7"}},
+                                    {"key": "xs", "value": {"arrayValue": {"values": [{"doubleValue": 1.5},
+                                                                                       {"boolValue": True}]}}}]}}}]}]}]}]}
+    snake = {"resource_spans": [{"scope_spans": [{"spans": [{
+        "trace_id": "5b8efff798038103d269b633813fc60d", "span_id": "eee19b7ec3c1b175", "name": "snake",
+        "start_time_unix_nano": "1544712660000000000", "end_time_unix_nano": "1544712661000000000",
+        "kind": "SPAN_KIND_CLIENT", "status": {"code": "STATUS_CODE_OK"}}]}]}]}
+    (tmp_path / "camel.json").write_text(json.dumps(camel))
+    (tmp_path / "snake.json").write_text(json.dumps(snake))
+    db = tmp_path / "store.duckdb"
+    report = ingest_paths([tmp_path / "camel.json", tmp_path / "snake.json"], db)
+    assert report.rejected == [] and report.quarantined == [] and report.records == 2
+    rows = query(db, "SELECT trace_id, span_id, parent_id, kind, status, node, attributes::VARCHAR, start_ns "
+                     "FROM spans ORDER BY span_id")
+    assert rows[0][:6] == ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "eee19b7ec3c1b173",
+                           "server", "unset", "service:my.service")
+    assert json.loads(rows[0][6]) == {"my.span.attr": "some value", "nested": {"n": 7, "xs": [1.5, True]}}
+    assert rows[0][7] == 1544712660000000000
+    assert rows[1][3:6] == ("client", "ok", "service:unknown_service")
+    assert sorted(r[0] for r in query(db, "SELECT name FROM runs")) == ["camel", "snake"]
