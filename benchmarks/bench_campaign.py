@@ -95,9 +95,23 @@ def cycles_of(edge_lists: list[list[Any]]) -> set[tuple[str, ...]]:
     return {canonical(c["faults"]) for c in find_cycles(graph)}
 
 
+def chains_of(edge_lists: list[list[Any]]) -> list[list[str]]:
+    from tracekit.graph.propagation import build_graph, find_chains
+
+    return [c["faults"] for c in find_chains(build_graph([e for lst in edge_lists for e in lst]))]
+
+
 def experiments_to_find(order: list[str], edges: dict[str, list[Any]], seeded: set[tuple[str, ...]]) -> int | None:
     for k in range(1, len(order) + 1):
         if seeded <= cycles_of([edges.get(label, []) for label in order[:k]]):
+            return k
+    return None
+
+
+def experiments_to_find_chains(order: list[str], edges: dict[str, list[Any]], chains: list[list[str]]) -> int | None:
+    for k in range(1, len(order) + 1):
+        found = chains_of([edges.get(label, []) for label in order[:k]])
+        if all(any(contains(r, c) for r in found) for c in chains):
             return k
     return None
 
@@ -130,7 +144,7 @@ def accuracy(fixture: str, workers: int, tmp: Path) -> dict[str, Any]:
     out["exhaustive"] = {"runs": exh.runs, "injection_runs": exh.runs - profile, "seconds": round(exh.seconds, 1),
                          **score(exh.report, truth)}
     edges, names, candidates, primary = oracle(db, exh.campaign_id)
-    slots = math.ceil(exh.experiments / 3)
+    slots = exh.experiments // 3  # at most one third of the exhaustive injection budget
     budget = profile + slots * repeats
     for strategy in ("three-phase", "random"):
         res = run_campaign(campaign, budget=budget, workers=workers, strategy=strategy, db=db, spool_dir=spool, seed=0)
@@ -140,6 +154,10 @@ def accuracy(fixture: str, workers: int, tmp: Path) -> dict[str, Any]:
     order = replay_three_phase(candidates, primary, names, slots)
     k = experiments_to_find(order, edges, seeded)
     out["three-phase"]["replay_injection_runs_to_find_all_cycles"] = k * repeats if k else None
+    # chains: how far the three-phase order must go (replayed with the whole exhaustive budget)
+    full = replay_three_phase(candidates, primary, names, len(candidates))
+    kc = experiments_to_find_chains(full, edges, truth.get("chains", []))
+    out["three-phase"]["replay_injection_runs_to_find_all_chains"] = kc * repeats if kc else None
     random_needs = []
     labels = [e.label for e in candidates]
     for seed in range(200):
@@ -149,6 +167,13 @@ def accuracy(fixture: str, workers: int, tmp: Path) -> dict[str, Any]:
         k_rand = experiments_to_find(perm, edges, seeded)
         random_needs.append(k_rand * repeats if k_rand else len(labels) * repeats)
     random_needs.sort()
+    chain_needs = []
+    for seed in range(50):
+        perm = labels[:]
+        random.Random(seed).shuffle(perm)
+        kc = experiments_to_find_chains(perm, edges, truth.get("chains", []))
+        chain_needs.append(kc * repeats if kc else len(labels) * repeats)
+    out["random"]["replay_injection_runs_to_find_all_chains_mean"] = round(sum(chain_needs) / len(chain_needs), 1)
     out["random"]["replay_injection_runs_to_find_all_cycles_mean"] = round(sum(random_needs) / len(random_needs), 1)
     out["random"]["replay_injection_runs_to_find_all_cycles_median"] = random_needs[len(random_needs) // 2]
     out["random"]["replay_share_finding_all_cycles_within_budget"] = round(

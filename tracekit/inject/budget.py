@@ -8,7 +8,8 @@ likely. Budgets count runs: an experiment costs ``injection_repeats`` runs.
 * **uniqueness** — cluster points by the Jaccard distance of what they caused and give every cluster
   the same share, so a point with consequences nobody else has is not drowned by many look-alikes;
   clusters and faults that were observed as a consequence somewhere but not injected yet come
-  first (injecting them is what lets causal stitching extend a chain);
+  first (injecting them is what lets causal stitching extend a chain), then fault types not yet
+  tried at a point before more variants (durations) of one already tried;
 * **diversity** — points whose consequences changed with the workload, or that caused something and
   were reached by another workload, get their remaining faults there.
 """
@@ -109,7 +110,8 @@ class ThreePhase:
     def _uniqueness(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
         effects = self._effects(outcomes)
         # faults observed as a consequence that no experiment has injected yet (under any variant)
-        seen = (frozenset().union(*outcomes.values()) if outcomes else frozenset()) - {e.fault_name for e in outcomes}
+        tried = {e.fault_name for e in outcomes}  # a fault type already injected at a point (any variant)
+        seen = (frozenset().union(*outcomes.values()) if outcomes else frozenset()) - tried
         clusters = cluster_points(effects, self.threshold)
         if not clusters:
             return []
@@ -123,7 +125,8 @@ class ThreePhase:
         for members in order:
             members = sorted(members, key=lambda p: (-len(effects[p]), p))
             queues = [sorted((e for e in self.candidates if e.point == p and e.workload == self._home(p, outcomes)
-                              and e not in outcomes), key=lambda e: e.fault_name not in seen) for p in members]
+                              and e not in outcomes),
+                             key=lambda e: (e.fault_name not in seen, e.fault_name in tried)) for p in members]
             picked: list[Experiment] = []
             while len(picked) < share and any(queues):
                 for q in queues:
@@ -152,8 +155,10 @@ class ThreePhase:
             caused = len(frozenset().union(*seen)) if seen else 0
             untried = len([w for w in wls if (point, w) not in by_point_workload])
             score[point] = (distinct * 2 + (1 if caused else 0)) * (1 if untried or distinct > 1 else 0) + caused
+        tried = {e.fault_name for e in outcomes}
         ranked = sorted((e for e in self.candidates if e not in outcomes),
-                        key=lambda e: (-score.get(e.point, 0), (e.point, e.workload) in by_point_workload))
+                        key=lambda e: (e.fault_name in tried, -score.get(e.point, 0),
+                                       (e.point, e.workload) in by_point_workload))
         return ranked[:slots]
 
     def next_batch(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
