@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from pathlib import Path
@@ -92,6 +93,7 @@ class SpoolSpanExporter(SpanExporter):
         node: str | None = None,
         flush_interval_ms: int = 200,
     ) -> None:
+        self._owns_spool = spool is None
         if spool is None:
             from tracekit.capture.setup import open_run_spool
 
@@ -99,6 +101,10 @@ class SpoolSpanExporter(SpanExporter):
                 spool_dir=spool_dir, run_id=run_id, run_name=run_name, node=node,
                 flush_interval_ms=flush_interval_ms,
             )
+            # The provider shuts this exporter down at exit (after its last export), and that closes
+            # the spool. The spool's own exit hook would run first (atexit is last-in, first-out:
+            # the provider was made before us), close the files early and drop the final batch.
+            atexit.unregister(spool.close)
         self.spool = spool
         self.run_id = spool.run_id
         self.default_node = node or spool.node
@@ -120,7 +126,11 @@ class SpoolSpanExporter(SpanExporter):
         return True
 
     def shutdown(self) -> None:
-        self.spool.flush()
+        """Flush; a spool this exporter opened itself is closed (its files get their clean-exit footers)."""
+        if self._owns_spool:
+            self.spool.close()
+        else:
+            self.spool.flush()
 
 
 def spool_dir_of(exporter: SpoolSpanExporter) -> Path:
