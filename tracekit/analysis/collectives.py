@@ -38,7 +38,7 @@ import polars as pl
 __all__ = [
     "RunFrames", "Finding", "Thresholds", "Detector", "DEFAULT_DETECTORS", "frames_from_store", "detect",
     "detect_run", "detect_stragglers", "detect_missing_rank", "detect_nonfinite", "detect_slow_links",
-    "naive_slowest_rank", "infer_period",
+    "naive_slowest_rank", "infer_period", "Arrivals", "arrivals",
 ]
 
 MS = 1_000_000
@@ -169,29 +169,58 @@ def _with_steps(c: pl.DataFrame) -> pl.DataFrame:
 # straggler and throttle
 
 
-def _arrivals(frames: RunFrames) -> pl.DataFrame:
-    """Per (step, rank): mean arrival lag behind the median rank, over collectives every rank completed."""
+@dataclass(frozen=True)
+class Arrivals:
+    """Per step and rank (dense matrices): mean arrival lag behind the median rank, and mean wait, in ns,
+    over the collectives every rank completed; NaN where a rank has none."""
+
+    steps: np.ndarray  # (S,)
+    lag: np.ndarray    # (S, world)
+    wait: np.ndarray   # (S, world)
+
+
+def arrivals(frames: RunFrames) -> Arrivals | None:
+    """Compare each collective (group, seq) across ranks; vectorised with numpy (one sort of the keys)."""
     world = frames.world_size
     c = frames.collectives
     if c.height == 0 or world < 2:
-        return pl.DataFrame()
+        return None
     c = _with_steps(c.filter(pl.col("peer").is_null() & pl.col("ok") & pl.col("exit_ns").is_not_null()))
-    c = c.with_columns(
-        n=pl.len().over("process_group", "seq"),
-        med=pl.col("enter_ns").median().over("process_group", "seq"),
-    ).filter(pl.col("n") == world)
-    return c.group_by("step", "rank").agg(
-        lag=(pl.col("enter_ns") - pl.col("med")).mean(),
-        wait=(pl.col("exit_ns") - pl.col("enter_ns")).median(),
-    )
+    if c.height == 0:
+        return None
+    t0 = int(c["enter_ns"].min())
+    c = c.select(
+        key=pl.col("process_group").cast(pl.Categorical).to_physical().cast(pl.Int64) * (1 << 40) + pl.col("seq"),
+        rank=pl.col("rank"), step=pl.col("step").fill_null(-1),
+        enter=(pl.col("enter_ns") - t0).cast(pl.Float64), exit=(pl.col("exit_ns") - t0).cast(pl.Float64))
+    keys, inverse = np.unique(c["key"].to_numpy(), return_inverse=True)
+    rank = c["rank"].to_numpy()
+    enter = np.full((len(keys), world), np.nan)
+    leave = np.full((len(keys), world), np.nan)
+    enter[inverse, rank] = c["enter"].to_numpy()
+    leave[inverse, rank] = c["exit"].to_numpy()
+    step_of = np.zeros(len(keys), dtype=np.int64)
+    step_of[inverse] = c["step"].to_numpy()
+    complete = ~np.isnan(enter).any(axis=1)
+    enter, leave, step_of = enter[complete], leave[complete], step_of[complete]
+    if len(step_of) == 0:
+        return None
+    lag = enter - np.median(enter, axis=1, keepdims=True)
+    wait = leave - enter
+    if np.any(np.diff(step_of) < 0):  # usually already in step order (sequence numbers grow with steps)
+        order = np.argsort(step_of, kind="stable")
+        step_of, lag, wait = step_of[order], lag[order], wait[order]
+    steps, start = np.unique(step_of, return_index=True)
+    count = np.diff(np.append(start, len(step_of)))[:, None]
+    return Arrivals(steps, np.add.reduceat(lag, start, axis=0) / count, np.add.reduceat(wait, start, axis=0) / count)
 
 
-def _bucket_span(frames: RunFrames) -> pl.DataFrame:
-    """Per (step, rank): time from the first to the last DDP bucket all-reduce issued (pure backward compute)."""
+def _bucket_span(frames: RunFrames, ranks: Sequence[int]) -> pl.DataFrame:
+    """Per (step, rank) of `ranks`: time from the first to the last DDP bucket all-reduce issued (backward compute)."""
     c = frames.collectives
     if c.height == 0 or "source" not in c.columns:
         return pl.DataFrame()
-    ddp = c.filter(pl.col("source").str.starts_with("ddp"))
+    ddp = c.filter(pl.col("rank").is_in(list(ranks))).filter(pl.col("source").str.starts_with("ddp"))
     if ddp.height == 0:
         return pl.DataFrame()
     return ddp.group_by("step", "rank").agg(span=pl.col("enter_ns").max() - pl.col("enter_ns").min(), n=pl.len())
@@ -199,21 +228,19 @@ def _bucket_span(frames: RunFrames) -> pl.DataFrame:
 
 def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
     """The rank that arrives last at the shared collectives, persistently and by more than the noise."""
-    per = _arrivals(frames)
-    if per.height == 0:
+    arr = arrivals(frames)
+    if arr is None or arr.lag.shape[1] < 2:
         return []
-    lags = per["lag"].to_numpy().astype(float)
-    med = float(np.median(lags))
-    sigma = 1.4826 * float(np.median(np.abs(lags - med)))
+    values = arr.lag[~np.isnan(arr.lag)]
+    med = float(np.median(values))
+    sigma = 1.4826 * float(np.median(np.abs(values - med)))
     threshold = max(th.noise_k * sigma, float(th.floor_ns))
-    ranked = per.with_columns(pos=pl.col("lag").rank("ordinal", descending=True).over("step"))
-    top = ranked.filter(pl.col("pos") == 1).select("step", "rank", "lag", "wait")
-    second = ranked.filter(pl.col("pos") == 2).select("step", lag2="lag")
-    top = top.join(second, on="step", how="left").sort("step")
-    steps = top["step"].to_numpy()
-    ranks = top["rank"].to_numpy()
-    lag = top["lag"].to_numpy().astype(float)
-    margin = lag - np.nan_to_num(top["lag2"].to_numpy().astype(float), nan=0.0)
+    filled = np.nan_to_num(arr.lag, nan=-np.inf)
+    steps = arr.steps
+    ranks = np.argmax(filled, axis=1)
+    lag = filled[np.arange(len(steps)), ranks]
+    second = np.partition(filled, -2, axis=1)[:, -2]
+    margin = lag - np.where(np.isfinite(second), second, 0.0)
     flagged = (lag > threshold) & (margin > threshold / 2)
     n = len(steps)
     hits = np.zeros(n, dtype=int)
@@ -225,8 +252,10 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
     need = np.minimum(th.min_in_window, np.maximum(remaining - 1, 2))
     onset_mask = flagged & (hits >= need)
     findings = []
-    spans = _bucket_span(frames)
-    for rank in np.unique(ranks[onset_mask]):
+    candidates = np.unique(ranks[onset_mask])
+    peers_sample = [r for r in range(min(arr.lag.shape[1], 9))]
+    spans = _bucket_span(frames, sorted({*map(int, candidates), *peers_sample})) if len(candidates) else pl.DataFrame()
+    for rank in candidates:
         first = int(np.argmax(onset_mask & (ranks == rank)))
         onset = int(steps[first])
         after = steps >= onset
@@ -237,9 +266,9 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
         median_lag = float(np.median(lag[mine]))
         strength = min(1.0, median_lag / (2 * threshold))
         confidence = round(min(0.99, 0.5 * frac + 0.5 * strength), 3)
-        waits = per.filter(pl.col("step") >= onset)
-        own_wait = waits.filter(pl.col("rank") == rank)["wait"].median()
-        peer_wait = waits.filter(pl.col("rank") != rank)["wait"].median()
+        waits = arr.wait[after]
+        own_wait = _nanmedian(waits[:, rank])
+        peer_wait = _nanmedian(np.delete(waits, rank, axis=1))
         kind, compute = _classify_slow_rank(frames, spans, int(rank), onset, th)
         evidence = {
             "late_in_steps": int(mine.sum()), "steps_since_onset": int(after.sum()),
@@ -257,6 +286,11 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
             f"and waits least ({_ms(own_wait)} vs {_ms(peer_wait)} ms); it {what}",
         ))
     return findings
+
+
+def _nanmedian(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else None
 
 
 def _ms(value: Any) -> float | None:
@@ -442,64 +476,82 @@ def detect_nonfinite(frames: RunFrames, th: Thresholds) -> list[Finding]:
 
 
 def detect_slow_links(frames: RunFrames, th: Thresholds) -> list[Finding]:
-    """The directed rank pair the pairwise probe measured far slower than every other pair, repeatedly."""
+    """The rank pair the pairwise probe measured far slower than the other pairs, round after round.
+
+    A probe is slow when it takes `probe_ratio` x the round's median and `probe_excess_ns` more. A pair
+    is a slow link when it is slow in most probe rounds from its onset on (scattered slow probes are
+    noise). A rank that is persistently slow with two or more peers is a slow *rank*, not a link.
+    """
     p = frames.probes
     if p.height == 0:
         return []
     p = p.with_columns(round_median=pl.col("dur_ns").median().over("round"))
     p = p.with_columns(
         slow=(pl.col("dur_ns") >= th.probe_ratio * pl.col("round_median"))
-        & ((pl.col("dur_ns") - pl.col("round_median")) >= th.probe_excess_ns))
-    # a rank slow with two or more different peers in one round is a slow *rank* (throttle), not a link
-    slow = p.filter(pl.col("slow"))
-    involved = pl.concat([slow.select("round", r=pl.col("src"), peer=pl.col("dst")),
-                          slow.select("round", r=pl.col("dst"), peer=pl.col("src"))])
-    busy = involved.group_by("round", "r").agg(peers=pl.col("peer").n_unique()).filter(pl.col("peers") >= 2)
-    bad_ranks = busy.select("round", "r")
-    slow = (slow.join(bad_ranks, left_on=["round", "src"], right_on=["round", "r"], how="anti")
-                .join(bad_ranks, left_on=["round", "dst"], right_on=["round", "r"], how="anti"))
-    if slow.height == 0:
-        return []
+        & ((pl.col("dur_ns") - pl.col("round_median")) >= th.probe_excess_ns),
+        a=pl.min_horizontal("src", "dst"), b=pl.max_horizontal("src", "dst"))
     rounds = p.group_by("round").agg(step=pl.col("step").min()).sort("round")
-    slow = slow.with_columns(a=pl.min_horizontal("src", "dst"), b=pl.max_horizontal("src", "dst"))
+    round_index = {r: i for i, r in enumerate(rounds["round"].to_list())}
+    per_pair = p.group_by("a", "b", "round").agg(
+        slow=pl.col("slow").any(), dur=pl.col("dur_ns").max(), med=pl.col("round_median").first(),
+        directions=pl.concat_str(pl.col("src"), pl.lit("->"), pl.col("dst")).filter(pl.col("slow")))
+    persistent: dict[tuple[int, int], tuple[int, float]] = {}  # pair -> (onset round index, median ratio)
+    for (a, b), rows in per_pair.filter(pl.col("slow")).group_by(["a", "b"]):
+        flags = np.zeros(len(round_index), dtype=bool)
+        flags[[round_index[r] for r in rows["round"].to_list()]] = True
+        suffix_hits = np.cumsum(flags[::-1])[::-1]
+        suffix_len = np.arange(len(flags), 0, -1)
+        ok = flags & (suffix_hits >= th.probe_min_rounds) & (suffix_hits >= 0.6 * suffix_len)
+        if ok.any():
+            persistent[(int(a), int(b))] = (int(np.argmax(ok)), float((rows["dur"] / rows["med"]).median()))
+    # a rank slow with two or more peers alike is a slow rank (throttle), not a link; a weaker slow pair
+    # sharing a rank with a much stronger one is that link's side effect
+    by_rank: dict[int, list[tuple[float, tuple[int, int]]]] = {}
+    for pair, (_onset, ratio) in persistent.items():
+        for r in pair:
+            by_rank.setdefault(r, []).append((ratio, pair))
+    dropped: set[tuple[int, int]] = set()
+    for entries in by_rank.values():
+        entries.sort(reverse=True)
+        if len(entries) >= 2 and entries[1][0] >= entries[0][0] / 2:
+            dropped.update(pair for _ratio, pair in entries)
+        else:
+            dropped.update(pair for _ratio, pair in entries[1:])
     findings = []
-    for (a, b), rows in slow.group_by(["a", "b"]):
-        per_round = rows.group_by("round").agg(
-            step=pl.col("step").min(), dur=pl.col("dur_ns").max(), med=pl.col("round_median").first(),
-            directions=pl.concat_str(pl.col("src"), pl.lit("->"), pl.col("dst")).unique(),
-        ).sort("round")
-        first_round = int(per_round["round"][0])
-        since = rounds.filter(pl.col("round") >= first_round).height
-        if per_round.height < th.probe_min_rounds or per_round.height / since < 0.6:
+    for (a, b), (onset_index, _ratio) in persistent.items():
+        if (a, b) in dropped:
             continue
-        ratio = float((per_round["dur"] / per_round["med"]).median())
-        first_step = per_round["step"][0]
-        directions = sorted({d for ds in per_round["directions"].to_list() for d in ds})
-        evidence = {"slow_rounds": per_round.height, "rounds_since_onset": since,
-                    "median_probe_ms": _ms(per_round["dur"].median()),
-                    "median_other_pairs_ms": _ms(per_round["med"].median()),
-                    "ratio": round(ratio, 1), "slow_directions": directions, "probe_bytes": int(rows["bytes"][0] or 0),
-                    **_collective_slowdown(frames, first_step)}
-        confidence = round(min(0.99, 0.5 * per_round.height / since + 0.5 * min(1.0, math.log10(ratio))), 3)
+        onset_round = rounds["round"][onset_index]
+        rows = per_pair.filter((pl.col("a") == a) & (pl.col("b") == b) & (pl.col("round") >= onset_round)
+                               & pl.col("slow")).sort("round")
+        since = len(round_index) - onset_index
+        ratio = float((rows["dur"] / rows["med"]).median())
+        first_step = rounds["step"][onset_index]
+        directions = sorted({d for ds in rows["directions"].to_list() for d in ds})
+        evidence = {"slow_rounds": rows.height, "rounds_since_onset": since,
+                    "median_probe_ms": _ms(rows["dur"].median()), "median_other_pairs_ms": _ms(rows["med"].median()),
+                    "ratio": round(ratio, 1), "slow_directions": directions,
+                    "probe_bytes": int(p["bytes"][0] or 0), **_collective_slowdown(frames, first_step)}
+        confidence = round(min(0.99, 0.5 * rows.height / since + 0.5 * min(1.0, math.log10(max(ratio, 1.0)))), 3)
         findings.append(Finding(
             "slow_link", f"link:{a}-{b}", None if first_step is None else int(first_step), confidence, evidence,
             f"the pairwise probe between ranks {a} and {b} ({', '.join(directions)}) took "
             f"{evidence['median_probe_ms']} ms, {ratio:.0f}x the other pairs ({evidence['median_other_pairs_ms']} ms), "
-            f"in {per_round.height} of {since} probe rounds since step {first_step}",
+            f"in {rows.height} of {since} probe rounds since step {first_step}",
         ))
     return findings
 
 
 def _collective_slowdown(frames: RunFrames, onset: Any) -> dict[str, Any]:
     """Collective time before/after onset, and the arrival spread (a slow link slows all, late-arrives none)."""
-    per = _arrivals(frames)
-    if per.height == 0 or onset is None:
+    arr = arrivals(frames)
+    if arr is None or onset is None:
         return {}
-    before = per.filter((pl.col("step") < onset) & (pl.col("step") > 0))
-    after = per.filter(pl.col("step") >= onset)
-    return {"collective_wait_before_ms": _ms(before["wait"].median()),
-            "collective_wait_after_ms": _ms(after["wait"].median()),
-            "max_arrival_lag_after_ms": _ms(after["lag"].abs().median())}
+    before = (arr.steps < onset) & (arr.steps > 0)
+    after = arr.steps >= onset
+    return {"collective_wait_before_ms": _ms(_nanmedian(arr.wait[before].ravel())),
+            "collective_wait_after_ms": _ms(_nanmedian(arr.wait[after].ravel())),
+            "median_arrival_lag_after_ms": _ms(_nanmedian(np.abs(arr.lag[after]).ravel()))}
 
 
 # ---------------------------------------------------------------------------------------------

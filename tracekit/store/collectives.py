@@ -5,15 +5,12 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-# A collective may be recorded twice when a rank wrote it as interrupted at SIGTERM and then (rarely)
-# completed it: keep one row per (rank, group, seq, op, peer), preferring the completed one.
+# A collective interrupted at SIGTERM is written once, as failed; the detectors compare only completed
+# ones across ranks, so no de-duplication pass is needed here (it costs seconds on 8 M rows).
 _COLLECTIVES_SQL = """
-SELECT rank, world_size, process_group, seq, op, bytes, enter_ns, exit_ns, step, ok, peer, async_op,
-       source, nonfinite, error
+SELECT rank, world_size, process_group, seq, op, bytes, enter_ns, exit_ns, step, ok, peer, source, nonfinite, error
 FROM collectives
 WHERE run_id = $run
-QUALIFY row_number() OVER (
-    PARTITION BY rank, process_group, seq, op, peer ORDER BY ok DESC NULLS LAST, exit_ns NULLS LAST) = 1
 """
 
 _STEPS_SQL = """
@@ -41,7 +38,11 @@ GROUP BY 1
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> pa.Table:
-    return con.sql(sql, params={"run": run_id}).to_arrow_table()
+    cursor = con.cursor()  # a fresh cursor: the caller's connection may hold an unfinished result
+    try:
+        return cursor.sql(sql, params={"run": run_id}).to_arrow_table()
+    finally:
+        cursor.close()
 
 
 def collectives_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
