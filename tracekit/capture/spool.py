@@ -64,6 +64,7 @@ class SpoolStream:
         self._buffer: list[str] = []
         self._buffered = 0
         self._lock = threading.Lock()
+        self._io_lock = threading.RLock()
         self._fd: int | None = None
         self._failed = False
         self._closed = False
@@ -100,29 +101,33 @@ class SpoolStream:
         self.spool._ensure_flusher()
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._buffer:
-                return
-            data = "".join(self._buffer)
-            count = self._buffered
-            self._buffer = []
-            self._buffered = 0
-        self._write_now(data, count)
+        # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
+        # and the footer is always the last line
+        with self._io_lock:
+            with self._lock:
+                if not self._buffer:
+                    return
+                data = "".join(self._buffer)
+                count = self._buffered
+                self._buffer = []
+                self._buffered = 0
+            self._write_now(data, count)
 
     def close(self) -> None:
         """Flush and write the footer that marks a clean exit."""
-        if self._closed:
-            return
-        self.flush()
-        footer = {FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
-        self._write_now(_dumps(footer) + "\n", 0)
-        self._closed = True
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        with self._io_lock:
+            if self._closed:
+                return
+            self.flush()
+            footer = {FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
+            self._write_now(_dumps(footer) + "\n", 0)
+            self._closed = True
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+                self._fd = None
 
     def _write_now(self, data: str, count: int) -> None:
         if self._failed:
