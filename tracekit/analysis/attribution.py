@@ -528,10 +528,10 @@ def _apply_judge(g: nx.DiGraph, candidates: Sequence[Candidate], fail: str, judg
 
 
 def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
-    """The IDG of a stored run (id, prefix or name): its steps, recorded links and links derived from
-    span attributes; edges are inferred when none were recorded. ``g.graph`` holds the run row."""
+    """The IDG of a stored run (id, prefix or name): its steps and links (recorded by capture, or
+    derived from GenAI/OpenInference span attributes at ingest); edges are inferred when none were
+    recorded. ``g.graph`` holds the run row."""
     from tracekit.graph.idg import build_idg, steps_from_spans
-    from tracekit.importers.genai import derive_links
     from tracekit.store.agents import run_links, run_spans
     from tracekit.store.queries import get_run, resolve_run
 
@@ -541,7 +541,7 @@ def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
     if not steps:
         raise TracekitError(f"run {run_row['name']!r} has no agent steps (record them with tracekit.agent_step, "
                             "tracekit.message, GenAI/OpenInference spans, or `tracekit import whowhen`)")
-    g = build_idg(steps, run_links(con, run_row["run_id"]), derived=derive_links(spans), infer=infer)  # type: ignore[arg-type]
+    g = build_idg(steps, run_links(con, run_row["run_id"]), infer=infer)  # type: ignore[arg-type]
     g.graph["run"] = run_row
     return g
 

@@ -61,7 +61,7 @@ OI_METADATA = "metadata"
 LANGGRAPH_NODE = "langgraph_node"
 
 MIN_FLOW_TEXT = 16  # an output text shorter than this proves nothing by reappearing
-MAX_FLOW_STEPS = 5000
+MAX_FLOW_STEPS = 100_000
 
 
 def _json(value: Any) -> Any:
@@ -272,6 +272,10 @@ def _tool_calls_issued(attrs: dict[str, Any]) -> set[str]:
     return ids
 
 
+def _lines(text: str) -> list[str]:
+    return [ln for ln in (part.strip() for part in text.split("\n")) if len(ln) >= MIN_FLOW_TEXT]
+
+
 def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Edges between the run's agent steps derived from span attributes (see the module docstring)."""
     selected = select_steps(spans)
@@ -317,19 +321,35 @@ def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         call_id = info.get("tool_call_id")
         if call_id and str(call_id) in issued and info.get("kind") == "tool_result":
             link(issued[str(call_id)], s["span_id"], "tool_result", "declared", 1.0)
-    # observed: an earlier step's output text inside a later step's input
-    infos = selected[:MAX_FLOW_STEPS]
-    order = sorted(infos, key=lambda si: (si[0].get("start_ns") or 0))
-    outputs: list[tuple[str, list[str], int]] = []  # span id, output pieces, end time
-    for s, info in order:
+    # observed: a line of an earlier step's output among the lines of a later step's input
+    # (messages keep their lines when passed on; set lookups keep this linear in the text)
+    import heapq
+
+    order = sorted(selected[:MAX_FLOW_STEPS], key=lambda si: (si[0].get("start_ns") or 0))
+    finished: list[tuple[int, int, str, list[str]]] = []  # (end, seq, span id, output lines)
+    producer: dict[str, str] = {}
+    for seq, (s, info) in enumerate(order):
+        start = s.get("start_ns") or 0
+        while finished and finished[0][0] <= start:
+            _end, _seq, src, lines = heapq.heappop(finished)
+            for line in lines:
+                producer[line] = src
         if AGENT_ATTR in (s.get("attributes") or {}):
             continue  # tracekit's own capture records its observed edges itself
-        inp = info.get("input") or ""
-        if inp:
-            for src, pieces, end in outputs:
-                if end <= (s.get("start_ns") or 0) and any(p in inp for p in pieces):
-                    link(src, s["span_id"], "consumes", "observed", 0.9)
-        pieces = [p.strip() for p in (info.get("content") or "").split("\n") if len(p.strip()) >= MIN_FLOW_TEXT]
-        if pieces:
-            outputs.append((s["span_id"], pieces[:32], s.get("end_ns") or 0))
+        sources = {producer[line] for line in _lines(info.get("input") or "") if line in producer}
+        for src in sorted(sources):
+            link(src, s["span_id"], "consumes", "observed", 0.9)
+        lines = _lines(info.get("content") or "")
+        if lines:
+            heapq.heappush(finished, (s.get("end_ns") or 0, seq, s["span_id"], lines))
     return links
+
+
+def store_derived_links(con: Any, run_id: str) -> int:
+    """At ingest: derive the run's agent edges from its span attributes and store them in ``links``
+    (replacing earlier derived ones). Runs without GenAI/OpenInference spans are left alone."""
+    from tracekit.store.agents import has_agent_spans, replace_derived_links, run_spans
+
+    if not has_agent_spans(con, run_id):
+        return 0
+    return replace_derived_links(con, run_id, derive_links(run_spans(con, run_id)))

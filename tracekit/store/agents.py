@@ -73,3 +73,31 @@ def agent_run_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Runs of kind "agents", oldest first."""
     return [r["run_id"] for r in rows(
         con, "SELECT run_id FROM runs WHERE kind = 'agents' ORDER BY started_ns NULLS LAST, run_id")]
+
+
+DERIVED_BY = "genai"  # links.attributes.derived_by of links derived from span attributes at ingest
+
+
+def has_agent_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """Whether any span of the run carries GenAI or OpenInference agent attributes."""
+    row = con.execute("""
+        SELECT EXISTS (SELECT 1 FROM spans WHERE run_id = ? AND (
+            contains(CAST(attributes AS VARCHAR), '"openinference.span.kind"')
+            OR contains(CAST(attributes AS VARCHAR), '"gen_ai.operation.name"')))
+    """, [run_id]).fetchone()
+    return bool(row and row[0])
+
+
+def replace_derived_links(con: duckdb.DuckDBPyConnection, run_id: str, links: list[dict[str, Any]]) -> int:
+    """Replace the run's links derived from span attributes (so ingesting again adds nothing)."""
+    records = [{**link, "attributes": json.dumps({"derived_by": DERIVED_BY})} for link in links]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM links WHERE run_id = ? AND json_extract_string(attributes, '$.derived_by') = ?",
+                    [run_id, DERIVED_BY])
+        n = load_table(con, LINKS, pa.Table.from_pylist(records, schema=LINKS.schema), run_id=run_id)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return n

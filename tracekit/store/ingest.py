@@ -585,6 +585,10 @@ def ingest_paths(
                 done += 1
                 if progress:
                     progress(done, total, str(path))
+        from tracekit.importers.genai import store_derived_links
+
+        for run_id in sorted(report.runs):  # agent edges from GenAI/OpenInference span attributes
+            store_derived_links(con, run_id)
     finally:
         con.close()
     return report
