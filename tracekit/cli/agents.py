@@ -51,15 +51,15 @@ def attribute(
     if (run is None) == (not all_runs):
         raise typer.BadParameter("give a RUN or --all (not both)")
     results = attribute_runs(db, None if all_runs else run, judge=judge_from_env() if judge else None, top=top)
-    if fmt is Format.json and not all_runs:
-        emit_object_list = [c.to_dict() for c in results[0]["candidates"]]
-        emit(emit_object_list, fmt)
-    elif fmt is Format.json:
-        emit([{**r, "candidates": [c.to_dict() for c in r["candidates"]]} for r in results], fmt)
-    else:
-        rows = [{"run": r["name"], **c.to_dict(), "evidence": "; ".join(c.evidence)[:160]}
-                for r in results for c in (r["candidates"] if not all_runs else r["candidates"][:1])]
-        emit(rows, fmt, columns=["run", "agent", "step", "score", "role", "evidence"])
+    if fmt is Format.json:
+        emit([{**r, "candidates": [c.to_dict() for c in r["candidates"]]} for r in results] if all_runs
+             else [c.to_dict() for c in results[0]["candidates"]], fmt)
+        return
+    rows = [{"run": r["name"], **c.to_dict(), "evidence": "; ".join(c.evidence)[:160]}
+            for r in results for c in r["candidates"][: 1 if all_runs else top]]
+    emit(rows, fmt, columns=["run", "agent", "step", "score", "role", "evidence"])
+    if not rows:
+        print("nothing to attribute: the run did not fail" if not all_runs else "no failed agent runs")
 
 
 @eval_app.command("whowhen")
