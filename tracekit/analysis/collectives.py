@@ -340,9 +340,9 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
     if c.height == 0 or world < 2:
         return []
     c = c.filter(pl.col("peer").is_null())
-    group = c.group_by("process_group").len().sort("len", descending=True)["process_group"][0]
-    g = c.filter(pl.col("process_group") == group)
-    last = g.group_by("rank").agg(max_seq=pl.col("seq").max())
+    per_group = c.group_by("process_group", "rank").agg(max_seq=pl.col("seq").max(), n=pl.len())
+    group = per_group.group_by("process_group").agg(pl.col("n").sum()).sort("n", descending=True)["process_group"][0]
+    last = per_group.filter(pl.col("process_group") == group).select("rank", "max_seq")
     hb = frames.heartbeats
     if hb.height:  # a rank still waiting has no record of its in-flight collective yet, but a heartbeat
         waiting = hb.filter(pl.col("inflight_seq").is_not_null()).group_by("rank").agg(
@@ -354,6 +354,7 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
     lowest = min(per_rank.values())
     if lowest >= max_seq:
         return []
+    g = c.filter(pl.col("process_group") == group)
     culprits = [r for r, s in per_rank.items() if s == lowest]
     # where the others got stuck: their first failed or in-flight collective past the culprit's last
     # (the culprit's own last records may be up to one flush interval older than its death)
