@@ -90,3 +90,33 @@ def test_import_hook_wraps_torch_distributed_only_when_imported(tmp_path: Path) 
     off = subprocess.run([sys.executable, "-c", code.replace("True True", "")], env=_env(tmp_path, TRACEKIT_TORCH="0"),
                          capture_output=True, text=True, check=True)
     assert off.stdout.strip() == "False False"
+
+
+def test_explicit_steps_and_one_rank_group(tmp_path: Path) -> None:
+    """`tracekit.torch.step(...)` marks steps itself; collectives carry the step they belong to."""
+    code = """
+import os, torch, torch.distributed as dist, tracekit
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29870 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+assert tracekit.torch.instrument()
+t = torch.ones(3)
+for i in range(3):
+    dist.all_reduce(t)
+    work = dist.broadcast(t, 0, async_op=True)
+    work.wait()
+    tracekit.torch.step(loss=torch.tensor(0.5 * i), grad_norm=1.5)
+dist.destroy_process_group()
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), check=True, timeout=120)
+    rows = {}
+    for path in (tmp_path / "spool").rglob("*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        rows[lines[0]["stream"]] = lines[1:-1]
+        assert "tracekit_end" in lines[-1]  # clean exit: footer written
+    steps = rows["steps"]
+    assert [(s["step"], s["loss"], s["grad_norm"]) for s in steps] == [(0, 0.0, 1.5), (1, 0.5, 1.5), (2, 1.0, 1.5)]
+    coll = rows["collectives"]
+    assert [(c["op"], c["seq"], c["step"], c["async_op"]) for c in coll] == [
+        ("all_reduce", 0, 0, False), ("broadcast", 1, 0, True), ("all_reduce", 2, 1, False),
+        ("broadcast", 3, 1, True), ("all_reduce", 4, 2, False), ("broadcast", 5, 2, True)]
+    assert all(c["rank"] == 0 and c["world_size"] == 1 and c["exit_ns"] >= c["enter_ns"] for c in coll)
