@@ -41,4 +41,9 @@ PAGES = [
     st.Page("views/campaign.py", title="Campaign", icon=":material/bolt:", url_path="campaign"),
     st.Page("views/sql.py", title="SQL", icon=":material/database:", url_path="sql"),
 ]
-st.navigation(PAGES).run()
+import tkui  # noqa: E402  (after the sys.path entry above)
+
+try:
+    st.navigation(PAGES).run()
+finally:
+    tkui.close_store()

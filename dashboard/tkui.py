@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,18 +23,30 @@ PAGE_URL = {"views/runs.py": "runs", "views/timeline.py": "timeline", "views/tra
 STATUS_COLOR = {"ok": "#4c78a8", "unset": "#9ecae9", "error": "#e45756", "faulted": "#f58518"}
 
 
+_render = threading.local()  # one connection per page render (each render runs in its own thread)
+
+
 @contextmanager
 def store() -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only, sandboxed connection for one page render (closed after, so ingest can run between
-    renders). A missing or locked store stops the page with the reason."""
-    try:
-        con = connect(db_path(), read_only=True)
-    except TracekitError as exc:
-        st.error(str(exc))
-        st.stop()
-    try:
-        yield con
-    finally:
+    """The read-only, sandboxed connection of this page render: opened on first use, shared by every
+    query of the render, closed by app.py when the render ends (so ingest can run between renders).
+    A missing or locked store stops the page with the reason."""
+    con = getattr(_render, "con", None)
+    if con is None:
+        try:
+            con = connect(db_path(), read_only=True)
+        except TracekitError as exc:
+            st.error(str(exc))
+            st.stop()
+        _render.con = con
+    yield con
+
+
+def close_store() -> None:
+    """Close this render's connection, if one was opened."""
+    con = getattr(_render, "con", None)
+    _render.con = None
+    if con is not None:
         con.close()
 
 

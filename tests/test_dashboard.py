@@ -18,8 +18,9 @@ APP = REPO / "dashboard" / "app.py"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One store: a tiny fault-injection campaign (real runs), a healthy and a straggling training job,
-    a Who&When import; the collective-anomaly and attribution analyses stored as a user would run them."""
+    """One store: a tiny fault-injection campaign (real runs), the LangGraph workflow fixture with a wrong
+    tool result, a healthy and a straggling training job, a Who&When import; the collective-anomaly and
+    attribution analyses stored as a user would run them."""
     from tracekit.analysis.attribution import attribute_run
     from tracekit.analysis.collectives import detect_run
     from tracekit.importers.whowhen import import_whowhen
@@ -30,6 +31,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     done = subprocess.run([sys.executable, "-m", "tracekit", "campaign", "run", str(REPO / "fixtures/campaigns/tiny.toml"),
                            "--db", str(db)], cwd=tmp, env=clean_env(tmp), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    sys.path.insert(0, str(REPO / "fixtures"))
+    from agents_workflow import record_workflow
+
+    langgraph = record_workflow("wrong_tool", 2, str(tmp / "spool"), name="lg-wrong-tool")["run_id"]
     healthy = write_training_run(tmp / "spool", "ddp-healthy")
     faulty = write_training_run(tmp / "spool", "ddp-straggler", slow_rank=2, base_ns=BASE_NS + 10**12)
     ingest(tmp / "spool", db)
@@ -39,9 +44,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         detect_run(con, healthy)
         detect_run(con, faulty)
         attribute_run(con, agents)
+        attribute_run(con, langgraph)
         campaign = con.execute("SELECT campaign_id FROM campaigns").fetchone()[0]
         campaign_run = con.execute("SELECT run_id FROM runs WHERE kind = 'campaign' AND status = 'error' LIMIT 1").fetchone()[0]
-    return {"db": str(db), "healthy": healthy, "faulty": faulty, "agents": agents, "campaign": campaign,
+    return {"db": str(db), "healthy": healthy, "faulty": faulty, "agents": agents, "langgraph": langgraph,
+            "campaign": campaign,
             "campaign_run": campaign_run}
 
 
@@ -139,6 +146,17 @@ def test_agent_page_lists_the_root_cause_first_and_shows_html_as_text(store, mon
     assert "ROOT CAUSE" in graph
 
 
+def test_agent_page_on_the_langgraph_fixture_blames_the_tool_and_marks_the_checker_a_symptom(store, monkeypatch) -> None:
+    at = render(store, monkeypatch, "agents", store["langgraph"])
+    cands = at.dataframe[0].value
+    assert (cands.iloc[0]["role"], cands.iloc[0]["agent"]) == ("ROOT CAUSE", "tool:lookup_population")
+    assert dict(zip(cands["agent"], cands["role"]))["checker"] == "symptom"
+    graph = at.get("plotly_chart")[0].proto.spec
+    assert '"declared edge"' in graph and '"observed edge"' in graph and "supervisor" in graph
+    # the selected step is the root cause by default and its content is shown as text
+    assert "root_cause" in at.markdown[0].value and at.text and at.text[0].value.strip()
+
+
 def test_no_page_can_render_raw_html() -> None:
     source = "\n".join(p.read_text() for p in (REPO / "dashboard").rglob("*.py"))
     assert not re.search(r"unsafe_allow_html|st\.html|components\.v1|st\.components", source)
@@ -160,7 +178,7 @@ def test_sql_page_answers_queries_and_cannot_touch_files(store, monkeypatch, tmp
     assert len(at.dataframe[0].value) > 0 and at.get("plotly_chart")
     at.text_area(key="sql_query").input("SELECT kind, count(*) AS n FROM runs GROUP BY kind ORDER BY kind").run()
     counts = dict(zip(at.dataframe[0].value["kind"], at.dataframe[0].value["n"]))
-    assert counts["agents"] == 1 and counts["training"] == 2 and counts["campaign"] >= 6
+    assert counts["agents"] == 2 and counts["training"] == 2 and counts["campaign"] >= 6
     secret = tmp_path / "secret.csv"
     secret.write_text("a,b\n1,2\n")
     for query, why in ((f"SELECT * FROM read_csv('{secret}')", "Permission Error"), (f"SELECT * FROM '{secret}'", ""),

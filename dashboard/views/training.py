@@ -98,6 +98,7 @@ if findings:
              if top["score"] is not None else f"Blamed: **{top['subject']}** — {top['kind']}{when} ({top['analysis']})")
     table = pd.DataFrame([{"#": f["rank_order"] + 1, "kind": f["kind"], "subject": f["subject"], "score": f["score"],
                            "first step": f["first_step"], "confidence": f["confidence"], "analysis": f["analysis"],
+                           "summary": tkui.short(f["detail"].get("summary") or "", 300),
                            "evidence": tkui.evidence_text(f["detail"])} for f in findings])
     st.dataframe(table, hide_index=True, width="stretch", key="tr_findings")
     if source != "stored":
