@@ -170,18 +170,21 @@ def test_bad_span_is_quarantined_with_its_id_and_the_rest_loads(tmp_path):
     spans[0]["startTimeUnixNano"] = "yesterday"
     bad_id = spans[0]["spanId"]
     spans[1]["traceId"] = "xyz"
+    spans[2]["endTimeUnixNano"] = str(1 << 64)  # does not fit int64: quarantined, not an Arrow crash
     path = tmp_path / "partly-bad.otlp.json"
     path.write_text(json.dumps(doc))
     db = tmp_path / "store.duckdb"
 
     report = ingest_paths([path], db)
 
-    assert report.records == 2
+    assert report.records == 1
     assert [q.record_id for q in report.quarantined][0] == bad_id
     assert "startTimeUnixNano" in report.quarantined[0].error
     assert "traceId" in report.quarantined[1].error
-    assert query(db, "SELECT count(*) FROM quarantine WHERE record_id = ?", [bad_id]) == [(1,)]
-    assert query(db, "SELECT count(*) FROM spans") == [(2,)]
+    (raw,) = query(db, "SELECT raw FROM quarantine WHERE record_id = ?", [bad_id])[0]
+    assert json.loads(raw)["startTimeUnixNano"] == "yesterday"
+    assert "int64" in report.quarantined[2].error
+    assert query(db, "SELECT count(*) FROM spans") == [(1,)]
 
 
 def _bad_files(tmp: Path) -> dict[str, Path]:

@@ -94,6 +94,7 @@ class BadSpan:
     index: int  # position of the span in the file (0-based, over all resources and scopes)
     span_id: str | None
     error: str
+    raw: str | None = None  # the span as it was written (JSON text, or protobuf text format), cut at 2000 chars
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,8 @@ def _nanos(raw: Any, what: str) -> int:
         value = int(raw)
     else:
         raise _BadValue(f"{what} is missing or not an integer ({raw!r})")
-    if value <= 0:
-        raise _BadValue(f"{what} is {value}, not a time")
+    if not 0 < value < 1 << 63:
+        raise _BadValue(f"{what} is {value}, not a time in int64 nanoseconds")
     return value
 
 
@@ -334,7 +335,7 @@ def _json_resources(requests: list[dict[str, Any]]) -> list[ResourceSpans]:
                     try:
                         spans.append(_json_span(raw, scope_key))
                     except _BadValue as exc:
-                        bad.append(BadSpan(index, _raw_span_id(raw), str(exc)))
+                        bad.append(BadSpan(index, _raw_span_id(raw), str(exc), json.dumps(raw, default=str)[:2000]))
                     index += 1
             resources.append(ResourceSpans(attrs, tuple(spans), tuple(bad)))
     return resources
@@ -461,7 +462,7 @@ def _parse_protobuf(data: bytes, source: str) -> list[ResourceSpans]:
                 try:
                     spans.append(_pb_span(sp, scope_key))
                 except _BadValue as exc:
-                    bad.append(BadSpan(index, sp.span_id.hex() or None, str(exc)))
+                    bad.append(BadSpan(index, sp.span_id.hex() or None, str(exc), str(sp)[:2000]))
                 index += 1
         resources.append(ResourceSpans(_pb_attrs(rs.resource.attributes), tuple(spans), tuple(bad)))
     return resources
@@ -664,6 +665,7 @@ def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestR
     quarantined = [
         (run_id, Quarantined(str(path), None, b.span_id, f"span #{b.index}: {b.error}")) for run_id, b in bad
     ]
+    raw_of = {id(q): b.raw for (_run, q), (_r, b) in zip(quarantined, bad)}
     loaded = 0
     starts: list[int] = []
     ends: list[int] = []
@@ -687,13 +689,14 @@ def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestR
             if batch.links:
                 links, _ = rows_to_table(batch.links, LINKS, source=str(path), first_line=0)
                 load_table(con, LINKS, links, run_id=run_id)
-            if table.num_rows:
-                starts.append(min(table.column("start_ns").to_pylist()))
-                ends.append(max(table.column("end_ns").to_pylist()))
+            first = min(table.column("start_ns").to_pylist()) if table.num_rows else None
+            last = max(table.column("end_ns").to_pylist()) if table.num_rows else None
+            if first is not None and last is not None:
+                starts.append(first)
+                ends.append(last)
             manifest = None if existing else {
                 "run_id": run_id, "name": batch.name, "kind": batch.kind,
-                "started_ns": min(starts[-1:] or [0]) or None,
-                "ended_ns": max(ends[-1:] or [0]) or None,
+                "started_ns": first, "ended_ns": last,
                 "attributes": {"source": str(path.absolute()), "format": f"otlp-{otlp.encoding}",
                                "resources": batch.resources},
             }
@@ -702,7 +705,7 @@ def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestR
         for run_id, q in quarantined:
             con.execute(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [run_id, q.source, q.line, q.record_id, q.error, None, now],
+                [run_id, q.source, q.line, q.record_id, q.error, raw_of.get(id(q)), now],
             )
         first_run = next(iter(runs), None)
         con.execute(
