@@ -196,6 +196,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
         "json that is not OTLP": b'{"hello": "world"}',
         "plain text": b"hello world, this is not a trace\n",
         "random bytes": bytes(range(256)) * 4,
+        "protobuf bytes that decode to empty entries": b"\x0a\x00\x0a\x02\x12\x00",
         "empty": b"",
         "json with a bad structure": b'{"resourceSpans": [{"scopeSpans": "nope"}]}',
     }

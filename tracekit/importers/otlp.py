@@ -447,9 +447,10 @@ def _parse_protobuf(data: bytes, source: str) -> list[ResourceSpans]:
             f"{source}: neither OTLP JSON nor OTLP protobuf: protobuf decoding failed ({exc}); "
             "the file is truncated or of another format, nothing was loaded"
         ) from None
-    if not request.resource_spans:
+    if not any(ss.spans for rs in request.resource_spans for ss in rs.scope_spans):
+        # random bytes often decode as a message with unknown fields or empty entries, never as spans
         raise SpoolError(
-            f"{source}: neither OTLP JSON nor OTLP protobuf: it holds no resource spans; nothing was loaded"
+            f"{source}: neither OTLP JSON nor OTLP protobuf: it decodes to no spans; nothing was loaded"
         )
     resources: list[ResourceSpans] = []
     index = 0
