@@ -91,10 +91,11 @@ class Finding:
 class Thresholds:
     """The detectors' knobs; the defaults are what the accuracy benchmark was measured with."""
 
-    noise_k: float = 5.0              # a late arrival must exceed k robust standard deviations of arrival lag
+    noise_k: float = 3.5              # a late arrival must exceed k robust standard deviations of arrival lag
     floor_ns: int = 5 * MS            # ... and this absolute floor
     window: int = 5                   # a straggler is late in `min_in_window` of `window` consecutive steps
     min_in_window: int = 4
+    min_fraction: float = 0.5         # ... and in at least this fraction of all steps since its onset
     throttle_ratio: float = 5.0       # a throttled rank's threads wake this many times later than its peers' ...
     throttle_lag_ns: int = 40 * MS    # ... and this late: 8 GIL switch intervals, more than a busy process causes
     probe_ratio: float = 4.0          # a probed direction this many times the round's median ...
@@ -260,9 +261,9 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
         onset = int(steps[first])
         after = steps >= onset
         mine = flagged & (ranks == rank) & after
-        if mine.sum() < th.min_in_window:
-            continue
         frac = float(mine.sum() / after.sum())
+        if mine.sum() < th.min_in_window or frac < th.min_fraction:
+            continue
         median_lag = float(np.median(lag[mine]))
         strength = min(1.0, median_lag / (2 * threshold))
         confidence = round(min(0.99, 0.5 * frac + 0.5 * strength), 3)
