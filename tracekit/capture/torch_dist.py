@@ -140,7 +140,8 @@ class _Capture:
                 default = self.dist.distributed_c10d._get_default_group()
             except Exception:  # noqa: BLE001
                 default = None
-            if group is default or group is getattr(self.dist, "GroupMember", None) and group is self.dist.GroupMember.WORLD:
+            world = getattr(getattr(self.dist, "GroupMember", None), "WORLD", None)
+            if group is default or (world is not None and group is world):
                 name = "default"
             else:
                 name = str(getattr(group, "group_name", None) or f"pg{key:x}")
@@ -759,8 +760,18 @@ def probe_links(nbytes: int = 256 * 1024, group: Any = None) -> list[dict[str, A
     import torch
     import torch.distributed as dist
 
-    send, recv = _original("send"), _original("recv")
+    raw_send, raw_recv = _original("send"), _original("recv")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
+
+    def glob(r: int) -> int:  # send/recv take global ranks; the probe reports ranks within the group
+        return r if group is None else int(dist.get_global_rank(group, r))
+
+    def send(tensor: Any, r: int, group: Any = None) -> None:
+        raw_send(tensor, glob(r), group=group)
+
+    def recv(tensor: Any, r: int, group: Any = None) -> None:
+        raw_recv(tensor, glob(r), group=group)
+
     payload = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
     token = torch.zeros(1, dtype=torch.float32)
     cap = _cap
