@@ -8,7 +8,8 @@ import streamlit as st
 import tkui
 
 from tracekit.store.dashboard import (
-    activity_bars, activity_bounds, find_spans, rank_last_activity, run_bounds, run_faults, run_nodes, span_detail, span_tree, timeline_density, timeline_spans,
+    activity_bars, activity_bounds, bounds_of, find_spans, rank_last_activity, run_faults, run_nodes, span_detail,
+    span_tree, timeline_density, timeline_spans,
 )
 
 BAR_LIMIT = 1500
@@ -20,7 +21,8 @@ with tkui.store() as con:
     if run is None:
         st.stop()
     run_id = run["run_id"]
-    bounds = run_bounds(con, run_id)
+    nodes = run_nodes(con, run_id)
+    bounds = bounds_of(nodes)
     activity = False  # a training run recorded without spans: draw its steps and collective calls instead
     if not bounds["spans"]:
         bounds = activity_bounds(con, run_id)
@@ -39,8 +41,8 @@ with tkui.store() as con:
     m[2].metric("Nodes", bounds["nodes"])
     m[3].metric("Duration", f"{total_ms / 1000:.3f} s")
 
-    nodes = run_nodes(con, run_id) if not activity else \
-        [{"node": f"rank:{r['rank']}{suffix}"} for r in rank_last_activity(con, run_id) for suffix in ("", " comm")]
+    if activity:
+        nodes = [{"node": f"rank:{r['rank']}{suffix}"} for r in rank_last_activity(con, run_id) for suffix in ("", " comm")]
     c1, c2 = st.columns([2, 3])
     chosen_nodes = c1.multiselect("Nodes", [n["node"] for n in nodes], key="tl_nodes",
                                   help="Empty = all nodes. Nodes with errors are listed first.")
@@ -144,7 +146,7 @@ if detail is None:
     st.stop()
 left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Span tree** (ancestors above, the selected span in bold depth 0, then its descendants)")
+    st.markdown("**Span tree** (ancestors above, the selected span ▶ at depth 0, then its descendants)")
     tf = pd.DataFrame(tree)
     tf["span"] = ["    " * (d - int(tf["depth"].min())) + ("▶ " if s == chosen else "") + n
                   for d, s, n in zip(tf["depth"], tf["span_id"], tf["name"])]

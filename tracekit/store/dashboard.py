@@ -19,10 +19,11 @@ from tracekit.store.sql import one
 # runs
 
 _RUNS_SQL = """
-WITH counts AS (
-    SELECT run_id, count(*) AS spans, count(*) FILTER (WHERE status = 'error') AS errors,
-           count(DISTINCT node) AS nodes
-    FROM spans GROUP BY run_id
+WITH per_node AS (
+    SELECT run_id, node, count(*) AS spans, count(*) FILTER (WHERE status = 'error') AS errors
+    FROM spans GROUP BY run_id, node
+), counts AS (
+    SELECT run_id, sum(spans) AS spans, sum(errors) AS errors, count(*) AS nodes FROM per_node GROUP BY run_id
 ), top AS (
     SELECT run_id, arg_min(kind || ' ' || subject, rank_order) AS top_finding, count(*) AS findings
     FROM findings GROUP BY run_id
@@ -138,12 +139,23 @@ def timeline_density(
     return found
 
 
-def run_nodes(con: duckdb.DuckDBPyConnection, run_id: str, *, limit: int = 500) -> list[dict[str, Any]]:
-    """A run's nodes with span and error counts, busiest first."""
+def run_nodes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """A run's nodes with span and error counts and first start / last end, nodes with errors first,
+    then the busiest (one scan gives the run's bounds too: see `bounds_of`)."""
     return rows(con, """
-        SELECT node, count(*) AS spans, count(*) FILTER (WHERE status = 'error') AS errors
-        FROM spans WHERE run_id = $run GROUP BY node ORDER BY errors DESC, spans DESC, node LIMIT $limit
-    """, {"run": run_id, "limit": limit})
+        SELECT node, count(*) AS spans, count(*) FILTER (WHERE status = 'error') AS errors,
+               min(start_ns) AS start_ns, max(end_ns) AS end_ns
+        FROM spans WHERE run_id = $run GROUP BY node ORDER BY errors DESC, spans DESC, node
+    """, {"run": run_id})
+
+
+def bounds_of(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """run_bounds computed from run_nodes' rows."""
+    starts = [n["start_ns"] for n in nodes if n["start_ns"] is not None]
+    ends = [n["end_ns"] for n in nodes if n["end_ns"] is not None]
+    return {"start_ns": min(starts) if starts else None, "end_ns": max(ends) if ends else None,
+            "spans": sum(int(n["spans"]) for n in nodes), "nodes": len(nodes),
+            "errors": sum(int(n["errors"]) for n in nodes)}
 
 
 def run_faults(con: duckdb.DuckDBPyConnection, run_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
