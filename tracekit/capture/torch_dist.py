@@ -271,9 +271,9 @@ class _Capture:
                 return
             if signal.SIGTERM in data:
                 self.on_terminate()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+                # only the main thread may restore SIG_DFL, and it may be blocked in C++: exit as a
+                # SIGTERM death would (no footers: this is not a clean exit)
+                os._exit(128 + signal.SIGTERM)
 
     def on_terminate(self) -> None:
         self.terminated = True
