@@ -44,6 +44,23 @@ def test_an_algorithm_generated_log_keeps_labels_question_and_ground_truth(tmp_p
     assert load_log(path)[1] == spans, "ids are deterministic"
 
 
+def test_an_empty_closing_turn_is_not_blamed_the_step_that_stated_the_wrong_figure_is(tmp_path):
+    from tracekit.analysis.whowhen_eval import evaluate_whowhen
+
+    log = {"question": "What is 6 x 7?", "ground_truth": "42", "mistake_agent": "Calc_Expert", "mistake_step": "1",
+           "history": [{"role": "user", "name": "Planner", "content": "What is 6 x 7?"},
+                       {"role": "assistant", "name": "Calc_Expert", "content": "6 x 7 = 48"},
+                       {"role": "assistant", "name": "Verifier", "content": "Checked: 48 is correct. TERMINATE"},
+                       {"role": "assistant", "name": "Planner", "content": None}]}
+    (tmp_path / "1.json").write_text(json.dumps(log))
+    (tmp_path / "2.json").write_text(json.dumps({"history": [], "mistake_step": "x"}))
+    result = evaluate_whowhen(tmp_path, details=True)
+    assert result["n"] == 1 and result["skipped"] == [str(tmp_path / "2.json")]
+    assert result["logs"] == [{"file": "1.json", "true_agent": "Calc_Expert", "true_step": 1,
+                               "agent": "Calc_Expert", "step": 1}]
+    assert result["agent_accuracy"] == result["step_accuracy"] == 1.0
+
+
 def test_a_file_that_is_not_a_log_is_a_clean_error(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text('{"nothing": 1}')

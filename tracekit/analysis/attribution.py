@@ -70,6 +70,7 @@ _NEGATIVE_JUDGMENT = re.compile(
 _STRUCTURED = re.compile(r"\"(\w+)\"\s*:\s*\{[^{}]{0,600}?\"answer\"\s*:\s*(true|false)", re.I | re.S)
 _NEGATION = re.compile(r"\b(not|no|never|isn't|aren't|wasn't|without|nor)\b[\w\s]{0,12}$")
 _FINAL = re.compile(r"\b(final answer|the answer is|in conclusion|to summari[sz]e)\b", re.I)
+_NO_OUTPUT = "produced no output (a dropped message?)"
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _WORDS = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
@@ -206,7 +207,7 @@ def step_evidence(data: dict[str, Any], *, is_last: bool = False, ground_truth: 
         reasons.append(f"inability or refusal: \"{m.group(0)}\"")
     if not text.strip() and not data.get("errors") and data.get("kind") in ("step", "tool_result", "message"):
         weight += 1.5
-        reasons.append("produced no output (a dropped message?)")
+        reasons.append(_NO_OUTPUT)
     if ground_truth:
         if _contains_answer(text, ground_truth):
             weight -= 1.0
@@ -343,6 +344,16 @@ def _find_dropped(g: nx.DiGraph, order: list[str], fail: str) -> list[tuple[str,
     return found
 
 
+def _answer_node(g: nx.DiGraph, order: list[str], fail: str) -> str:
+    """The step holding the failing answer: the failure itself, or, when it says nothing (an empty
+    closing turn), the last step before it that said something."""
+    data = g.nodes[fail]
+    if data["content"].strip() or data["errors"]:
+        return fail
+    before = order[: order.index(fail)]
+    return next((n for n in reversed(before) if g.nodes[n]["content"].strip()), fail)
+
+
 def _task_node(g: nx.DiGraph, order: list[str], question: str | None) -> str | None:
     """The step that states the task (the run's question, as the first step): a given, not a candidate."""
     first = order[0]
@@ -377,7 +388,7 @@ def attribute(
         return []
     pos = {n: i for i, n in enumerate(order)}
     fail = failure or _failure_node(g, order)
-    last = order[-1]
+    last = _answer_node(g, order, fail)
     task = _task_node(g, order, (context or {}).get("question"))
     nodes = g.nodes
     ins: dict[str, list[tuple[str, dict[str, Any]]]] = {n: list(g.pred[n].items()) for n in order}
@@ -386,6 +397,8 @@ def attribute(
     reasons: dict[str, list[str]] = {}
     for n in order:
         w, r = step_evidence(g.nodes[n], is_last=(n == last), ground_truth=ground_truth)
+        if n == fail and n != last and r and r[-1] == _NO_OUTPUT:
+            w, r = w - 1.5, r[:-1]  # an empty closing turn is where the failure shows, not a lost message
         weight[n], reasons[n] = (w, r) if n != task else (0.0, [])
     # a failed call that was retried with the same input and then succeeded was recovered from
     for n, later in _retried(g, order):
@@ -410,7 +423,7 @@ def attribute(
             weight[p] += 1.5 * share
             reasons[p].append(f"later contradicted by step {g.nodes[n]['step']} ({g.nodes[n]['agent']}): {verdict}")
     # the failing answer's content: the step that first stated it introduced it
-    for n, (share, toks) in _answer_origins(g, order, fail, task, (context or {}).get("question")).items():
+    for n, (share, toks) in _answer_origins(g, order, last, task, (context or {}).get("question")).items():
         if n == task or share < 0.2:
             continue
         weight[n] += 1.5 * min(1.0, share * 2)
