@@ -79,7 +79,7 @@ root = "{ROOT}"
 budget = 8
 profile_repeats = 2
 injection_repeats = 2
-timeout_s = 4
+timeout_s = 8
 [[workload]]
 name = "crash"
 target = "fixtures.tiny_retry.app:crash"
