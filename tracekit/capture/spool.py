@@ -111,6 +111,9 @@ class SpoolStream:
                 count = self._buffered
                 self._buffer = []
                 self._buffered = 0
+            if self._closed:  # buffered while close() ran: writing now would land after the footer
+                self._drop(count, "records arrived after the spool was closed")
+                return
             self._write_now(data, count)
 
     def close(self) -> None:
