@@ -6,9 +6,11 @@ the spans table into pandas, measured in the same run.
 The store: one training job of 8 ranks (a million spans: per step a train_step span and 24 children,
 steps and collectives, a straggler from step 60 % on, a few error spans) loaded through the real ingest
 path (`load_table`), its findings from the real collective-anomaly analysis, a Who&When import with its
-attribution, and the tiny fault-injection campaign (real runs). Each page is rendered once by
-Streamlit's AppTest in a fresh session (imports warmed first, caches cleared): what a user waits for
-after clicking. Target: every page under 2 s.
+attribution, and the tiny fault-injection campaign (real runs). Each page is rendered by Streamlit's
+AppTest with its caches cleared — what a user waits for after clicking, browser drawing excluded —
+once right after start (cold: the analyses' imports are paid then) and then three more times (the
+median is reported). Target: every page under 2 s. Baseline: the runs page done naively (the spans
+table loaded into pandas and grouped there), measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,12 +190,15 @@ def main() -> None:
                  "campaign": store["campaign_run"], "sql": None}
         # cold: the first visit of each page after the server started (pays the analyses' imports: scipy, polars)
         cold = {name: first_render(at, f"views/{name}.py", run) for name, run in pages.items()}
-        # first render of each page in a running dashboard (new run picked, caches cleared)
-        times = {name: first_render(at, f"views/{name}.py", run) for name, run in pages.items()}
-        baseline = naive_render()
-        print(f"{'page':<10} {'first render (s)':>17} {'cold start (s)':>15} {'naive / page':>13}")
+        # first render of each page in a running dashboard (new run picked, caches cleared), three rounds:
+        # the median is reported (the machine is shared; one round can be hit by a neighbour's burst)
+        rounds = [{name: first_render(at, f"views/{name}.py", run) for name, run in pages.items()} for _ in range(3)]
+        times = {name: statistics.median(r[name] for r in rounds) for name in pages}
+        baseline = statistics.median(naive_render() for _ in range(3))
+        print(f"{'page':<10} {'first render (s)':>17} {'min of 3':>9} {'cold start (s)':>15} {'naive / page':>13}")
         for name, secs in times.items():
-            print(f"{name:<10} {secs:>17.3f} {cold[name]:>15.3f} {baseline / secs:>12.1f}x")
+            print(f"{name:<10} {secs:>17.3f} {min(r[name] for r in rounds):>9.3f} {cold[name]:>15.3f} "
+                  f"{baseline / secs:>12.1f}x")
         print(f"{'naive':<10} {baseline:>17.3f}   (runs page done naively: SELECT * FROM spans into pandas, grouped there)")
         worst = max(times.values())
         print(f"slowest page {worst:.3f} s (cold start {max(cold.values()):.3f} s); target < 2 s: "

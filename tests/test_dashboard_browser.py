@@ -85,7 +85,11 @@ def test_runs_and_training_pages_in_chromium(tmp_path: Path) -> None:
             assert page.get_by_text("Open training page").count() >= 1
             page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
 
-            page.goto(f"{url}training?run={faulty}", wait_until="domcontentloaded")
+            # the runs page links into the newest run's page: the straggling job's training page
+            # (followed by its address: Streamlit keeps the link's container `inert` for Playwright's click)
+            href = page.get_by_role("link", name="Open training page").first.get_attribute("href") or ""
+            assert href.endswith(f"training?run={faulty}"), href
+            page.goto(href if href.startswith("http") else url + href.lstrip("/"), wait_until="domcontentloaded")
             page.get_by_role("heading", name="Training run").wait_for(timeout=60_000)
             page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
             page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
