@@ -245,7 +245,7 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
     flagged = (lag > threshold) & (margin > threshold / 2)
     n = len(steps)
     hits = np.zeros(n, dtype=int)
-    for d in range(th.window):
+    for d in range(min(th.window, n)):
         same = np.zeros(n, dtype=bool)
         same[: n - d] = flagged[d:] & (ranks[d:] == ranks[: n - d])
         hits += same

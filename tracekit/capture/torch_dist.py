@@ -782,6 +782,7 @@ def probe_links(nbytes: int = 256 * 1024, group: Any = None) -> list[dict[str, A
     busy, _local.busy = _local.busy, True  # the probe's own send/recv are not training traffic
     try:
         _probe_rounds(rank, world, group, send, recv, payload, token, round_id, cap, results)
+        _original("barrier")(group=group)  # leave together: the probe must not skew the next arrivals
     finally:
         _local.busy = busy
     if cap is not None:
