@@ -165,7 +165,7 @@ def test_no_page_can_render_raw_html() -> None:
 def test_campaign_page_shows_chain_edges_and_side_by_side(store, monkeypatch) -> None:
     at = render(store, monkeypatch, "campaign", store["campaign_run"])
     assert at.selectbox(key="cp_campaign").value == store["campaign"]
-    assert any("Chain: tiny.valid:raise → tiny.request:raise → workload:retry:crash" in w.value for w in at.warning)
+    assert any("`tiny.valid:raise → tiny.request:raise → workload:retry:crash`" in w.value for w in at.warning)
     edges = at.dataframe[0].value
     assert len(edges) >= 2 and (edges["evidence runs"] >= 2).all()
     side = at.dataframe[-1].value

@@ -131,12 +131,13 @@ m[3].metric("Chains", len(report["chains"]))
 m[4].metric("Cycles", len(report["cycles"]))
 
 if report["cycles"]:
-    for cyc in report["cycles"]:
-        st.error("Self-sustaining cascade (cycle): **" + " → ".join(cyc + cyc[:1]) + "**")
+    st.error(f"**{len(report['cycles'])} self-sustaining cascade(s)** (cycles: each fault causes the next, the last "
+             "causes the first):\n" + "\n".join(f"- `{' → '.join(c + c[:1])}`" for c in report["cycles"]))
 else:
     st.success("No cycles: no self-sustaining cascade found in this campaign.")
-for chain in report["chains"]:
-    st.warning("Chain: " + " → ".join(chain))
+if report["chains"]:
+    st.warning(f"**{len(report['chains'])} chain(s)** stitched across injections:\n"
+               + "\n".join(f"- `{' → '.join(c)}`" for c in report["chains"]))
 
 if report["edges"]:
     st.subheader("Fault-propagation graph")
