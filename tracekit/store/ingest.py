@@ -404,16 +404,33 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[_Prepared], report: 
         report.quarantined.extend(parsed.quarantined)
 
 
+PARSE_AHEAD_BYTES = 512 << 20  # how much spool the parser may read ahead of the loader
+
+
 def _parsed_ahead(pool: Any, items: list[_Prepared]) -> Iterator[_Prepared]:
-    """Yield parsed items, parsing the next one on `pool` meanwhile; inline when the interpreter is
-    shutting down (an ingest at exit cannot start threads)."""
-    pending = None
-    for i, item in enumerate(items):
-        if pending is None:
-            pending = _submit(pool, item)
-        current = pending.result() if hasattr(pending, "result") else pending
-        pending = _submit(pool, items[i + 1]) if i + 1 < len(items) else None
-        yield current
+    """Yield parsed items in order while `pool` parses up to PARSE_AHEAD_BYTES of later files, so
+    loading one batch overlaps parsing the next. Parses inline when the interpreter is shutting
+    down (an ingest at exit cannot start threads)."""
+    from collections import deque
+
+    def size(item: _Prepared) -> int:
+        try:
+            return item.path.stat().st_size
+        except OSError:
+            return 0
+
+    pending: deque[tuple[Any, int]] = deque()
+    ahead = 0
+    next_index = 0
+    while next_index < len(items) or pending:
+        while next_index < len(items) and (not pending or ahead + size(items[next_index]) <= PARSE_AHEAD_BYTES):
+            nbytes = size(items[next_index])
+            pending.append((_submit(pool, items[next_index]), nbytes))
+            ahead += nbytes
+            next_index += 1
+        future, nbytes = pending.popleft()
+        ahead -= nbytes
+        yield future.result() if hasattr(future, "result") else future
 
 
 def _submit(pool: Any, item: _Prepared) -> Any:
