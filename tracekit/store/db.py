@@ -31,16 +31,10 @@ def _explain(path: Path, exc: Exception) -> StoreError:
     return StoreError(f"cannot open the store {path}: {first}")
 
 
-def _needs_migration(store: Path) -> bool:
+def _missing_migrations(con: duckdb.DuckDBPyConnection) -> bool:
     from tracekit.store.schema import MIGRATIONS
 
-    try:
-        with duckdb.connect(str(store), read_only=True) as con:
-            if current_version(con) == 0:
-                return False
-            applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
-    except duckdb.Error:
-        return False  # the real open below reports the problem
+    applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
     return any(m.version not in applied for m in MIGRATIONS)
 
 
@@ -62,8 +56,6 @@ def connect(
         )
     if not read_only:
         store.parent.mkdir(parents=True, exist_ok=True)
-    elif _needs_migration(store):
-        connect(store).close()  # an older store: bring it up to date once, then read
     try:
         con = duckdb.connect(str(store), read_only=read_only)
     except (duckdb.Error, OSError) as exc:
@@ -78,6 +70,10 @@ def connect(
                     f"the store {store} has schema version {version}, newer than this tracekit "
                     f"understands ({LATEST}): upgrade tracekit"
                 )
+            if _missing_migrations(con):  # an older store: bring it up to date once, then read
+                con.close()
+                connect(store).close()
+                return connect(store, read_only=True, sandbox=sandbox)
             if sandbox:
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
