@@ -191,3 +191,20 @@ def test_every_command_has_help_and_a_section_in_docs_cli_md():
         summary = result.output.split("Usage:", 1)[1].split("\n\n", 2)[1].strip()
         assert summary and not summary.startswith(("Options", "Arguments")), f"`tracekit {name}` has no help text"
         assert re.search(rf"^## tracekit {re.escape(name)}\b", docs, re.M), f"docs/cli.md has no section for {name}"
+
+
+def test_sql_table_shows_bracketed_text_verbatim(tmp_path):
+    """Guards the crash seen with gloo error text: rich took `[/__w/...]` in a cell for markup."""
+    import subprocess
+    import sys
+
+    from tracekit.store.db import connect
+
+    db = tmp_path / "s.duckdb"
+    connect(db).close()
+    out = subprocess.run(
+        [sys.executable, "-m", "tracekit", "sql", "SELECT '[/__w/gloo] [bold]x[/bold]' AS msg", "--db", str(db)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[/__w/gloo]" in out.stdout and "[bold]x[/bold]" in out.stdout

@@ -67,13 +67,14 @@ def emit(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     view = table_view if table_view is not None else records
     table = Table(title=title, show_lines=False)
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(Text(str(c)), overflow="fold")
     for r in view:
-        table.add_row(*[_cell(r.get(c)) for c in cols])
+        table.add_row(*[Text(_cell(r.get(c))) for c in cols])  # data is text, never rich markup
     console = Console()
     console.print(table)
     if not records:
