@@ -470,6 +470,15 @@ def _ddp_allreduce_hook(process_group: Any, bucket: Any) -> Any:
         cap.finish(token, False, f"{type(exc).__name__}: {exc}")
         raise
 
+    return _record_completion(future, cap, token, first_tensor=True)
+
+
+def _record_completion(future: Any, cap: Any, token: Any, *, first_tensor: bool) -> Any:
+    """Chain onto a bucket's future: record completion (or its error) and pass the value on.
+
+    DDP's default hook returns the reduced tensor (``value[0]`` of the all-reduce's list); a user's
+    hook already returns what DDP expects."""
+
     def done(fut: Any) -> Any:
         try:
             value = fut.value()
@@ -477,7 +486,7 @@ def _ddp_allreduce_hook(process_group: Any, bucket: Any) -> Any:
             cap.finish(token, False, f"{type(exc).__name__}: {exc}")
             raise
         cap.finish(token, True)
-        return value[0]
+        return value[0] if first_tensor else value
 
     return future.then(done)
 
@@ -508,18 +517,7 @@ def _wrap_user_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
                              bytes=buffer.numel() * buffer.element_size(),
                              dtype=str(buffer.dtype).removeprefix("torch."), async_op=True, source="ddp_user_hook",
                              nonfinite=nonfinite)
-        future = hook(state, bucket)
-
-        def done(fut: Any) -> Any:
-            try:
-                value = fut.value()
-            except Exception as exc:
-                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
-                raise
-            cap.finish(token, True)
-            return value
-
-        return future.then(done)
+        return _record_completion(hook(state, bucket), cap, token, first_tensor=False)
 
     recorded.__annotations__ = dict(getattr(hook, "__annotations__", {}))
     return recorded

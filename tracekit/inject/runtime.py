@@ -217,6 +217,28 @@ def _override(plan: Plan, result: Any) -> Any:
     return plan.value
 
 
+_PROCEED = object()
+
+
+def _before_call(plan: Plan, point: str, parent: str | None) -> Any:
+    """Announce a firing fault and do what happens before the call: raise, or drop the call (its
+    stand-in value is returned). Anything else returns _PROCEED; a delay is the caller's to wait
+    out (sleeping or yielding to the event loop)."""
+    _announce(plan, point, parent)
+    if plan.fault == "raise":
+        raise _injected_exception(resolve_exception(plan.exception), point)
+    if plan.fault == "drop":
+        return plan.value
+    return _PROCEED
+
+
+def _after_call(plan: Plan | None, result: Any) -> Any:
+    if plan is not None and plan.fault == "error_return":
+        result = _override(plan, result)
+    _mark_return(result)
+    return result
+
+
 def call_point(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run one call of a traced function in a campaign run: maybe inject, always observe."""
     path = _path.get()
@@ -226,11 +248,9 @@ def call_point(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs
     try:
         plan = _firing(point)
         if plan is not None:
-            _announce(plan, point, parent)
-            if plan.fault == "raise":
-                raise _injected_exception(resolve_exception(plan.exception), point)
-            if plan.fault == "drop":
-                result = plan.value
+            early = _before_call(plan, point, parent)
+            if early is not _PROCEED:
+                result = early
                 return result
             if plan.fault == "delay":
                 _busy_wait(plan.delay_ms) if plan.busy else time.sleep(plan.delay_ms / 1000)
@@ -239,9 +259,7 @@ def call_point(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs
         except BaseException as exc:
             _observe(point, parent, exc)
             raise
-        if plan is not None and plan.fault == "error_return":
-            result = _override(plan, result)
-        _mark_return(result)
+        result = _after_call(plan, result)
         return result
     finally:
         _path.reset(token)
@@ -257,11 +275,9 @@ async def call_point_async(point: str, fn: Callable[..., Any], args: tuple[Any, 
     try:
         plan = _firing(point)
         if plan is not None:
-            _announce(plan, point, parent)
-            if plan.fault == "raise":
-                raise _injected_exception(resolve_exception(plan.exception), point)
-            if plan.fault == "drop":
-                result = plan.value
+            early = _before_call(plan, point, parent)
+            if early is not _PROCEED:
+                result = early
                 return result
             if plan.fault == "delay":
                 if plan.busy:
@@ -273,9 +289,7 @@ async def call_point_async(point: str, fn: Callable[..., Any], args: tuple[Any, 
         except BaseException as exc:
             _observe(point, parent, exc)
             raise
-        if plan is not None and plan.fault == "error_return":
-            result = _override(plan, result)
-        _mark_return(result)
+        result = _after_call(plan, result)
         return result
     finally:
         _path.reset(token)
