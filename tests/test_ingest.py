@@ -184,3 +184,19 @@ def test_locked_store_gives_one_clear_line(tmp_path):
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+def test_a_record_longer_than_a_parse_block_still_loads_whole():
+    """Guards the small-block fast path: a 3 MB record straddles pyarrow's 1 MiB blocks."""
+    import json as _json
+
+    from tracekit.store.ingest import _parse_body
+    from tracekit.store.streams import SPANS
+
+    small = {"trace_id": "a" * 32, "span_id": "c" * 16, "name": "n", "start_ns": 1, "end_ns": 2, "attributes": "{}"}
+    big = {**small, "span_id": "b" * 16, "attributes": _json.dumps({"big": "x" * 3_000_000})}
+    body = ((_json.dumps(small) + "\n") * 2000 + _json.dumps(big) + "\n").encode()
+    table, bad = _parse_body(body, SPANS, "mem", 2)
+    assert bad == []
+    assert table.num_rows == 2001
+    assert len(table.column("attributes")[2000].as_py()) > 3_000_000
