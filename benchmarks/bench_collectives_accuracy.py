@@ -45,8 +45,6 @@ def run_job(db: Path, name: str, world: int, fault: str, rank: int, steps: int, 
 
 
 def analyse(db: Path, run_id: str) -> tuple[list[dict], list[dict]]:
-    import duckdb  # noqa: F401
-
     from tracekit.analysis.collectives import detect, frames_from_store, naive_slowest_rank, Thresholds
     from tracekit.store.db import connect
 

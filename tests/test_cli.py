@@ -208,3 +208,18 @@ def test_sql_table_shows_bracketed_text_verbatim(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "[/__w/gloo]" in out.stdout and "[bold]x[/bold]" in out.stdout
+
+
+def test_analysis_commands_on_a_missing_store_do_not_create_one(tmp_path):
+    """Guards the bug where `tracekit anomalies x` in an empty directory silently created an empty
+    store, so every later command reported unknown runs instead of the missing store."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "nowhere.duckdb"
+    for command in (["anomalies", "x"], ["attribute", "x"]):
+        out = subprocess.run([sys.executable, "-m", "tracekit", *command, "--db", str(db)],
+                             capture_output=True, text=True)
+        assert out.returncode == 2, (command, out.stderr)
+        assert "no tracekit store" in out.stderr and "Traceback" not in out.stderr
+        assert not db.exists()

@@ -583,7 +583,7 @@ def attribute_runs(db: Any, run: str | None, *, judge: Judge | None = None, top:
     from tracekit.store.db import connect
     from tracekit.store.queries import get_run, resolve_run
 
-    with connect(db) as con:
+    with connect(db, create=False) as con:
         ids = [resolve_run(con, run)] if run is not None else agent_run_ids(con)
         out = []
         for run_id in ids:

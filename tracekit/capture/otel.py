@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -131,7 +130,3 @@ class SpoolSpanExporter(SpanExporter):
             self.spool.close()
         else:
             self.spool.flush()
-
-
-def spool_dir_of(exporter: SpoolSpanExporter) -> Path:
-    return exporter.spool.run_dir

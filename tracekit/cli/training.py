@@ -26,7 +26,7 @@ def anomalies(
     from tracekit.store.db import connect
     from tracekit.store.queries import resolve_run
 
-    with connect(db) as con:
+    with connect(db, create=False) as con:
         found = detect_run(con, resolve_run(con, run))
     view = [{**f, "evidence": f["summary"]} for f in found]
     emit(found, fmt, title=f"anomalies of {run}", table_view=view if fmt is Format.table else None,

@@ -39,17 +39,22 @@ def _missing_migrations(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None, *, read_only: bool = False, sandbox: bool = True
+    path: str | os.PathLike[str] | None = None, *, read_only: bool = False, sandbox: bool = True,
+    create: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """Open the store. Writers get the schema migrated; sandboxed readers cannot touch other files.
+
+    A writer with ``create=False`` (an analysis storing findings on existing runs) refuses to make
+    a new, empty store where none exists.
 
     Raises
     ------
     StoreError
-        The file is missing (for a reader), locked, corrupt, or of a newer schema.
+        The file is missing (for a reader, or a writer with create=False), locked, corrupt, or of
+        a newer schema.
     """
     store = db_path(path)
-    if read_only and not store.exists():
+    if (read_only or not create) and not store.exists():
         raise StoreError(
             f"no tracekit store at {store}: record a run (tracekit record -- CMD) or "
             "`tracekit ingest SPOOL_DIR` first, or point --db / TRACEKIT_DB at your store"
