@@ -50,10 +50,11 @@ def write_training_run(
             sp.write("spans", {"trace_id": trace, "span_id": _hex(16), "parent_id": step_span, "name": "forward_backward",
                                "node": f"rank:{r}", "start_ns": t, "end_ns": arrive[r], "status": "ok",
                                "attributes": json.dumps({"step": step})})
-            sp.write("spans", {"trace_id": trace, "span_id": _hex(16), "parent_id": step_span, "name": "all_reduce",
+            reduce_span = _hex(16)
+            sp.write("spans", {"trace_id": trace, "span_id": reduce_span, "parent_id": step_span, "name": "all_reduce",
                                "node": f"rank:{r}", "start_ns": arrive[r], "end_ns": leave, "status": "ok",
-                               "attributes": json.dumps({"bytes": 4 << 20}),
-                               "events": [{"ts_ns": arrive[r], "name": "enter", "attributes": "{}"}]})
+                               "attributes": json.dumps({"bytes": 4 << 20})})
+            sp.write("events", {"span_id": reduce_span, "ts_ns": arrive[r], "name": "enter", "attributes": "{}"})
             sp.write("steps", {"rank": r, "step": step, "start_ns": t, "end_ns": leave, "loss": 2.0 / (step + 1),
                                "grad_norm": 1.0, "nonfinite": False})
             sp.write("collectives", {"rank": r, "world_size": ranks, "process_group": "0", "seq": step,

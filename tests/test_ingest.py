@@ -4,6 +4,7 @@ corrupt and locked DuckDB files."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -200,3 +201,100 @@ def test_a_record_longer_than_a_parse_block_still_loads_whole():
     assert bad == []
     assert table.num_rows == 2001
     assert len(table.column("attributes")[2000].as_py()) > 3_000_000
+
+
+# --- the fast path: cleanly closed files are loaded by DuckDB's JSON reader ----------------------
+
+
+def _varied_records() -> list[dict]:
+    """Records exercising every default and conversion the two load paths must agree on."""
+    return [
+        span(0),
+        span(1, node="service:db", parent_id="00000000000000aa", status="error", status_message="boom ✗"),
+        span(2, kind=None, status=None, attributes=None),  # defaults: internal, unset, {}
+        span(3, attributes=json.dumps({"text": "naïve \"quoted\"\nline", "n": [1, 2.5, None]})),
+        span(4, status_message=42),  # a number in a text field is kept as its JSON text by both paths
+    ]
+
+
+def _store_rows(db: Path) -> list[tuple]:
+    return query(db, "SELECT trace_id, span_id, parent_id, name, node, kind, start_ns, end_ns, status, "
+                     "status_message, CAST(attributes AS VARCHAR), pid FROM spans ORDER BY span_id")
+
+
+def test_closed_and_killed_files_load_identically(tmp_path, monkeypatch):
+    """The same records load the same through DuckDB's reader (file closed) and the careful path (no footer)."""
+    import tracekit.store.ingest as ingest
+
+    spool = new_spool(tmp_path / "spool", node="rank:3")
+    stream = spool.stream("spans")
+    for record in _varied_records():
+        stream.write(record)
+    spool.stream("events").write({"span_id": f"{2:016x}", "ts_ns": 7, "name": "exception", "attributes": "{}"})
+    spool.close()
+    killed = tmp_path / "killed" / spool.run_dir.name
+    killed.mkdir(parents=True)
+    for path in spool.run_dir.glob("*.jsonl"):
+        lines = path.read_bytes().splitlines(keepends=True)
+        (killed / path.name).write_bytes(b"".join(lines[:-1]))  # no footer: as if the process was killed
+
+    careful_calls = []
+    real_parse = ingest._parse_prepared
+    monkeypatch.setattr(ingest, "_parse_prepared", lambda item: careful_calls.append(item.path) or real_parse(item))
+    fast = ingest_paths([spool.run_dir], tmp_path / "fast.duckdb")
+    assert careful_calls == [], "a cleanly closed, valid file should not need the careful path"
+    careful = ingest_paths([killed], tmp_path / "careful.duckdb")
+    assert len(careful_calls) == 2
+
+    assert fast.records == careful.records == 6 and not fast.quarantined and not careful.quarantined
+    rows = _store_rows(tmp_path / "fast.duckdb")
+    assert rows == _store_rows(tmp_path / "careful.duckdb")
+    by_name = {r[3]: r for r in rows}
+    assert by_name["s0"][4] == "rank:3" and by_name["s1"][4] == "service:db"  # header node is the default
+    assert (by_name["s2"][5], by_name["s2"][8], by_name["s2"][10]) == ("internal", "unset", "{}")
+    assert json.loads(by_name["s3"][10])["text"] == "naïve \"quoted\"\nline"
+    assert by_name["s4"][9] == "42"
+    assert {r[11] for r in rows} == {os.getpid()}  # the writer's pid, from the header
+    for db in ("fast", "careful"):
+        assert query(tmp_path / f"{db}.duckdb", "SELECT span_id, name FROM events") == [(f"{2:016x}", "exception")]
+
+
+@pytest.mark.parametrize("bad_line", [
+    "this is not json",
+    json.dumps(span(9, start_ns="yesterday")),
+    json.dumps(span(9, trace_id=None)),
+    json.dumps({"tracekit_end": 1}),  # footer-like line mid-file: the fast path filters it, the count catches it
+    json.dumps(span(9, attributes="{not json")),
+])
+def test_a_bad_record_in_a_closed_file_is_quarantined_and_nothing_else_is_lost(tmp_path, bad_line):
+    spool = new_spool(tmp_path / "spool")
+    stream = spool.stream("spans")
+    stream.write(span(0))
+    stream.write_line(bad_line + "\n")
+    stream.write(span(2))
+    spool.close()
+    db = tmp_path / "store.duckdb"
+
+    report = ingest_paths([spool.run_dir], db)
+
+    assert report.records == 2 and [q.line for q in report.quarantined] == [3]
+    assert query(db, "SELECT name FROM spans ORDER BY name") == [("s0",), ("s2",)]
+    assert query(db, "SELECT line FROM quarantine") == [(3,)]
+    again = ingest_paths([spool.run_dir], db)  # and the file is remembered whole: nothing is added twice
+    assert again.records == 0 and counts(db)["spans"] == 2
+
+
+def test_format_1_files_with_nested_span_events_still_load(tmp_path):
+    run_dir = tmp_path / "spool" / ("c" * 32)
+    run_dir.mkdir(parents=True)
+    header = {"tracekit_spool": 1, "stream": "spans", "run_id": "c" * 32, "file_id": uuid.uuid4().hex,
+              "pid": 11, "node": "rank:1"}
+    record = span(0, events=[{"ts_ns": 5, "name": "exception", "attributes": "{}"}])
+    (run_dir / "spans.11.old.jsonl").write_text(
+        json.dumps(header) + "\n" + json.dumps(record) + "\n" + json.dumps({"tracekit_end": 9, "records": 1}) + "\n")
+    db = tmp_path / "store.duckdb"
+
+    report = ingest_paths([run_dir], db)
+
+    assert report.records == 1 and not report.rejected
+    assert query(db, "SELECT span_id, name, ts_ns FROM events") == [(f"{1:016x}", "exception", 5)]

@@ -60,12 +60,16 @@ def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
         "status_message": status.description,
         "attributes": _attrs_json(attributes),
     }
-    if span.events:
-        record["events"] = [
-            {"ts_ns": ev.timestamp, "name": ev.name, "attributes": _attrs_json(ev.attributes)}
-            for ev in span.events
-        ]
     return record
+
+
+def event_records(span: ReadableSpan) -> list[dict[str, Any]]:
+    """The span's events as records of the ``events`` stream (spool format 2 keeps spans flat)."""
+    span_id = format(span.context.span_id, "016x")
+    return [
+        {"span_id": span_id, "ts_ns": ev.timestamp, "name": ev.name, "attributes": _attrs_json(ev.attributes)}
+        for ev in span.events
+    ]
 
 
 class SpoolSpanExporter(SpanExporter):
@@ -115,6 +119,10 @@ class SpoolSpanExporter(SpanExporter):
         for span in spans:
             try:
                 stream.write(span_record(span, self.default_node))
+                if span.events:
+                    events = self.spool.stream("events")
+                    for record in event_records(span):
+                        events.write(record)
             except Exception as exc:  # never raise into the SDK worker
                 stream._drop(1, f"a span could not be converted: {exc}")
         self.exported += len(spans)

@@ -5,7 +5,7 @@ Layout of a run's spool directory::
     <spool root>/<run_id>/run.json                      written by the process that started the run
     <spool root>/<run_id>/<stream>.<pid>.<id8>.jsonl    one per process and record stream
 
-Each file starts with a header line (``{"tracekit_spool": 1, "stream": ..., "run_id": ..., ...}``),
+Each file starts with a header line (``{"tracekit_spool": 2, "stream": ..., "run_id": ..., ...}``),
 then one JSON object per line, and ends with a footer line (``{"tracekit_end": ...}``) when the
 process exits cleanly. A file without a footer belongs to a process that was killed; a last line
 without its newline is a torn record that ingest skips and reports.
@@ -30,7 +30,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-SPOOL_VERSION = 1
+SPOOL_VERSION = 2  # 2: every stream is flat (span events have a stream of their own); 1: events nested
+READABLE_VERSIONS = (1, 2)
 HEADER_KEY = "tracekit_spool"
 FOOTER_KEY = "tracekit_end"
 

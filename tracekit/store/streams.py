@@ -2,6 +2,10 @@
 
 This is the contract between capture (which writes JSON lines) and ingest (which bulk-loads them).
 A stream's fields are the table's columns minus ``run_id`` (taken from the file header) and ``pid``.
+
+Spool format 1 nested a span's events inside its record; format 2 (written since) keeps every
+stream flat, with span events in an ``events`` stream of their own, so ingest can hand whole
+files to DuckDB's JSON reader. Both formats load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ class StreamSpec:
     id_field: str | None = None  # names a record in quarantine reports
     with_pid: bool = True
 
+    def for_version(self, version: int) -> "StreamSpec":
+        """The fields a spool file of this format version holds: format 2 has no nested fields."""
+        if version < 2 or not self.nested:
+            return self
+        flat = pa.schema([f for f in self.schema if not pa.types.is_nested(f.type)])
+        return StreamSpec(self.name, self.table, flat, self.required, self.id_field, self.with_pid)
+
+    @property
+    def nested(self) -> bool:
+        return any(pa.types.is_nested(f.type) for f in self.schema)
+
 
 STREAMS: dict[str, StreamSpec] = {}
 
@@ -38,10 +53,17 @@ SPANS = register(StreamSpec(
         ("name", pa.string()), ("node", pa.string()), ("kind", pa.string()),
         ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("status", pa.string()),
         ("status_message", pa.string()), ("attributes", pa.string()),
-        ("events", pa.list_(EVENT)),
+        ("events", pa.list_(EVENT)),  # format 1 only: format 2 writes the events stream
     ]),
     required=("trace_id", "span_id", "name", "start_ns", "end_ns"),
     id_field="span_id",
+))
+EVENTS = register(StreamSpec(  # span events (exceptions, retries, log lines); format 2 onwards
+    "events", "events",
+    pa.schema([("span_id", pa.string()), ("ts_ns", pa.int64()), ("name", pa.string()), ("attributes", pa.string())]),
+    required=("span_id", "ts_ns", "name"),
+    id_field="span_id",
+    with_pid=False,
 ))
 LINKS = register(StreamSpec(
     "links", "links",
