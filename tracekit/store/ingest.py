@@ -415,19 +415,24 @@ def _is_unchanged(item: _Prepared) -> bool:
     )
 
 
-def _remember_file(
-    con: duckdb.DuckDBPyConnection, path: Path, header: dict[str, Any], spec: StreamSpec,
-    footer: dict[str, Any] | None, offset: int, records: int, torn: int, now: int,
+def _remember_files(
+    con: duckdb.DuckDBPyConnection,
+    files: list[tuple[Path, dict[str, Any], StreamSpec, dict[str, Any] | None, int, int, int]],
 ) -> None:
-    """Record how far a spool file was loaded, so the next ingest adds only what is new."""
-    con.execute(
-        "INSERT OR REPLACE INTO spool_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
+    """Record how far each spool file was loaded (path, header, spec, footer, offset, records, torn
+    bytes), so the next ingest adds only what is new."""
+    if not files:
+        return
+    now = time.time_ns()
+    params: list[Any] = []
+    for path, header, spec, footer, offset, records, torn in files:
+        params += [
             header["file_id"], str(header["run_id"]), spec.name, str(path.absolute()),
             header.get("pid"), header.get("host"), header.get("node"), header.get("started_ns"),
             footer.get(FOOTER_KEY) if footer else None, offset, records, torn, now,
-        ],
-    )
+        ]
+    row = "(" + ", ".join("?" * 13) + ")"
+    con.execute(f"INSERT OR REPLACE INTO spool_files VALUES {', '.join([row] * len(files))}", params)
 
 
 def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[_Prepared], report: IngestReport) -> None:
@@ -442,16 +447,17 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[_Prepared], report: 
             pid = parsed.header.get("pid")
             load_table(con, parsed.spec, parsed.table, run_id=str(parsed.header["run_id"]),
                        pid=pid if isinstance(pid, int) else None, default_node=parsed.header.get("node"))
-        now = time.time_ns()
+        remembered = []
         for item in batch:
             parsed = item.parsed
             assert parsed is not None
             header = parsed.header
             _quarantine(con, str(header["run_id"]), parsed.quarantined, _raw_lines(item.path, parsed.quarantined))
-            _remember_file(
-                con, item.path, header, parsed.spec, parsed.footer, parsed.new_offset,
-                parsed.records_before + parsed.table.num_rows + len(parsed.quarantined), parsed.torn_bytes, now,
-            )
+            remembered.append((
+                item.path, header, parsed.spec, parsed.footer, parsed.new_offset,
+                parsed.records_before + parsed.table.num_rows + len(parsed.quarantined), parsed.torn_bytes,
+            ))
+        _remember_files(con, remembered)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -581,9 +587,7 @@ def _load_closed(con: duckdb.DuckDBPyConnection, files: list[_Closed], report: I
         inserted = con.execute(sql, params).fetchall()[0][0]
         if inserted != expected:
             raise _NotClean
-        now = time.time_ns()
-        for c in files:
-            _remember_file(con, c.path, c.header, spec, c.footer, c.size, int(c.footer["records"]), 0, now)
+        _remember_files(con, [(c.path, c.header, spec, c.footer, c.size, int(c.footer["records"]), 0) for c in files])
         con.execute("COMMIT")
     except (duckdb.Error, _NotClean):
         con.execute("ROLLBACK")
@@ -826,10 +830,13 @@ def ingest_paths(
                 done += 1
                 if progress:
                     progress(done, total, str(path))
-        from tracekit.importers.genai import store_derived_links
+        from tracekit.store.agents import has_agent_spans
 
         for run_id in sorted(report.runs):  # agent edges from GenAI/OpenInference span attributes
-            store_derived_links(con, run_id)
+            if has_agent_spans(con, run_id):  # (the deriving module imports the OTel SDK: only when needed)
+                from tracekit.importers.genai import store_derived_links
+
+                store_derived_links(con, run_id)
     finally:
         con.close()
     return report
