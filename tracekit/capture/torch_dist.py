@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 import os
 import signal
 import sys
@@ -444,33 +445,54 @@ def _original(name: str) -> Callable[..., Any]:
 
 
 def _ddp_allreduce_hook(process_group: Any, bucket: Any) -> Any:
-    """DDP's default all-reduce (average), recorded, with the local non-finite check before reducing."""
+    """DDP's default all-reduce (average), recorded, with the local non-finite check before reducing.
+
+    This runs once per gradient bucket inside backward, so it is kept lean: it calls the process
+    group's own (C++) allreduce, not ``dist.all_reduce`` and its Python argument checks, and tests
+    finiteness with one ``sum`` (a NaN or inf anywhere makes the sum non-finite)."""
     cap = _cap
-    group = process_group
-    all_reduce = _original("all_reduce")
     buffer = bucket.buffer()
-    world = group.size() if group is not None else _original_world()
-    if cap is None or not cap.ready():
-        buffer.div_(world)
-        return all_reduce(buffer, group=group, async_op=True).get_future().then(lambda f: f.value()[0])
+    group = process_group if process_group is not None else _default_group()
+    if cap is None or cap.rank is None and not cap.ready():
+        buffer.div_(group.size())
+        return group.allreduce([buffer]).get_future().then(_first_tensor)
     enter = time.time_ns()
-    nonfinite = not bool(cap.torch.isfinite(buffer.sum()))
+    nonfinite = not math.isfinite(buffer.sum().item())
     if nonfinite:
         cap.nonfinite = True
     elif cap.nonfinite is None:
         cap.nonfinite = False
     name = cap.group_name(group)
     token, _ = cap.begin("all_reduce", name, cap.next_seq(name), enter, bytes=buffer.numel() * buffer.element_size(),
-                         dtype=str(buffer.dtype).removeprefix("torch."), async_op=True, source="ddp",
-                         nonfinite=nonfinite)
-    buffer.div_(world)
+                         dtype=_dtype_name(buffer.dtype), async_op=True, source="ddp", nonfinite=nonfinite)
+    buffer.div_(group.size())
     try:
-        future = all_reduce(buffer, group=group, async_op=True).get_future()
+        future = group.allreduce([buffer]).get_future()
     except Exception as exc:
         cap.finish(token, False, f"{type(exc).__name__}: {exc}")
         raise
 
     return _record_completion(future, cap, token, first_tensor=True)
+
+
+def _first_tensor(fut: Any) -> Any:
+    return fut.value()[0]
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def _default_group() -> Any:
+    import torch.distributed as dist
+
+    return dist.distributed_c10d._get_default_group()
 
 
 def _record_completion(future: Any, cap: Any, token: Any, *, first_tensor: bool) -> Any:
@@ -492,12 +514,6 @@ def _record_completion(future: Any, cap: Any, token: Any, *, first_tensor: bool)
 
 
 _ddp_allreduce_hook.__annotations__ = {}  # DDP rejects a hook whose annotations are not GradBucket/Future
-
-
-def _original_world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size()
 
 
 def _wrap_user_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
