@@ -561,7 +561,7 @@ def _load_closed(con: duckdb.DuckDBPyConnection, files: list[_Closed], report: I
     reader = (
         f"read_ndjson([{', '.join(_sql_text(str(c.path)) for c in files)}], "
         f"columns={{{', '.join(f'{_sql_text(k)}: {_sql_text(v)}' for k, v in columns.items())}}}, "
-        "format='newline_delimited', filename=true)"
+        "format='newline_delimited', filename=true, hive_partitioning=false)"
     )
     fields = spec.schema.names
     target = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
