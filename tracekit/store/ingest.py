@@ -269,6 +269,27 @@ def _has_invalid_json(column: pa.ChunkedArray) -> bool:
         con.close()
 
 
+def _declared_spec(path: Path, header: Any) -> StreamSpec:
+    """The record stream a spool file's header declares, as its format version writes it.
+
+    Raises SpoolError saying what is wrong with the header."""
+    if not isinstance(header, dict) or HEADER_KEY not in header:
+        raise SpoolError(f"{path}: no tracekit spool header; this is not a tracekit spool file")
+    version = header[HEADER_KEY]
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise SpoolError(
+            f"{path}: written in spool format version {version!r}, but this tracekit reads versions "
+            f"{READABLE_VERSIONS[0]} to {SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
+        )
+    spec = STREAMS.get(str(header.get("stream")))
+    if spec is None:
+        raise SpoolError(f"{path}: unknown record stream {header.get('stream')!r} (known: {', '.join(STREAMS)})")
+    for key in ("run_id", "file_id"):
+        if not isinstance(header.get(key), str) or not header[key]:
+            raise SpoolError(f"{path}: the header has no {key}; this is not a complete spool file")
+    return spec.for_version(version)
+
+
 def parse_spool_file(path: Path, offset: int, records_before: int) -> ParsedFile:
     """Read one spool file from `offset` (bytes already loaded). Raises SpoolError for a file to reject whole."""
     try:
@@ -282,21 +303,7 @@ def parse_spool_file(path: Path, offset: int, records_before: int) -> ParsedFile
         header = json.loads(data[:nl])
     except ValueError:
         raise SpoolError(f"{path}: the first line is not JSON; this is not a tracekit spool file") from None
-    if not isinstance(header, dict) or HEADER_KEY not in header:
-        raise SpoolError(f"{path}: no tracekit spool header; this is not a tracekit spool file")
-    version = header[HEADER_KEY]
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise SpoolError(
-            f"{path}: written in spool format version {version!r}, but this tracekit reads versions "
-            f"{READABLE_VERSIONS[0]} to {SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
-        )
-    spec = STREAMS.get(str(header.get("stream")))
-    if spec is None:
-        raise SpoolError(f"{path}: unknown record stream {header.get('stream')!r} (known: {', '.join(STREAMS)})")
-    spec = spec.for_version(version)
-    for key in ("run_id", "file_id"):
-        if not isinstance(header.get(key), str) or not header[key]:
-            raise SpoolError(f"{path}: the header has no {key}; this is not a complete spool file")
+    spec = _declared_spec(path, header)
     last_nl = data.rfind(b"\n")
     torn = len(data) - (last_nl + 1)
     body_end = last_nl + 1
@@ -511,17 +518,14 @@ def _peek_closed(path: Path) -> _Closed | None:
         header, footer = json.loads(first), json.loads(tail[start:-1])
     except ValueError:
         return None
-    if not isinstance(header, dict) or not isinstance(footer, dict) or FOOTER_KEY not in footer:
+    if not isinstance(footer, dict) or FOOTER_KEY not in footer:
         return None
-    version = header.get(HEADER_KEY)
-    spec = STREAMS.get(str(header.get("stream")))
-    if version not in READABLE_VERSIONS or isinstance(version, bool) or spec is None:
+    try:
+        spec = _declared_spec(path, header)
+    except SpoolError:
         return None
-    spec = spec.for_version(version)
     records = footer.get("records")
     if spec.nested or not isinstance(records, int) or isinstance(records, bool):
-        return None
-    if not all(isinstance(header.get(key), str) and header[key] for key in ("run_id", "file_id")):
         return None
     return _Closed(path, header, footer, spec, size)
 
@@ -603,6 +607,20 @@ class _NotClean(Exception):
     """Some record of a closed file was not loadable as is: the careful path takes the files."""
 
 
+def _batches_by_size(files: list[_Closed], limit: int) -> Iterator[list[_Closed]]:
+    """Consecutive files in batches of at most `limit` bytes (a bigger file is a batch of its own)."""
+    batch: list[_Closed] = []
+    size = 0
+    for c in files:
+        if batch and size + c.size > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(c)
+        size += c.size
+    if batch:
+        yield batch
+
+
 def _ingest_closed_files(
     con: duckdb.DuckDBPyConnection, files: list[_Closed], report: IngestReport, on_done: Callable[[Path], None]
 ) -> list[Path]:
@@ -612,19 +630,12 @@ def _ingest_closed_files(
     for c in files:
         by_stream.setdefault((c.spec.name, *c.spec.schema.names), []).append(c)
     for group in by_stream.values():
-        batch: list[_Closed] = []
-        size = 0
-        for c in [*group, None]:
-            if c is not None and (not batch or size + c.size <= FAST_BATCH_BYTES):
-                batch.append(c)
-                size += c.size
-                continue
+        for batch in _batches_by_size(group, FAST_BATCH_BYTES):
             if _load_closed(con, batch, report):
                 for done in batch:
                     on_done(done.path)
             else:
                 left.extend(done.path for done in batch)
-            batch, size = ([c], c.size) if c is not None else ([], 0)
     return left
 
 
