@@ -79,10 +79,15 @@ def run_choices(con: duckdb.DuckDBPyConnection, *, kind: str | None = None, limi
 
 def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """First span start, last span end, and span / node / error counts of a run."""
-    found = one(con, """
+    return _bounds(con, "SELECT * FROM spans WHERE run_id = $run", run_id)
+
+
+def _bounds(con: duckdb.DuckDBPyConnection, source: str, run_id: str) -> dict[str, Any]:
+    """Time bounds and bar / node / error counts of `source` (rows with start_ns, end_ns, node, status)."""
+    found = one(con, f"""
         SELECT min(start_ns), max(end_ns), count(*), count(DISTINCT node), count(*) FILTER (WHERE status = 'error')
-        FROM spans WHERE run_id = ?
-    """, [run_id]) or (None, None, 0, 0, 0)
+        FROM ({source})
+    """, {"run": run_id}) or (None, None, 0, 0, 0)
     return {"start_ns": found[0], "end_ns": found[1], "spans": int(found[2]), "nodes": int(found[3]),
             "errors": int(found[4])}
 
@@ -410,12 +415,7 @@ _ACTIVITY = """
 
 def activity_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """Like run_bounds, over a training run's steps and collectives (for runs recorded without spans)."""
-    found = one(con, f"""
-        SELECT min(start_ns), max(end_ns), count(*), count(DISTINCT node), count(*) FILTER (WHERE status = 'error')
-        FROM ({_ACTIVITY})
-    """, {"run": run_id}) or (None, None, 0, 0, 0)
-    return {"start_ns": found[0], "end_ns": found[1], "spans": int(found[2]), "nodes": int(found[3]),
-            "errors": int(found[4])}
+    return _bounds(con, _ACTIVITY, run_id)
 
 
 def activity_bars(
