@@ -9,4 +9,10 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     echo "install.sh: chromium not installed and not root: the real-browser dashboard test will skip" >&2
   fi
 fi
+if ! command -v g++ >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null  # the native DDP hook
+fi
 python -m pip install -q -c constraints.txt -e '.[dev]'
+# tracekit's native DDP comm hook (C++, ~40 s once per torch/Python): without it capture falls back to
+# the Python hook, which costs a few % of step time
+python -m tracekit.capture.native --build || echo "install.sh: the native DDP hook did not build; capture uses the Python hook" >&2

@@ -120,3 +120,43 @@ dist.destroy_process_group()
         ("all_reduce", 0, 0, False), ("broadcast", 1, 0, True), ("all_reduce", 2, 1, False),
         ("broadcast", 3, 1, True), ("all_reduce", 4, 2, False), ("broadcast", 5, 2, True)]
     assert all(c["rank"] == 0 and c["world_size"] == 1 and c["exit_ns"] >= c["enter_ns"] for c in coll)
+
+
+def _ddp_hooks_job(tmp_path: Path, port: int, **env: str) -> tuple[dict[int, dict], str]:
+    tmp_path.mkdir()
+    proc = subprocess.run(
+        ["torchrun", "--nproc-per-node", "2", "--master-port", str(port), str(ALL_OPS.with_name("ddp_hooks.py"))],
+        cwd=tmp_path, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {rank: json.loads((tmp_path / f"ddp_hooks.{rank}.json").read_text()) for rank in (0, 1)}, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hook", ["native", "python"])
+def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook: str) -> None:
+    """The native (C++) and the fallback Python DDP hook: same averaged gradients as plain DDP, one
+    sequence with the script's own collectives, exit after enter, and the non-finite flag only on the
+    rank whose *local* gradients held the NaN (checked before the reduction spreads it)."""
+    plain, _ = _ddp_hooks_job(tmp_path / "plain", 29843, TRACEKIT_DISABLED="1")
+    extra = {"TRACEKIT_NATIVE": "0"} if hook == "python" else {}
+    captured, stderr = _ddp_hooks_job(tmp_path / "cap", 29844, **extra)
+    for rank in (0, 1):
+        assert captured[rank]["native"] is (hook == "native"), stderr[-2000:]
+        assert captured[rank]["checksum"] == plain[rank]["checksum"]  # bit-identical parameters
+    assert ("native DDP hook unavailable: TRACEKIT_NATIVE=0" in stderr) is (hook == "python")
+    rows = _sql(tmp_path / "cap", "SELECT rank, seq, step, op, source, dtype, bytes, ok, nonfinite, enter_ns, exit_ns "
+                                  "FROM collectives WHERE process_group = 'default' ORDER BY rank, seq")
+    for rank in (0, 1):
+        mine = [r for r in rows if r["rank"] == rank]
+        assert [r["seq"] for r in mine] == list(range(len(mine)))  # buckets and calls share one sequence
+        buckets = [r for r in mine if r["source"] == "ddp"]
+        per_step = [sum(r["step"] == step for r in buckets) for step in range(5)]
+        assert min(per_step) >= 1 and len(set(per_step[1:])) == 1 and per_step[1] >= 2  # rebuilt after step 0
+        assert len(mine) == len(buckets) + 5  # + the script's one loss all_reduce per step
+        assert all(r["op"] == "all_reduce" and r["dtype"] == "float32" and r["bytes"] > 0 and r["ok"]
+                   and r["exit_ns"] >= r["enter_ns"] for r in buckets)
+        assert any(r["nonfinite"] for r in buckets if r["step"] == 4) is (rank == 1)
+        assert not any(r["nonfinite"] for r in buckets if r["step"] < 4)
+    steps = _sql(tmp_path / "cap", "SELECT rank, step, nonfinite FROM steps ORDER BY rank, step")
+    assert [(s["rank"], s["step"], s["nonfinite"]) for s in steps] == [
+        (rank, step, rank == 1 and step == 4) for rank in (0, 1) for step in range(5)]

@@ -175,6 +175,7 @@ class Spool:
         self._warned: set[str] = set()
         self.dropped = 0
         self.before_close: list[Callable[[], None]] = []
+        self.before_flush: list[Callable[[], None]] = []
         self._exit_hook_pid = os.getpid()
         _LIVE_SPOOLS.add(self)
         atexit.register(self.close)
@@ -194,6 +195,13 @@ class Spool:
         self.stream(stream).write(record)
 
     def flush(self) -> None:
+        """Write every buffered record to the OS; first, ``before_flush`` hooks move records held
+        elsewhere (e.g. the native DDP hook's) into the buffers."""
+        for hook in list(self.before_flush):
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001 - a source's failure must not stop the flush
+                self._report_drop_reason(f"collecting records before a flush failed: {exc}")
         for stream in list(self._streams.values()):
             stream.flush()
 

@@ -8,7 +8,9 @@ op, bytes, dtype, enter/exit ns, step, ok) -- not one OpenTelemetry span per cal
   the exit time is the work's completion (its future's callback), not the call's return;
 * DistributedDataParallel is patched so every wrapped model gets a communication hook that records
   each gradient-bucket all-reduce and checks the *local* bucket for non-finite values before the
-  reduction (one ``buf.sum()``, finite or not: ~0.3 ms per 1 M floats);
+  reduction (one ``buf.sum()``, finite or not: ~0.3 ms per 1 M floats). The hook is native
+  (``tracekit.capture.native``: no GIL per bucket, records drained at every spool flush) when its
+  prebuilt library loads, else ``_ddp_allreduce_hook`` in Python;
 * the optimizer's step (global post hook) closes a training step (stream ``steps``: start, end,
   loss of the last ``backward()``, gradient norm, local non-finite flag), unless the script calls
   ``tracekit.torch.step(...)`` itself;
@@ -58,6 +60,12 @@ _OPS: dict[str, tuple[str | None, str | None, bool]] = {
     "irecv": ("tensor", "src", True),
 }
 _P2P = {"send", "recv", "isend", "irecv"}
+# c10 scalar type names (what the native hook reports) -> torch dtype names (what the Python wrappers write)
+_C10_DTYPES = {
+    "Float": "float32", "Double": "float64", "Half": "float16", "BFloat16": "bfloat16", "Long": "int64",
+    "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool",
+    "ComplexFloat": "complex64", "ComplexDouble": "complex128",
+}
 _HEARTBEAT_S = 0.5
 _TICK_S = 0.04
 _PROBE_REPEATS = 3
@@ -116,6 +124,14 @@ class _Capture:
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
         self.terminated = False
+        self.native: Any = None  # the C++ DDP hook module (tracekit.capture.native), when it loads
+        self._warned_native = False
+
+    def attach_native(self, module: Any) -> None:
+        """Share the sequence counters and the step with the native DDP hook."""
+        self.native = module
+        if module is not None:
+            module.set_step(self.step)
 
     # -- identity --------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -150,6 +166,8 @@ class _Capture:
         return name
 
     def next_seq(self, group: str, peer: int | None = None, direction: str = "") -> int:
+        if peer is None and self.native is not None:
+            return self.native.next_seq(group)  # one sequence per group with DDP's native bucket hook
         key = group if peer is None else (group, direction, peer)
         counter = self._seq.get(key)
         if counter is None:
@@ -182,10 +200,33 @@ class _Capture:
         self.last_activity_ns = now
         self.collectives.write(record)
 
+    def drain_native(self, interrupted: str = "") -> None:
+        """Write the bucket all-reduces the native hook completed (with ``interrupted``: also the in-flight ones)."""
+        if self.native is None:
+            return
+        records = self.native.drain(interrupted)
+        if not records:
+            return
+        write, rank, world = self.collectives.write, self.rank, self.world
+        for group, seq, enter, exit_, step_, nbytes, dtype, ok, nonfinite, error in records:
+            record = {
+                "rank": rank, "world_size": world, "process_group": group, "seq": seq, "op": "all_reduce",
+                "enter_ns": enter, "step": step_, "bytes": nbytes, "dtype": _C10_DTYPES.get(dtype, dtype.lower()),
+                "peer": None, "async_op": True, "source": "ddp", "nonfinite": nonfinite, "exit_ns": exit_, "ok": ok,
+            }
+            if error:
+                record["error"] = error
+            write(record)
+        self.last_activity_ns = max(self.last_activity_ns, records[-1][3])
+
     def end_step(self, *, loss: float | None = None, grad_norm: float | None = None) -> None:
         if not self.ready():
             return
         now = time.time_ns()
+        if self.native is not None:
+            local = self.native.take_nonfinite()  # did any bucket the native hook checked hold a NaN/inf?
+            if local is not None:
+                self.nonfinite = bool(self.nonfinite) or local
         if loss is None and self.loss is not None:
             try:
                 loss = float(self.loss)
@@ -198,6 +239,8 @@ class _Capture:
                 None if loss is None else not (abs(loss) < float("inf"))),
         })
         self.step += 1
+        if self.native is not None:
+            self.native.set_step(self.step)
         self.step_start_ns = now
         self.nonfinite = None
         self.loss = None
@@ -206,8 +249,14 @@ class _Capture:
     # -- liveness --------------------------------------------------------------------------
     def heartbeat_record(self, state: str) -> dict[str, Any]:
         oldest = min(self.inflight.values(), key=lambda r: r["enter_ns"], default=None)
+        last_seq = self.last_seq
+        if self.native is not None:
+            last_seq = self.native.last_seq("default")
+            bucket = self.native.oldest_inflight()
+            if bucket is not None and (oldest is None or bucket[2] < oldest["enter_ns"]):
+                oldest = {"op": "all_reduce", "seq": bucket[1], "enter_ns": bucket[2]}
         return {
-            "rank": self.rank, "ts_ns": time.time_ns(), "step": self.step, "last_seq": self.last_seq,
+            "rank": self.rank, "ts_ns": time.time_ns(), "step": self.step, "last_seq": last_seq,
             "inflight_op": oldest["op"] if oldest else None,
             "inflight_seq": oldest["seq"] if oldest else None,
             "inflight_since_ns": oldest["enter_ns"] if oldest else None, "state": state,
@@ -280,6 +329,7 @@ class _Capture:
         self.terminated = True
         try:
             self.run.spool.stream("heartbeats").write(self.heartbeat_record("sigterm"))
+            self.drain_native("interrupted: the process received SIGTERM while waiting")
             for token in list(self.inflight):
                 self.finish(token, False, "interrupted: the process received SIGTERM while waiting")
             self.run.spool.flush()
@@ -545,12 +595,10 @@ def _patch_ddp() -> None:
         return builtin(self, comm_hook_type)
 
     def patched_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.__dict__.get("_tracekit_hooked") and _cap is not None:
+        cap = _cap
+        if not self.__dict__.get("_tracekit_hooked") and cap is not None:
             self.__dict__["_tracekit_hooked"] = True
-            try:
-                register(self, self.process_group, _ddp_allreduce_hook)
-            except Exception:  # noqa: BLE001 - e.g. a hook registered behind our back
-                pass
+            _hook_ddp(self, cap, register)
         return forward(self, *args, **kwargs)
 
     functools.update_wrapper(register_comm_hook, register)
@@ -562,6 +610,31 @@ def _patch_ddp() -> None:
     _originals[("DDP", "register_comm_hook")] = register
     _originals[("DDP", "_register_builtin_comm_hook")] = builtin
     _originals[("DDP", "forward")] = forward
+
+
+_native_groups: list[Any] = []
+
+
+def _hook_ddp(ddp: Any, cap: _Capture, register: Callable[..., Any]) -> None:
+    """Give a DDP model tracekit's recording all-reduce hook: the native one when it is built, else Python's."""
+    try:
+        if cap.native is not None and cap.ready():
+            cap.native.register_hook(ddp.reducer, ddp.process_group, cap.group_name(ddp.process_group), True)
+            # The hook holds the process group in C++. Keep a Python reference too, so the group is never
+            # freed by the reducer's destructor, which runs holding the GIL: the group's destructor joins
+            # gloo's threads, and one may need the GIL to free a tensor (a deadlock at exit, seen in 2 of
+            # 4 jobs). Freed from Python, the group's binding releases the GIL first.
+            _native_groups.append(ddp.process_group)
+            return
+        if not cap._warned_native and cap.rank == 0:
+            cap._warned_native = True
+            from tracekit.capture import native
+
+            print(f"tracekit: native DDP hook unavailable: {native.load_error()}; gradient buckets are recorded "
+                  "by the Python hook instead (a few % slower)", file=sys.stderr)
+        register(ddp, ddp.process_group, _ddp_allreduce_hook)
+    except Exception:  # noqa: BLE001 - e.g. a hook registered behind our back
+        pass
 
 
 _hook_handles: list[Any] = []
@@ -633,6 +706,12 @@ def instrument() -> bool:
         _patch_ddp()
         _patch_optimizer_and_backward(torch)
         _cap = _Capture(run, dist, torch)
+        from tracekit.capture import native
+
+        _cap.attach_native(native.load())
+        # the native hook's records reach the spool at every flush (every 200 ms, an explicit flush, exit)
+        run.spool.before_flush.append(_cap.drain_native)
+        run.spool.before_close.append(_cap.drain_native)
         _cap.ready()
     return True
 
@@ -728,6 +807,12 @@ def uninstrument() -> None:
             torch.Tensor.backward = getattr(backward, "__tracekit_original__", backward)
         if _cap is not None:
             _cap._stop.set()
+            _cap.drain_native()
+            for hooks in (_cap.run.spool.before_flush, _cap.run.spool.before_close):
+                try:
+                    hooks.remove(_cap.drain_native)
+                except ValueError:
+                    pass
         _cap = None
 
 

@@ -10,8 +10,8 @@
 //     DDP's buckets and the script's own collectives share one sequence per process group;
 //   * records enter (before the call) and exit (when the work completed: the future's callback,
 //     on gloo's thread) and whether it failed.
-// Python drains the completed records from its heartbeat thread, and at exit or SIGTERM, off the
-// training thread.
+// Python drains the completed records at every spool flush (the flusher thread, off the training
+// thread), at exit, and on SIGTERM (then in-flight ones too, marked interrupted).
 #include <torch/extension.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>

@@ -1,0 +1,45 @@
+"""2 gloo ranks train a small DDP model: 4 clean steps, then one where rank 1's input holds a NaN.
+
+Writes ``ddp_hooks.RANK.json`` in the working directory: whether tracekit's native DDP hook was attached and a checksum of the
+parameters after the clean steps (identical with and without capture when the hook reduces the same way).
+"""
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+dist.init_process_group("gloo")
+native = None
+if os.environ.get("TRACEKIT_DISABLED") != "1":
+    import tracekit
+    import tracekit.capture.torch_dist as td
+
+    tracekit.torch.instrument()
+    native = td._cap.native is not None
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = DDP(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)),
+            bucket_cap_mb=0.01)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+gen = torch.Generator().manual_seed(rank)
+loss_sum = torch.zeros(1)
+checksum = None
+for step in range(5):
+    x = torch.randn(8, 32, generator=gen)
+    if step == 4:
+        checksum = [float(p.detach().double().sum()) for p in model.parameters()]
+        if rank == 1:
+            x[0, 0] = float("nan")
+    opt.zero_grad()
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    loss_sum.copy_(loss.detach())
+    dist.all_reduce(loss_sum)  # the script's own collective: shares the "default" sequence with DDP's buckets
+with open(f"ddp_hooks.{rank}.json", "w") as fh:
+    json.dump({"rank": rank, "native": native, "checksum": checksum}, fh)
+dist.destroy_process_group()
