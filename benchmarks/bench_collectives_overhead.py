@@ -1,14 +1,19 @@
 """Overhead of torch.distributed capture: step time with and without capture in the same job, vs torch.profiler.
 
-    python benchmarks/bench_collectives_overhead.py [--nproc 4 --blocks 12 --block 10]
+    python benchmarks/bench_collectives_overhead.py [--nproc 4 --epochs 16 --rounds 30 --cycles 12 --block 10]
 
-One torchrun job (gloo, CPU) trains identical DDP models in alternating blocks of steps, so all see
-the same machine noise: model A is recorded by tracekit (wrapped calls, the native C++ DDP comm hook
-with the non-finite check -- or the Python fallback hook when the extension is not built, see the
-``hook`` field -- and the optimizer step hook), model B runs plain DDP (C++ all-reduce) with capture
-paused, and model C runs PyTorch's own Python ``allreduce_hook`` with capture paused: the floor any
-*Python* comm hook pays (its completion continuation needs the GIL on gloo's thread). A fourth block
-type runs model B under ``torch.profiler`` (CPU activities). Also measures the cost of one recorded
+One torchrun job (gloo, CPU) trains identical DDP models, one step per arm per round, in a random
+order per round (the same on every rank), so all arms see the same machine noise and none always
+follows another: ``capture`` is recorded by tracekit (wrapped calls, the native C++ DDP comm hook with
+the non-finite check -- or the Python fallback hook when the extension is not built, see ``hook`` --
+and the optimizer step hook); ``plain`` runs plain DDP (C++ all-reduce) with capture paused;
+``plain_twin`` is a second plain model, the A/A arm: what two identical models differ by is the
+noise floor of the comparison; ``python_hook`` runs PyTorch's own Python ``allreduce_hook`` with
+capture paused (what any *Python* comm hook pays: its completion continuation needs the GIL on
+gloo's thread). Each arm's overhead is the median over rounds of (its step / the plain step - 1).
+Then ``torch.profiler`` (CPU activities), which cannot start and stop around one step for free, runs
+the plain model in blocks of steps against unprofiled blocks, in a random order.
+Also measures the cost of one recorded
 collective in isolation (a 1-rank gloo group, 4-byte all_reduce, with vs without capture).
 Target: <= 1 % step-time overhead. The last line is one JSON object with the figures.
 """
@@ -16,8 +21,10 @@ Target: <= 1 % step-time overhead. The last line is one JSON object with the fig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -40,28 +47,32 @@ def worker(args: argparse.Namespace) -> None:
     tracekit.torch.instrument()
     rank = dist.get_rank()
 
-    def make() -> tuple[DDP, torch.optim.Optimizer]:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    capture = td._cap
+
+    def make(arm: str) -> tuple[DDP, torch.optim.Optimizer, bool]:
+        """One arm's model, optimizer and whether capture is on while it steps."""
         torch.manual_seed(0)
         h = 256
         model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                               nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 8))
+        td._cap = capture if arm == "capture" else None  # DDP is built with capture on only for its arm
         ddp = DDP(model, bucket_cap_mb=0.2)
-        return ddp, torch.optim.SGD(ddp.parameters(), lr=0.01)
+        if arm != "capture":
+            ddp.__dict__["_tracekit_hooked"] = True  # no tracekit hook: DDP's built-in all-reduce ...
+        if arm == "python_hook":  # ... or PyTorch's Python hook, registered past tracekit's wrapper
+            td._originals[("DDP", "register_comm_hook")](ddp, ddp.process_group, allreduce_hook)
+        return ddp, torch.optim.SGD(ddp.parameters(), lr=0.01), arm == "capture"
 
-    plain, plain_opt = make()
-    plain.__dict__["_tracekit_hooked"] = True  # keep DDP's built-in all-reduce: no tracekit hook on this one
-    cap_model, cap_opt = make()
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    hooked, hooked_opt = make()
-    hooked.__dict__["_tracekit_hooked"] = True  # PyTorch's Python hook, registered past tracekit's wrapper
-    td._originals[("DDP", "register_comm_hook")](hooked, hooked.process_group, allreduce_hook)
     gen = torch.Generator().manual_seed(rank)
     x, y = torch.randn(64, 64, generator=gen), torch.randn(64, 8, generator=gen)
     loss_buf = torch.zeros(1)
-    capture = td._cap
 
-    def one_step(model: DDP, opt: torch.optim.Optimizer) -> float:
+    cpu: dict[str, list[float]] = {}  # arm -> this process's CPU time per step (all its threads)
+
+    def one_step(model: DDP, opt: torch.optim.Optimizer, arm: str = "") -> float:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.mse_loss(model(x), y)
@@ -69,42 +80,52 @@ def worker(args: argparse.Namespace) -> None:
         opt.step()
         loss_buf.copy_(loss.detach())
         dist.all_reduce(loss_buf)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        if arm:
+            cpu.setdefault(arm, []).append(time.process_time() - c0)
+        return wall
 
-    for _ in range(5):  # warm up all
-        td._cap = None
-        one_step(plain, plain_opt)
-        one_step(hooked, hooked_opt)
-        td._cap = capture
-        one_step(cap_model, cap_opt)
-    times: dict[str, list[float]] = {"plain": [], "python_hook": [], "capture": [], "profiler": []}
+    # plain_twin: a second plain model, the A/A arm (what two identical models differ by)
+    names = ["plain", "plain_twin", "python_hook", "capture"]
+    order = random.Random(7)  # the same seed on every rank: all ranks run the same arm at the same time
+    rounds: dict[str, list[float]] = {name: [] for name in names}
     before = capture.collectives.records + len(capture.collectives._buffer) if capture else 0
-    for block in range(args.blocks):
-        mode = ("plain", "python_hook", "capture", "profiler")[block % 4]
-        if mode == "python_hook":
-            td._cap = None
-            for _ in range(args.block):
-                times[mode].append(one_step(hooked, hooked_opt))
-        elif mode == "capture":
-            td._cap = capture
-            for _ in range(args.block):
-                times[mode].append(one_step(cap_model, cap_opt))
-        elif mode == "plain":
-            td._cap = None
-            for _ in range(args.block):
-                times[mode].append(one_step(plain, plain_opt))
-        else:
-            td._cap = None
-            from torch.profiler import ProfilerActivity, profile
+    # phase 1: each epoch builds every arm's model anew, in a random order (a model's place in memory
+    # makes it a few % faster or slower for its whole life: new models every epoch average that out),
+    # then runs rounds of one step per arm, in a random order
+    for _epoch in range(args.epochs):
+        order.shuffle(names)
+        arms = {name: make(name) for name in names}
+        for _ in range(3):  # warm up
+            for model, opt, on in arms.values():
+                td._cap = capture if on else None
+                one_step(model, opt)
+        for _round in range(args.rounds):
+            order.shuffle(names)
+            for name in names:
+                model, opt, on = arms[name]
+                td._cap = capture if on else None
+                rounds[name].append(one_step(model, opt, name))
+        del arms
+    plain, plain_opt, _ = make("plain")
+    # phase 2: torch.profiler cannot start and stop around single steps for free: blocks of steps,
+    # profiled or not, in a random order; the first step of each block is not counted
+    from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU]):
-                for _ in range(args.block):
-                    times[mode].append(one_step(plain, plain_opt))
+    td._cap = None
+    blocks: dict[str, list[list[float]]] = {"plain": [], "profiler": []}
+    for _cycle in range(args.cycles):
+        names = list(blocks)
+        order.shuffle(names)
+        for name in names:
+            with profile(activities=[ProfilerActivity.CPU]) if name == "profiler" else contextlib.nullcontext():
+                one_step(plain, plain_opt)
+                blocks[name].append([one_step(plain, plain_opt) for _ in range(args.block)])
     td._cap = capture
     recorded = (capture.collectives.records + len(capture.collectives._buffer) - before) if capture else 0
     if rank == 0:
         hook = "native" if capture is not None and capture.native is not None else "python"
-        Path(args.out).write_text(json.dumps({"times": times, "recorded": recorded, "hook": hook}))
+        Path(args.out).write_text(json.dumps({"rounds": rounds, "cpu": cpu, "blocks": blocks, "recorded": recorded, "hook": hook}))
     dist.destroy_process_group()
 
 
@@ -138,7 +159,9 @@ dist.destroy_process_group()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, default=4)
-    p.add_argument("--blocks", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=16, help="times every arm's model is built anew")
+    p.add_argument("--rounds", type=int, default=30, help="rounds of one step per arm per epoch, in a random order")
+    p.add_argument("--cycles", type=int, default=12, help="rounds of one plain and one profiled block")
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -150,23 +173,30 @@ def main() -> None:
     out = tmp / "times.json"
     env = dict(os.environ, TRACEKIT_INGEST_AT_EXIT="0", TRACEKIT_SPOOL_DIR=str(tmp / "spool"))
     subprocess.run(["torchrun", "--nproc-per-node", str(args.nproc), "--master-port", "29740", __file__, "--worker",
-                    "--blocks", str(args.blocks), "--block", str(args.block), "--out", str(out)],
+                    "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--cycles", str(args.cycles), "--block", str(args.block), "--out", str(out)],
                    check=True, env=env, capture_output=True, timeout=1800)
     data = json.loads(out.read_text())
-    times = data["times"]
-    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-    mean = {k: statistics.fmean(v) * 1000 for k, v in times.items()}
-    steps = len(times["capture"])
+    rounds, blocks = data["rounds"], data["blocks"]
+    med = {k: statistics.median(v) * 1000 for k, v in rounds.items()}
+    # paired per round: each arm's step against the plain step of the same round
+    paired = {k: statistics.median(a / b - 1 for a, b in zip(v, rounds["plain"])) for k, v in rounds.items()}
+    overhead, floor, noise = (paired[k] for k in ("capture", "python_hook", "plain_twin"))
+    prof = statistics.median(statistics.median(a) / statistics.median(b) - 1
+                             for a, b in zip(blocks["profiler"], blocks["plain"]))
+    steps = len(rounds["capture"])
     per_step = data["recorded"] / steps if steps else 0
-    overhead = (med["capture"] - med["plain"]) / med["plain"]
-    prof = (med["profiler"] - med["plain"]) / med["plain"]
-    floor = (med["python_hook"] - med["plain"]) / med["plain"]
     call = per_call_cost()
-    print(f"{args.nproc} ranks, {steps} steps per mode in alternating blocks of {args.block}; "
-          f"tracekit's DDP hook: {data['hook']}")
-    for k in ("plain", "python_hook", "capture", "profiler"):
-        print(f"  {k:<11} median step {med[k]:7.2f} ms   mean {mean[k]:7.2f} ms")
-    print(f"capture overhead: {overhead:+.2%} of step time (target <= 1 %); torch.profiler: {prof:+.2%}")
+    print(f"{args.nproc} ranks, {args.epochs} epochs (models built anew) x {args.rounds} rounds of one step per arm "
+          f"(random order): {steps} steps per arm; tracekit's DDP hook: {data['hook']}")
+    for k in ("plain", "plain_twin", "python_hook", "capture"):
+        print(f"  {k:<11} median step {med[k]:7.2f} ms   vs plain, paired per round {paired[k]:+7.2%}")
+    print(f"capture overhead: {overhead:+.2%} of step time (target <= 1 %); A/A noise (an identical plain model): "
+          f"{noise:+.2%}")
+    cpu = {k: statistics.median(v) * 1000 for k, v in data["cpu"].items()}
+    cpu_overhead = (cpu["capture"] - cpu["plain"]) / cpu["plain"]
+    print(f"CPU time per step (this process, all threads; less noisy than wall time): plain {cpu['plain']:.2f} ms, "
+          f"plain_twin {cpu['plain_twin']:.2f} ms, capture {cpu['capture']:.2f} ms ({cpu_overhead:+.2%})")
+    print(f"torch.profiler (CPU), {len(blocks['plain'])} x {args.block}-step blocks vs plain blocks: {prof:+.2%}")
     print(f"  for comparison, PyTorch's Python allreduce_hook alone (records nothing): {floor:+.2%}")
     print(f"recorded per step on rank 0: {per_step:.1f} collectives (+1 step record)")
     print(f"per recorded collective (1-rank all_reduce): {call['capture'] - call['plain']:.1f} us "
@@ -175,6 +205,7 @@ def main() -> None:
                       "baseline": "torch.profiler (CPU)", "baseline_value": round(prof * 100, 2),
                       "ratio": round(overhead / prof, 3) if prof else None,
                       "ddp_hook": data["hook"], "python_comm_hook_floor_pct": round(floor * 100, 2),
+                      "aa_noise_pct": round(noise * 100, 2), "cpu_overhead_pct": round(cpu_overhead * 100, 2),
                       "median_step_ms": {k: round(v, 3) for k, v in med.items()},
                       "us_per_recorded_collective": round(call["capture"] - call["plain"], 2),
                       "collectives_per_step": round(per_step, 1)}))

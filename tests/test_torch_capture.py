@@ -157,6 +157,9 @@ def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook
                    and r["exit_ns"] >= r["enter_ns"] for r in buckets)
         assert any(r["nonfinite"] for r in buckets if r["step"] == 4) is (rank == 1)
         assert not any(r["nonfinite"] for r in buckets if r["step"] < 4)
-    steps = _sql(tmp_path / "cap", "SELECT rank, step, nonfinite FROM steps ORDER BY rank, step")
+    steps = _sql(tmp_path / "cap", "SELECT rank, step, nonfinite, grad_norm FROM steps ORDER BY rank, step")
     assert [(s["rank"], s["step"], s["nonfinite"]) for s in steps] == [
         (rank, step, rank == 1 and step == 4) for rank in (0, 1) for step in range(5)]
+    for s in steps:  # the recorded norm is the rank's local one, summed over its buckets before reduction
+        if s["step"] < 4:
+            assert s["grad_norm"] == pytest.approx(captured[s["rank"]]["norms"][s["step"]], rel=1e-5)

@@ -101,6 +101,18 @@ class SpoolStream:
             self._buffered += 1
         self.spool._ensure_flusher()
 
+    def write_lines(self, text: str, count: int) -> None:
+        """Buffer ``count`` already-encoded JSON lines at once (``text`` ends in a newline)."""
+        if not count:
+            return
+        if self._closed:
+            self._drop(count, "the spool was already closed")
+            return
+        with self._lock:
+            self._buffer.append(text)
+            self._buffered += count
+        self.spool._ensure_flusher()
+
     def flush(self) -> None:
         # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
         # and the footer is always the last line

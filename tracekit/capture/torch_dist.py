@@ -60,12 +60,6 @@ _OPS: dict[str, tuple[str | None, str | None, bool]] = {
     "irecv": ("tensor", "src", True),
 }
 _P2P = {"send", "recv", "isend", "irecv"}
-# c10 scalar type names (what the native hook reports) -> torch dtype names (what the Python wrappers write)
-_C10_DTYPES = {
-    "Float": "float32", "Double": "float64", "Half": "float16", "BFloat16": "bfloat16", "Long": "int64",
-    "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool",
-    "ComplexFloat": "complex64", "ComplexDouble": "complex128",
-}
 _HEARTBEAT_S = 0.5
 _TICK_S = 0.04
 _PROBE_REPEATS = 3
@@ -113,13 +107,13 @@ class _Capture:
         self.step_start_ns = time.time_ns()
         self.explicit_steps = False
         self.nonfinite: bool | None = None
+        self.grad_sqsum: float | None = None  # local buckets' squared norm this step (the Python hook's)
         self.loss: Any = None
         self._seq: dict[Any, Any] = {}
         self._group_names: dict[int, str] = {}
         self.inflight: dict[int, dict[str, Any]] = {}
         self._inflight_ids = itertools.count()
         self.last_seq = -1
-        self.last_activity_ns = time.time_ns()
         self.probe_round = 0
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
@@ -132,6 +126,8 @@ class _Capture:
         self.native = module
         if module is not None:
             module.set_step(self.step)
+            if self.rank is not None:
+                module.set_identity(self.rank, self.world)
 
     # -- identity --------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -142,6 +138,8 @@ class _Capture:
                 return False
             self.rank = int(self.dist.get_rank())
             self.world = int(self.dist.get_world_size())
+            if self.native is not None:
+                self.native.set_identity(self.rank, self.world)
         except Exception:  # noqa: BLE001 - never raise into training code
             return False
         self._start_heartbeat()
@@ -185,7 +183,6 @@ class _Capture:
         }
         token = next(self._inflight_ids)
         self.inflight[token] = record
-        self.last_activity_ns = enter_ns
         return token, record
 
     def finish(self, token: int, ok: bool, error: str | None = None) -> None:
@@ -197,36 +194,40 @@ class _Capture:
         record["ok"] = ok
         if error:
             record["error"] = error[:300]
-        self.last_activity_ns = now
         self.collectives.write(record)
 
     def drain_native(self, interrupted: str = "") -> None:
         """Write the bucket all-reduces the native hook completed (with ``interrupted``: also the in-flight ones)."""
-        if self.native is None:
-            return
-        records = self.native.drain(interrupted)
-        if not records:
-            return
-        write, rank, world = self.collectives.write, self.rank, self.world
-        for group, seq, enter, exit_, step_, nbytes, dtype, ok, nonfinite, error in records:
-            record = {
-                "rank": rank, "world_size": world, "process_group": group, "seq": seq, "op": "all_reduce",
-                "enter_ns": enter, "step": step_, "bytes": nbytes, "dtype": _C10_DTYPES.get(dtype, dtype.lower()),
-                "peer": None, "async_op": True, "source": "ddp", "nonfinite": nonfinite, "exit_ns": exit_, "ok": ok,
-            }
-            if error:
-                record["error"] = error
-            write(record)
-        self.last_activity_ns = max(self.last_activity_ns, records[-1][3])
+        if self.native is not None:
+            lines, count = self.native.drain(interrupted)  # JSON lines, formatted in C++
+            self.collectives.write_lines(lines, count)
 
-    def end_step(self, *, loss: float | None = None, grad_norm: float | None = None) -> None:
+    def close(self) -> None:
+        """Stop the heartbeat and write what the native hook still holds (the spool is closing)."""
+        self._stop.set()
+        self.drain_native()
+
+    def end_step(self, *, loss: float | None = None, grad_norm: float | None = None, optimizer: Any = None) -> None:
+        """Write the step record. The gradient norm, unless given, is this rank's *local* one, measured
+        by the DDP hook on each bucket before the reduction, or else from ``optimizer``'s gradients."""
         if not self.ready():
             return
         now = time.time_ns()
+        sqsum, self.grad_sqsum = self.grad_sqsum, None
         if self.native is not None:
             local = self.native.take_nonfinite()  # did any bucket the native hook checked hold a NaN/inf?
             if local is not None:
                 self.nonfinite = bool(self.nonfinite) or local
+            native_sqsum = self.native.take_grad_sqsum()
+            if native_sqsum is not None:
+                sqsum = (sqsum or 0.0) + native_sqsum
+        if grad_norm is None and sqsum is not None:
+            grad_norm = math.sqrt(sqsum) if math.isfinite(sqsum) else None  # non-finite: the flag says so
+        elif grad_norm is None and optimizer is not None:
+            try:
+                grad_norm = _grad_norm(optimizer, self.torch)
+            except Exception:  # noqa: BLE001
+                grad_norm = None
         if loss is None and self.loss is not None:
             try:
                 loss = float(self.loss)
@@ -234,7 +235,8 @@ class _Capture:
                 loss = None
         self.steps.write({
             "rank": self.rank, "step": self.step, "start_ns": self.step_start_ns, "end_ns": now,
-            "loss": loss if loss is None or loss == loss else None, "grad_norm": grad_norm,
+            "loss": loss if loss is None or loss == loss else None,
+            "grad_norm": grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
             "nonfinite": self.nonfinite if self.nonfinite is not None else (
                 None if loss is None else not (abs(loss) < float("inf"))),
         })
@@ -244,7 +246,6 @@ class _Capture:
         self.step_start_ns = now
         self.nonfinite = None
         self.loss = None
-        self.last_activity_ns = now
 
     # -- liveness --------------------------------------------------------------------------
     def heartbeat_record(self, state: str) -> dict[str, Any]:
@@ -289,6 +290,8 @@ class _Capture:
                 record = self.heartbeat_record("alive")
                 record["sched_lag_ns"] = worst
                 worst = 0
+                if self._stop.is_set():  # the spool closed while this beat was made
+                    return
                 stream.write(record)
 
     def _install_sigterm(self) -> None:
@@ -522,11 +525,15 @@ def _first_tensor(fut: Any) -> Any:
 
 
 def _begin_bucket(cap: _Capture, group: Any, buffer: Any, source: str) -> int:
-    """Open the record of one gradient bucket's all-reduce, checking the *local* bucket first: a
-    NaN or inf anywhere makes its sum non-finite. Sets the step's non-finite flag."""
+    """Open the record of one gradient bucket's all-reduce, measuring the *local* bucket first, in one
+    pass: its L2 norm (summed into the rank's gradient norm) and whether it holds a NaN or inf (then
+    the norm is not finite; an infinite norm is confirmed element-wise, since squares of huge values
+    overflow). Sets the step's non-finite flag."""
     enter = time.time_ns()
-    nonfinite = not math.isfinite(buffer.sum().item())
+    norm = float(buffer.norm()) if buffer.is_floating_point() else 0.0
+    nonfinite = not math.isfinite(norm) and (math.isnan(norm) or not bool(buffer.isfinite().all()))
     cap.nonfinite = bool(cap.nonfinite) or nonfinite
+    cap.grad_sqsum = (cap.grad_sqsum or 0.0) + norm * norm
     name = cap.group_name(group)
     nbytes, dtype = _nbytes(buffer)
     token, _ = cap.begin("all_reduce", name, cap.next_seq(name), enter, bytes=nbytes, dtype=dtype, async_op=True,
@@ -657,11 +664,7 @@ def _patch_optimizer_and_backward(torch: Any) -> None:
         cap = _cap
         if cap is None or cap.explicit_steps:
             return
-        try:
-            norm = _grad_norm(optimizer, torch)
-        except Exception:  # noqa: BLE001
-            norm = None
-        cap.end_step(grad_norm=norm)
+        cap.end_step(optimizer=optimizer)
 
     _hook_handles.append(register_optimizer_step_post_hook(post_step))
     backward = torch.Tensor.backward
@@ -711,7 +714,7 @@ def instrument() -> bool:
         _cap.attach_native(native.load())
         # the native hook's records reach the spool at every flush (every 200 ms, an explicit flush, exit)
         run.spool.before_flush.append(_cap.drain_native)
-        run.spool.before_close.append(_cap.drain_native)
+        run.spool.before_close.append(_cap.close)
         _cap.ready()
     return True
 
@@ -806,11 +809,11 @@ def uninstrument() -> None:
             backward = torch.Tensor.backward
             torch.Tensor.backward = getattr(backward, "__tracekit_original__", backward)
         if _cap is not None:
-            _cap._stop.set()
-            _cap.drain_native()
-            for hooks in (_cap.run.spool.before_flush, _cap.run.spool.before_close):
+            _cap.close()
+            for hooks, hook in ((_cap.run.spool.before_flush, _cap.drain_native),
+                                (_cap.run.spool.before_close, _cap.close)):
                 try:
-                    hooks.remove(_cap.drain_native)
+                    hooks.remove(hook)
                 except ValueError:
                     pass
         _cap = None

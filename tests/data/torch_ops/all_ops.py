@@ -42,4 +42,5 @@ for _ in range(3):
     loss = model(torch.randn(8, 32)).pow(2).mean()
     loss.backward()
     opt.step()
+del model, opt  # free DDP's reducer before the process group (PyTorch can abort at exit otherwise)
 dist.destroy_process_group()

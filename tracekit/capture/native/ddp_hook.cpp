@@ -4,12 +4,15 @@
 // `.then` continuation), measured at +2 to +16 % step time before recording anything. This hook
 // does what PyTorch's built-in ALLREDUCE hook does (divide by the group size, all-reduce, return
 // the reduced buffer) and, in C++:
-//   * checks the *local* bucket for non-finite values before reducing (one sum: a NaN or inf
-//     anywhere makes it non-finite);
+//   * measures the *local* bucket before reducing, in one pass: its L2 norm, summed over the step's
+//     buckets into this rank's gradient norm, and whether it holds a NaN or inf (then the norm is
+//     not finite; an infinite norm is confirmed element-wise, since squares of huge values overflow);
 //   * numbers the all-reduce from the same per-group counter tracekit's Python wrappers use, so
 //     DDP's buckets and the script's own collectives share one sequence per process group;
 //   * records enter (before the call) and exit (when the work completed: the future's callback,
-//     on gloo's thread) and whether it failed.
+//     on gloo's thread; nothing else runs there) and whether it failed.
+// Records leave as JSON lines of tracekit's ``collectives`` stream, formatted here: encoding them in
+// Python cost more than everything else capture does per step.
 // Python drains the completed records at every spool flush (the flusher thread, off the training
 // thread), at exit, and on SIGTERM (then in-flight ones too, marked interrupted).
 #include <torch/extension.h>
@@ -19,7 +22,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cinttypes>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +62,10 @@ struct State {
   int64_t next_token = 0;
   std::atomic<int64_t> step{0};
   std::atomic<int> nonfinite{-1};  // since the last take: -1 no bucket checked, 0 all finite, 1 some not
+  std::atomic<int64_t> rank{-1};
+  std::atomic<int64_t> world{-1};
+  double grad_sqsum = 0.0;         // squared L2 norm of the local buckets measured since the last take
+  bool grad_any = false;
 };
 
 State& state() {
@@ -70,9 +79,69 @@ int64_t next_seq(const std::string& group) {
   return s.seq[group]++;
 }
 
-py::tuple as_tuple(const Record& r) {
-  return py::make_tuple(r.group, r.seq, r.enter_ns, r.exit_ns, r.step, r.bytes, r.dtype, r.ok,
-                        r.nonfinite, r.error);
+// torch's name of a dtype ("float32"), as tracekit's Python wrappers write it.
+std::string dtype_name(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: return c10::toString(type);
+  }
+}
+
+void json_string(std::string& out, const std::string& value) {
+  out += '"';
+  for (unsigned char c : value) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += '"';
+}
+
+// One line of the ``collectives`` stream (the fields tracekit's Python wrappers write for a call).
+void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"world_size\":%" PRId64 ",\"process_group\":", rank, world);
+  out += buf;
+  json_string(out, r.group);
+  std::snprintf(buf, sizeof buf,
+                ",\"seq\":%" PRId64 ",\"op\":\"all_reduce\",\"enter_ns\":%" PRId64 ",\"step\":%" PRId64
+                ",\"bytes\":%" PRId64 ",\"dtype\":",
+                r.seq, r.enter_ns, r.step, r.bytes);
+  out += buf;
+  json_string(out, r.dtype);
+  std::snprintf(buf, sizeof buf,
+                ",\"peer\":null,\"async_op\":true,\"source\":\"ddp\",\"nonfinite\":%s,\"exit_ns\":%" PRId64
+                ",\"ok\":%s",
+                r.nonfinite ? "true" : "false", r.exit_ns, r.ok ? "true" : "false");
+  out += buf;
+  if (!r.error.empty()) {
+    out += ",\"error\":";
+    json_string(out, r.error);
+  }
+  out += "}\n";
 }
 
 class RecordingAllReduceHook
@@ -88,8 +157,16 @@ class RecordingAllReduceHook
     at::Tensor& buffer = bucket.getBufferRef();
     Record record;
     record.enter_ns = now_ns();
+    double sqnorm = 0.0;
+    bool measured = false;
     if (check_finite_ && at::isFloatingType(buffer.scalar_type())) {
-      record.nonfinite = !std::isfinite(buffer.sum().item<double>());
+      double norm = buffer.norm().item<double>();
+      record.nonfinite = !std::isfinite(norm);
+      if (record.nonfinite && !std::isnan(norm)) {  // inf: a real inf, or squares of huge values overflowed
+        record.nonfinite = !buffer.isfinite().all().item<bool>();
+      }
+      sqnorm = norm * norm;
+      measured = true;
       int expected = -1;
       auto& flag = state().nonfinite;
       if (record.nonfinite) {
@@ -100,7 +177,7 @@ class RecordingAllReduceHook
     }
     record.group = name_;
     record.bytes = static_cast<int64_t>(buffer.numel()) * static_cast<int64_t>(buffer.element_size());
-    record.dtype = std::string(c10::toString(buffer.scalar_type()));
+    record.dtype = dtype_name(buffer.scalar_type());
     record.step = state().step.load();
     int64_t token;
     {
@@ -108,6 +185,10 @@ class RecordingAllReduceHook
       std::lock_guard<std::mutex> lock(s.mu);
       record.seq = s.seq[name_]++;
       token = s.next_token++;
+      if (measured) {
+        s.grad_sqsum += sqnorm;
+        s.grad_any = true;
+      }
       s.inflight.emplace(token, record);
     }
     buffer.div_(state_->getSize());  // what the built-in ALLREDUCE hook does: average
@@ -158,8 +239,9 @@ void register_hook(py::object reducer, const c10::intrusive_ptr<c10d::ProcessGro
   r.register_comm_hook(std::make_unique<RecordingAllReduceHook>(group, name, check_finite));
 }
 
-// Completed records (and, with `interrupted`, the in-flight ones, marked failed with that reason).
-py::list drain(const std::string& interrupted) {
+// Completed records (and, with `interrupted`, the in-flight ones, marked failed with that reason) as
+// (JSON lines, how many).
+py::tuple drain(const std::string& interrupted) {
   std::vector<Record> out;
   {
     auto& s = state();
@@ -176,11 +258,16 @@ py::list drain(const std::string& interrupted) {
       s.inflight.clear();
     }
   }
-  py::list result;
+  std::string text;
+  text.reserve(out.size() * 330);
+  int64_t rank = state().rank.load(), world = state().world.load();
   for (const auto& r : out) {
-    result.append(as_tuple(r));
+    json_line(text, r, rank, world);
   }
-  return result;
+  // "replace": an error message from the transport is not guaranteed to be valid UTF-8
+  auto lines = py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "replace"));
+  return py::make_tuple(lines, static_cast<int64_t>(out.size()));
 }
 
 // The oldest in-flight bucket all-reduce as (group, seq, enter_ns), or None.
@@ -192,6 +279,19 @@ py::object oldest_inflight() {
   }
   const Record& r = s.inflight.begin()->second;
   return py::make_tuple(r.group, r.seq, r.enter_ns);
+}
+
+// The squared L2 norm of the local buckets measured since the last call (before reduction), or None.
+py::object take_grad_sqsum() {
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.grad_any) {
+    return py::none();
+  }
+  double sum = s.grad_sqsum;
+  s.grad_sqsum = 0.0;
+  s.grad_any = false;
+  return py::float_(sum);
 }
 
 int64_t last_seq(const std::string& group) {
@@ -210,10 +310,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("next_seq", &next_seq, py::arg("group"));
   m.def("last_seq", &last_seq, py::arg("group"));
   m.def("set_step", [](int64_t step) { state().step.store(step); }, py::arg("step"));
+  m.def(
+      "set_identity",
+      [](int64_t rank, int64_t world) {
+        state().rank.store(rank);
+        state().world.store(world);
+      },
+      py::arg("rank"), py::arg("world_size"));
   m.def("take_nonfinite", []() -> py::object {
     int v = state().nonfinite.exchange(-1);
     return v < 0 ? py::object(py::none()) : py::object(py::bool_(v == 1));
   });
+  m.def("take_grad_sqsum", &take_grad_sqsum);
   m.def("drain", &drain, py::arg("interrupted") = "");
   m.def("oldest_inflight", &oldest_inflight);
 }
