@@ -163,3 +163,15 @@ def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook
     for s in steps:  # the recorded norm is the rank's local one, summed over its buckets before reduction
         if s["step"] < 4:
             assert s["grad_norm"] == pytest.approx(captured[s["rank"]]["norms"][s["step"]], rel=1e-5)
+
+
+def test_native_hook_is_built_and_loads(tmp_path: Path) -> None:
+    """install.sh builds the native DDP hook for this torch and Python; a job only loads it (never compiles)."""
+    out = subprocess.run([sys.executable, "-m", "tracekit.capture.native", "--format", "json"], cwd=tmp_path,
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    status = json.loads(out.stdout)
+    assert out.returncode == 0 and status["loads"] and status["built"] and not status["built_now"], out.stderr
+    assert "torch" in Path(status["library"]).parent.name and status["error"] is None
+    off = subprocess.run([sys.executable, "-m", "tracekit.capture.native", "--format", "json"], cwd=tmp_path,
+                         env=_env(tmp_path, TRACEKIT_NATIVE="0"), capture_output=True, text=True, timeout=120)
+    assert off.returncode == 1 and json.loads(off.stdout)["error"] == "TRACEKIT_NATIVE=0"

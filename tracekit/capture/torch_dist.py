@@ -7,8 +7,8 @@ op, bytes, dtype, enter/exit ns, step, ok) -- not one OpenTelemetry span per cal
 * the public and ``distributed_c10d`` functions are wrapped; for ``async_op=True`` and isend/irecv
   the exit time is the work's completion (its future's callback), not the call's return;
 * DistributedDataParallel is patched so every wrapped model gets a communication hook that records
-  each gradient-bucket all-reduce and checks the *local* bucket for non-finite values before the
-  reduction (one ``buf.sum()``, finite or not: ~0.3 ms per 1 M floats). The hook is native
+  each gradient-bucket all-reduce and measures the *local* bucket before the reduction, in one pass:
+  its norm (summed into the rank's gradient norm) and whether it holds a NaN or inf. The hook is native
   (``tracekit.capture.native``: no GIL per bucket, records drained at every spool flush) when its
   prebuilt library loads, else ``_ddp_allreduce_hook`` in Python;
 * the optimizer's step (global post hook) closes a training step (stream ``steps``: start, end,
@@ -631,14 +631,15 @@ def _hook_ddp(ddp: Any, cap: _Capture, register: Callable[..., Any]) -> None:
             # freed by the reducer's destructor, which runs holding the GIL: the group's destructor joins
             # gloo's threads, and one may need the GIL to free a tensor (a deadlock at exit, seen in 2 of
             # 4 jobs). Freed from Python, the group's binding releases the GIL first.
-            _native_groups.append(ddp.process_group)
+            if not any(group is ddp.process_group for group in _native_groups):
+                _native_groups.append(ddp.process_group)
             return
         if not cap._warned_native and cap.rank == 0:
             cap._warned_native = True
             from tracekit.capture import native
 
             print(f"tracekit: native DDP hook unavailable: {native.load_error()}; gradient buckets are recorded "
-                  "by the Python hook instead (a few % slower)", file=sys.stderr)
+                  "by the Python hook instead (slower: see docs/training.md)", file=sys.stderr)
         register(ddp, ddp.process_group, _ddp_allreduce_hook)
     except Exception:  # noqa: BLE001 - e.g. a hook registered behind our back
         pass
