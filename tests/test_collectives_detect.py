@@ -84,6 +84,26 @@ def test_throttle_told_apart_by_scheduling_lag() -> None:
     assert findings[0].evidence["sched_lag_ms"] == 80.0
 
 
+def test_throttle_found_from_scheduling_lag_when_late_arrivals_are_intermittent() -> None:
+    """A stop/continue duty cycle lets the starved rank catch up now and then: its late arrivals alone
+    are not persistent enough, its heartbeats (late in every beat from step 10) still name it."""
+    findings = detect(build(steps=60, late={1: (99, 0)}, sched_lag={1: (10, 70)}))
+    assert [(f.kind, f.subject) for f in findings] == [("throttle", "rank:1")]
+    top = findings[0]
+    assert 10 <= top.first_step <= 11 and top.evidence["starved_heartbeats"] >= 4
+    assert top.evidence["peers_sched_lag_ms"] == 2.0 and 0.5 < top.confidence <= 1
+
+
+def test_one_slow_wakeup_or_a_machine_wide_stall_is_not_a_throttle() -> None:
+    frames = build(steps=60)
+    hb = frames.heartbeats
+    spike = hb.with_columns(sched_lag_ns=pl.when((pl.col("rank") == 2) & (pl.col("step") == 25))
+                            .then(300 * MS).otherwise(pl.col("sched_lag_ns")))
+    assert detect(RunFrames(collectives=frames.collectives, steps=frames.steps, heartbeats=spike)) == []
+    stall = hb.with_columns(sched_lag_ns=pl.when(pl.col("step") >= 20).then(90 * MS).otherwise(pl.col("sched_lag_ns")))
+    assert detect(RunFrames(collectives=frames.collectives, steps=frames.steps, heartbeats=stall)) == []
+
+
 def test_transient_late_arrivals_are_not_a_straggler() -> None:
     """Guards against alarming on noise: a rank late in 2 isolated steps is not a straggler."""
     frames = build()
@@ -211,7 +231,7 @@ def test_detectors_are_injectable_and_findings_sorted() -> None:
     found = detect(build(), detectors=[mine])
     assert calls == [4]
     assert [f.subject for f in found] == ["rank:1", "rank:2"]  # the straggler after the hang's onset is a symptom
-    assert len(DEFAULT_DETECTORS) == 4
+    assert len(DEFAULT_DETECTORS) == 5
 
 
 def test_finding_dict_is_the_json_contract() -> None:

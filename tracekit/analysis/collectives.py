@@ -9,8 +9,10 @@ finding        evidence
 =============  ==========================================================================================
 straggler      one rank enters the shared collectives last, step after step, by more than the job's
                own arrival noise (and so waits least); its backward pass runs at its usual pace
-throttle       the same late arrival, and the rank's threads wake up late (its heartbeat thread measures
-               its own scheduling lag): the whole process is starved of CPU, not merely busy
+throttle       the rank's threads wake up late, heartbeat after heartbeat, far later than its peers' (its
+               heartbeat thread measures its own scheduling lag): the whole process is starved of CPU, not
+               merely busy; usually it also arrives last, but a stop/continue duty cycle lets it catch up
+               now and then, so the scheduling lag alone suffices
 hang           the other ranks entered collective N (and timed out or are still waiting); this rank
                never entered N, yet its heartbeats show it alive after they had entered
 crash          the same missing rank, but its records and heartbeats stop before the others failed
@@ -105,6 +107,8 @@ class Thresholds:
 
 
 Detector = Callable[[RunFrames, Thresholds], list[Finding]]
+HEARTBEAT_BIN_NS = 500 * MS  # capture's heartbeat period: one beat per rank per bin
+WARMUP_STEPS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +332,79 @@ def _classify_slow_rank(frames: RunFrames, spans: pl.DataFrame, rank: int, onset
     evidence["peers_sched_lag_ms"] = _ms(peers)
     throttled = float(own) >= max(th.throttle_ratio * float(peers), float(th.throttle_lag_ns))
     return ("throttle" if throttled else "straggler"), evidence
+
+
+def detect_starved_ranks(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """Throttle from scheduling lag alone: a rank whose threads wake up late heartbeat after heartbeat,
+    far later than its peers' at the same time, is starved of CPU, even in the steps where it happens
+    not to arrive last (a quota or a stop/continue duty cycle lets it catch up now and then, so late
+    arrivals alone can take several steps to become persistent)."""
+    hb = frames.heartbeats
+    if hb.height == 0 or "sched_lag_ns" not in hb.columns or frames.world_size < 2:
+        return []
+    # steps 0 and 1 are warm-up (lazy initialization; DDP rebuilds its buckets after step 0): a rank's
+    # threads may wake late then without being starved
+    hb = hb.filter(pl.col("sched_lag_ns").is_not_null() & (pl.col("step") >= WARMUP_STEPS))
+    if hb.height == 0:
+        return []
+    t0 = int(hb["ts_ns"].min())
+    per = (hb.with_columns(bin=(pl.col("ts_ns") - t0) // HEARTBEAT_BIN_NS)
+           .group_by("bin", "rank").agg(lag=pl.col("sched_lag_ns").max(), step=pl.col("step").min()))
+    stats = per.group_by("bin").agg(med=pl.col("lag").median(), total=pl.col("lag").sum(), n=pl.len())
+    # the peers at the same time: the other rank of two, else the median rank (robust to the one starved)
+    per = (per.join(stats, on="bin").filter(pl.col("n") >= 2)
+           .with_columns(peers=pl.when(pl.col("n") == 2).then(pl.col("total") - pl.col("lag")).otherwise(pl.col("med")))
+           .with_columns(flag=pl.col("lag") >= pl.max_horizontal(pl.col("peers") * th.throttle_ratio,
+                                                                 pl.lit(th.throttle_lag_ns)))
+           .sort("rank", "bin"))
+    findings = []
+    for rank in per.filter(pl.col("flag"))["rank"].unique().sort():
+        mine = per.filter(pl.col("rank") == rank)
+        flag = mine["flag"].to_numpy()
+        n = len(flag)
+        onset = None
+        for i in np.flatnonzero(flag):
+            window = flag[i:i + th.window]
+            if window.sum() >= min(th.min_in_window, max(n - i - 1, 2)):
+                onset = int(i)
+                break
+        if onset is None:
+            continue
+        since = flag[onset:]
+        frac = float(since.mean())
+        if since.sum() < th.min_in_window or frac < th.min_fraction:
+            continue
+        lags = mine["lag"].to_numpy()[onset:][since]
+        peers = mine["peers"].to_numpy()[onset:][since]
+        own, others = float(np.median(lags)), float(np.median(peers))
+        confidence = round(min(0.99, 0.5 * frac + 0.5 * min(1.0, own / (2 * th.throttle_lag_ns))), 3)
+        first = int(mine["step"][onset])
+        evidence = {"sched_lag_ms": _ms(own), "peers_sched_lag_ms": _ms(others),
+                    "starved_heartbeats": int(since.sum()), "heartbeats_since_onset": len(since)}
+        findings.append(Finding(
+            "throttle", f"rank:{int(rank)}", first, confidence, evidence,
+            f"rank {int(rank)} is starved of CPU from step {first}: its threads wake {_ms(own)} ms late "
+            f"(peers {_ms(others)} ms) in {int(since.sum())} of {len(since)} heartbeats since",
+        ))
+    return findings
+
+
+def _merge_slow_rank_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per slow rank: starvation (throttle) outranks a straggler reading of the same rank,
+    and two throttle readings (late arrivals, scheduling lag) merge into the earlier, surer one."""
+    throttled: dict[str, list[Finding]] = {}
+    for f in findings:
+        if f.kind == "throttle":
+            throttled.setdefault(f.subject, []).append(f)
+    out = [f for f in findings if not (f.kind in ("straggler", "throttle") and f.subject in throttled)]
+    for subject, same in throttled.items():
+        steps = [f.first_step for f in same if f.first_step is not None]
+        best = max(same, key=lambda f: f.confidence)
+        evidence = {k: v for f in sorted(same, key=lambda f: f.confidence) for k, v in f.evidence.items()}
+        first = min(steps) if steps else None
+        summary = best.summary if first == best.first_step else f"{best.summary} (starved from step {first})"
+        out.append(Finding("throttle", subject, first, best.confidence, evidence, summary))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,7 +637,8 @@ def _collective_slowdown(frames: RunFrames, onset: Any) -> dict[str, Any]:
 # running
 
 
-DEFAULT_DETECTORS: tuple[Detector, ...] = (detect_missing_rank, detect_nonfinite, detect_slow_links, detect_stragglers)
+DEFAULT_DETECTORS: tuple[Detector, ...] = (detect_missing_rank, detect_nonfinite, detect_slow_links, detect_stragglers,
+                                           detect_starved_ranks)
 
 
 def detect(
@@ -572,7 +650,7 @@ def detect(
     findings on steps after a hang/crash onset are dropped.
     """
     th = thresholds or Thresholds()
-    findings = [f for d in detectors for f in d(frames, th)]
+    findings = _merge_slow_rank_findings([f for d in detectors for f in d(frames, th)])
     stops = [f.first_step for f in findings if f.kind in ("hang", "crash") and f.first_step is not None]
     if stops:
         findings = [f for f in findings if not (f.kind in ("straggler", "throttle")
