@@ -13,6 +13,8 @@
 | TRACEKIT_RECORD             | (unset)                | set by `tracekit record`: capture starts in every process  |
 | TRACEKIT_DISABLED           | (unset)                | 1 turns capture off entirely (decorators become no-ops)    |
 | TRACEKIT_TORCH              | 1                      | under `record`, hook torch.distributed when it is imported |
+| TRACEKIT_NATIVE             | 1                      | 0: record DDP buckets with the Python hook, not the C++ one |
+| TRACEKIT_EXT_DIR            | ~/.cache/tracekit/ext  | where the native DDP hook is built and loaded from         |
 | TRACEKIT_INJECT             | (unset)                | set by the campaign runner: this run's fault plan (JSON)   |
 | TRACEKIT_JUDGE_URL          | (unset)                | OpenAI-compatible base URL of the model judge (`--judge`)  |
 | TRACEKIT_JUDGE_MODEL        | (unset)                | the judge's model name (required with the URL)             |
