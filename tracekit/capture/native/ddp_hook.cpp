@@ -144,6 +144,23 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   out += "}\n";
 }
 
+// L2 norm of a bucket. A contiguous float32 CPU bucket (the usual DDP bucket) is summed in one
+// vectorised loop with double accumulators: at::norm pays the dispatcher and a TensorIterator per
+// call, more than the arithmetic on a bucket of a few hundred KB. NaN and inf propagate as in at::norm.
+double local_norm(const at::Tensor& buffer) {
+  if (buffer.is_cpu() && buffer.scalar_type() == at::kFloat && buffer.is_contiguous()) {
+    const float* data = buffer.const_data_ptr<float>();
+    const int64_t n = buffer.numel();
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) {
+      acc += static_cast<double>(data[i]) * static_cast<double>(data[i]);
+    }
+    return std::sqrt(acc);
+  }
+  return buffer.norm().item<double>();
+}
+
 class RecordingAllReduceHook
     : public c10d::CppCommHookInterface<c10::intrusive_ptr<c10d::ProcessGroup>> {
  public:
@@ -160,7 +177,7 @@ class RecordingAllReduceHook
     double sqnorm = 0.0;
     bool measured = false;
     if (check_finite_ && at::isFloatingType(buffer.scalar_type())) {
-      double norm = buffer.norm().item<double>();
+      double norm = local_norm(buffer);
       record.nonfinite = !std::isfinite(norm);
       if (record.nonfinite && !std::isnan(norm)) {  // inf: a real inf, or squares of huge values overflowed
         record.nonfinite = !buffer.isfinite().all().item<bool>();
