@@ -11,8 +11,8 @@
 //     DDP's buckets and the script's own collectives share one sequence per process group;
 //   * records enter (before the call) and exit (when the work completed: the future's callback,
 //     on gloo's thread; nothing else runs there) and whether it failed.
-// Records leave as JSON lines of tracekit's ``collectives`` stream, formatted here: encoding them in
-// Python cost more than everything else capture does per step.
+// Records leave as JSON lines of tracekit's ``collectives`` stream, formatted here, so Python builds
+// no dict and encodes no JSON per bucket.
 // Python drains the completed records at every spool flush (the flusher thread, off the training
 // thread), at exit, and on SIGTERM (then in-flight ones too, marked interrupted).
 #include <torch/extension.h>
