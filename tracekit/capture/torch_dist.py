@@ -630,7 +630,12 @@ def _hook_ddp(ddp: Any, cap: _Capture, register: Callable[..., Any]) -> None:
             # The hook holds the process group in C++. Keep a Python reference too, so the group is never
             # freed by the reducer's destructor, which runs holding the GIL: the group's destructor joins
             # gloo's threads, and one may need the GIL to free a tensor (a deadlock at exit, seen in 2 of
-            # 4 jobs). Freed from Python, the group's binding releases the GIL first.
+            # 4 jobs). The reference goes at exit, before the interpreter finalizes (a group freed during
+            # finalization aborts the process): freed from Python, the group's binding releases the GIL.
+            if not _native_groups:
+                import atexit
+
+                atexit.register(_native_groups.clear)
             if not any(group is ddp.process_group for group in _native_groups):
                 _native_groups.append(ddp.process_group)
             return
