@@ -14,5 +14,5 @@ if ! command -v g++ >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-ge
 fi
 python -m pip install -q -c constraints.txt -e '.[dev]'
 # tracekit's native DDP comm hook (C++, ~40 s once per torch/Python): without it capture falls back to
-# the Python hook, which costs a few % of step time
+# the Python hook, which costs several times more step time (docs/training.md)
 python -m tracekit.capture.native --build || echo "install.sh: the native DDP hook did not build; capture uses the Python hook" >&2

@@ -96,13 +96,7 @@ class SpoolStream:
 
     def write_line(self, line: str) -> None:
         """Buffer one already-encoded JSON line (ending in a newline)."""
-        if self._closed:
-            self._drop(1, "the spool was already closed")
-            return
-        with self._lock:
-            self._buffer.append(line)
-            self._buffered += 1
-        self.spool._ensure_flusher()
+        self.write_lines(line, 1)
 
     def write_lines(self, text: str, count: int) -> None:
         """Buffer ``count`` already-encoded JSON lines at once (``text`` ends in a newline)."""

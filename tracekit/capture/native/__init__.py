@@ -3,9 +3,9 @@
 The DDP communication hook in ``ddp_hook.cpp`` records every gradient-bucket all-reduce without
 taking the GIL (see its header). ``python -m tracekit.capture.native --build`` compiles it with
 ``torch.utils.cpp_extension`` (g++ and ninja) into a cache directory keyed by the torch version, the
-Python version and the source's hash; the README's install command runs it. A training job only
+Python version and the hash of the source and compiler flags; the README's install command runs it. A training job only
 *loads* the prebuilt library: compiling takes ~40 s and must never stall a rank. When no build is
-there, capture falls back to the Python comm hook (correct, but a few % slower) and says so once.
+there, capture falls back to the Python comm hook (correct, but slower: docs/training.md) and says so once.
 
 ``TRACEKIT_EXT_DIR`` moves the cache (default ``$XDG_CACHE_HOME/tracekit/ext`` or ``~/.cache/tracekit/ext``);
 ``TRACEKIT_NATIVE=0`` turns the native hook off.
