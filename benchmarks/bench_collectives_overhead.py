@@ -93,7 +93,7 @@ def worker(args: argparse.Namespace) -> None:
     names = ["plain", "plain_twin", "python_hook", "capture"]
     order = random.Random(7)  # the same seed on every rank: all ranks run the same arm at the same time
     rounds: dict[str, list[float]] = {name: [] for name in names}
-    before = capture.collectives.records + len(capture.collectives._buffer) if capture else 0
+    before = capture.collectives.records + capture.collectives._buffered if capture else 0
     # phase 1: each epoch builds every arm's model anew, in a random order (a model's place in memory
     # makes it a few % faster or slower for its whole life: new models every epoch average that out),
     # then runs rounds of one step per arm, in a random order
@@ -126,7 +126,7 @@ def worker(args: argparse.Namespace) -> None:
                 one_step(plain, plain_opt)
                 blocks[name].append([one_step(plain, plain_opt) for _ in range(args.block)])
     td._cap = capture
-    recorded = (capture.collectives.records + len(capture.collectives._buffer) - before) if capture else 0
+    recorded = (capture.collectives.records + capture.collectives._buffered - before) if capture else 0
     if rank == 0:
         hook = "native" if capture is not None and capture.native is not None else "python"
         Path(args.out).write_text(json.dumps({"rounds": rounds, "cpu": cpu, "blocks": blocks, "recorded": recorded, "hook": hook}))

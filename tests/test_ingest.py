@@ -119,6 +119,25 @@ def _bad_spool_files(run_dir: Path) -> dict[str, Path]:
     return out
 
 
+def test_rows_are_encoded_at_flush_in_order_and_an_unencodable_row_is_dropped_and_counted(tmp_path):
+    spool = new_spool(tmp_path / "spool")
+    stream = spool.stream("spans")
+    fields = tuple(span(0))
+    stream.write(span(0))
+    stream.write_row(fields, tuple(span(1).values()))
+    stream.write_row(fields, tuple(span(2, attributes=float("nan")).values()))  # NaN: valid for Python's json only
+    circular: list = []
+    circular.append(circular)
+    with pytest.warns(RuntimeWarning, match="could not be encoded"):
+        stream.write_row(fields, tuple(span(3, attributes=circular).values()))  # cannot be encoded at all
+        stream.write_row(fields, tuple(span(4).values()))
+        assert stream.path.read_text().count("\n") == 1  # only the header: rows wait for the flush
+        spool.close()
+    lines = [json.loads(line) for line in stream.path.read_text().splitlines()[1:-1]]
+    assert [r["name"] for r in lines] == ["s0", "s1", "s2", "s4"]
+    assert lines[1] == span(1)
+    assert (stream.records, stream.dropped) == (4, 1)
+
 def test_unreadable_spool_files_are_rejected_whole_and_nothing_partial_loads(tmp_path):
     spool = new_spool(tmp_path / "spool")
     write_spans(spool, 0, 4)

@@ -47,6 +47,22 @@ def _dumps(record: dict[str, Any]) -> str:
     return _ENCODER.encode(record)
 
 
+def _join(items: list[Any]) -> tuple[str, int]:
+    """The buffered items as JSON lines: encoded text as is, (fields, values) rows encoded now; and how
+    many rows could not be encoded (dropped)."""
+    parts: list[str] = []
+    bad = 0
+    for item in items:
+        if type(item) is str:
+            parts.append(item)
+            continue
+        try:
+            parts.append(_dumps(dict(zip(*item))) + "\n")
+        except (TypeError, ValueError):
+            bad += 1
+    return "".join(parts), bad
+
+
 def write_run_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomically (re)write ``run.json``; errors are the caller's to count."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +81,7 @@ class SpoolStream:
         self.path = spool.run_dir / f"{stream}.{os.getpid()}.{self.file_id[:8]}.jsonl"
         self.records = 0
         self.dropped = 0
-        self._buffer: list[str] = []
+        self._buffer: list[Any] = []  # encoded lines (str) and rows not yet encoded: (fields, values)
         self._buffered = 0
         self._lock = threading.Lock()
         self._io_lock = threading.RLock()
@@ -94,6 +110,18 @@ class SpoolStream:
             return
         self.write_line(line)
 
+    def write_row(self, fields: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        """Buffer one record given as field names and values; it is encoded at the next flush, in a batch,
+        off the caller's path (the flusher thread). For hot paths: the caller builds no dict and encodes
+        no JSON. ``values`` must not change after the call. Never raises."""
+        if self._closed:
+            self._drop(1, "the spool was already closed")
+            return
+        with self._lock:
+            self._buffer.append((fields, values))
+            self._buffered += 1
+        self.spool._ensure_flusher()
+
     def write_line(self, line: str) -> None:
         """Buffer one already-encoded JSON line (ending in a newline)."""
         self.write_lines(line, 1)
@@ -117,14 +145,17 @@ class SpoolStream:
             with self._lock:
                 if not self._buffer:
                     return
-                data = "".join(self._buffer)
+                items = self._buffer
                 count = self._buffered
                 self._buffer = []
                 self._buffered = 0
             if self._closed:  # buffered while close() ran: writing now would land after the footer
                 self._drop(count, "records arrived after the spool was closed")
                 return
-            self._write_now(data, count)
+            data, bad = _join(items)
+            if bad:
+                self._drop(bad, "a record could not be encoded as JSON")
+            self._write_now(data, count - bad)
 
     def close(self) -> None:
         """Flush and write the footer that marks a clean exit."""

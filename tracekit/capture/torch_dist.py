@@ -60,6 +60,13 @@ _OPS: dict[str, tuple[str | None, str | None, bool]] = {
     "irecv": ("tensor", "src", True),
 }
 _P2P = {"send", "recv", "isend", "irecv"}
+# A ``collectives`` record: an in-flight call is the tuple of _INFLIGHT_FIELDS; once complete it is
+# written as a row of _CALL_FIELDS (encoded at the next spool flush, not on the training thread).
+_INFLIGHT_FIELDS = ("process_group", "seq", "op", "enter_ns", "step", "bytes", "dtype", "peer", "async_op", "source",
+                    "nonfinite")
+_CALL_FIELDS = ("rank", "world_size", *_INFLIGHT_FIELDS, "exit_ns", "ok", "error")
+_STEP_FIELDS = ("rank", "step", "start_ns", "end_ns", "loss", "grad_norm", "nonfinite")
+_SEQ, _OP, _ENTER = 1, 2, 3  # positions in an in-flight tuple
 _HEARTBEAT_S = 0.5
 _TICK_S = 0.04
 _PROBE_REPEATS = 3
@@ -75,6 +82,9 @@ _originals: dict[tuple[str, str], Callable[..., Any]] = {}  # (module, name) -> 
 _lock = threading.Lock()
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # torch.float32 -> "float32"
+
+
 def _nbytes(value: Any) -> tuple[int, str | None]:
     """Bytes and dtype of a tensor or a list of tensors."""
     if value is None:
@@ -87,7 +97,11 @@ def _nbytes(value: Any) -> tuple[int, str | None]:
             dtype = dtype or d
         return total, dtype
     try:
-        return int(value.numel()) * int(value.element_size()), str(value.dtype).removeprefix("torch.")
+        dtype = value.dtype
+        name = _DTYPE_NAMES.get(dtype)
+        if name is None:
+            name = _DTYPE_NAMES.setdefault(dtype, str(dtype).removeprefix("torch."))
+        return int(value.nbytes), name
     except AttributeError:
         return 0, None
 
@@ -111,7 +125,7 @@ class _Capture:
         self.loss: Any = None
         self._seq: dict[Any, Any] = {}
         self._group_names: dict[int, str] = {}
-        self.inflight: dict[int, dict[str, Any]] = {}
+        self.inflight: dict[int, tuple[Any, ...]] = {}  # token -> _INFLIGHT_FIELDS
         self._inflight_ids = itertools.count()
         self.last_seq = -1
         self.probe_round = 0
@@ -176,25 +190,21 @@ class _Capture:
         return seq
 
     # -- records ---------------------------------------------------------------------------
-    def begin(self, op: str, group: str, seq: int, enter_ns: int, **fields: Any) -> tuple[int, dict[str, Any]]:
-        record = {
-            "rank": self.rank, "world_size": self.world, "process_group": group, "seq": seq, "op": op,
-            "enter_ns": enter_ns, "step": self.step, **fields,
-        }
+    def begin(self, op: str, group: str, seq: int, nbytes: int, dtype: str | None, peer: int | None,
+              async_op: bool, source: str, nonfinite: bool | None = None, enter_ns: int | None = None) -> int:
+        """Open the record of one call (enter: now, unless given); returns its token for ``finish``."""
         token = next(self._inflight_ids)
-        self.inflight[token] = record
-        return token, record
+        self.inflight[token] = (group, seq, op, enter_ns or time.time_ns(), self.step, nbytes, dtype, peer, async_op,
+                                source, nonfinite)
+        return token
 
     def finish(self, token: int, ok: bool, error: str | None = None) -> None:
+        """Close a call's record (exit: now) and hand it to the spool, which encodes it at its next flush."""
         record = self.inflight.pop(token, None)
         if record is None:
             return
-        now = time.time_ns()
-        record["exit_ns"] = now
-        record["ok"] = ok
-        if error:
-            record["error"] = error[:300]
-        self.collectives.write(record)
+        self.collectives.write_row(_CALL_FIELDS, (self.rank, self.world, *record, time.time_ns(), ok,
+                                                  error[:300] if error else None))
 
     def drain_native(self, interrupted: str = "") -> None:
         """Write the bucket all-reduces the native hook completed (with ``interrupted``: also the in-flight ones)."""
@@ -233,13 +243,12 @@ class _Capture:
                 loss = float(self.loss)
             except Exception:  # noqa: BLE001
                 loss = None
-        self.steps.write({
-            "rank": self.rank, "step": self.step, "start_ns": self.step_start_ns, "end_ns": now,
-            "loss": loss if loss is None or loss == loss else None,
-            "grad_norm": grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
-            "nonfinite": self.nonfinite if self.nonfinite is not None else (
-                None if loss is None else not (abs(loss) < float("inf"))),
-        })
+        self.steps.write_row(_STEP_FIELDS, (
+            self.rank, self.step, self.step_start_ns, now,
+            loss if loss is None or loss == loss else None,
+            grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
+            self.nonfinite if self.nonfinite is not None else (None if loss is None else not (abs(loss) < math.inf)),
+        ))
         self.step += 1
         if self.native is not None:
             self.native.set_step(self.step)
@@ -249,18 +258,17 @@ class _Capture:
 
     # -- liveness --------------------------------------------------------------------------
     def heartbeat_record(self, state: str) -> dict[str, Any]:
-        oldest = min(self.inflight.values(), key=lambda r: r["enter_ns"], default=None)
+        oldest = min(self.inflight.values(), key=lambda r: r[_ENTER], default=None)
+        op, seq, since = (oldest[_OP], oldest[_SEQ], oldest[_ENTER]) if oldest else (None, None, None)
         last_seq = self.last_seq
         if self.native is not None:
             last_seq = self.native.last_seq("default")
-            bucket = self.native.oldest_inflight()
-            if bucket is not None and (oldest is None or bucket[2] < oldest["enter_ns"]):
-                oldest = {"op": "all_reduce", "seq": bucket[1], "enter_ns": bucket[2]}
+            bucket = self.native.oldest_inflight()  # (group, seq, enter_ns)
+            if bucket is not None and (since is None or bucket[2] < since):
+                op, seq, since = "all_reduce", bucket[1], bucket[2]
         return {
             "rank": self.rank, "ts_ns": time.time_ns(), "step": self.step, "last_seq": last_seq,
-            "inflight_op": oldest["op"] if oldest else None,
-            "inflight_seq": oldest["seq"] if oldest else None,
-            "inflight_since_ns": oldest["enter_ns"] if oldest else None, "state": state,
+            "inflight_op": op, "inflight_seq": seq, "inflight_since_ns": since, "state": state,
         }
 
     def _start_heartbeat(self) -> None:
@@ -359,6 +367,9 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             return args[pos]
         return None
 
+    direction = "send" if op in ("send", "isend") else "recv"
+    p2p = op in _P2P
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cap = _cap
@@ -370,10 +381,8 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             nbytes, dtype = _nbytes(arg(args, kwargs, payload_pos, payload))
             peer = arg(args, kwargs, peer_pos, peer_param) if peer_param else None
             peer = int(peer) if isinstance(peer, int) else None
-            direction = "send" if op in ("send", "isend") else "recv"
-            seq = cap.next_seq(group, peer, direction) if op in _P2P else cap.next_seq(group)
-            token, _ = cap.begin(op, group, seq, time.time_ns(), bytes=nbytes, dtype=dtype, peer=peer,
-                                 async_op=is_async, source="call")
+            seq = cap.next_seq(group, peer, direction) if p2p else cap.next_seq(group)
+            token = cap.begin(op, group, seq, nbytes, dtype, peer, is_async, "call")
         except Exception:  # noqa: BLE001 - describing the call must never break it
             return fn(*args, **kwargs)
         _local.busy = True
@@ -448,8 +457,7 @@ def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
                 group = cap.group_name(p2p.group)
                 nbytes, dtype = _nbytes(p2p.tensor)
                 seq = cap.next_seq(group, int(p2p.peer), "send" if op == "isend" else "recv")
-                tokens.append(cap.begin(op, group, seq, time.time_ns(), bytes=nbytes, dtype=dtype,
-                                        peer=int(p2p.peer), async_op=True, source="batch")[0])
+                tokens.append(cap.begin(op, group, seq, nbytes, dtype, int(p2p.peer), True, "batch"))
         except Exception:  # noqa: BLE001
             tokens = []
         _local.busy = True
@@ -536,9 +544,7 @@ def _begin_bucket(cap: _Capture, group: Any, buffer: Any, source: str) -> int:
     cap.grad_sqsum = (cap.grad_sqsum or 0.0) + norm * norm
     name = cap.group_name(group)
     nbytes, dtype = _nbytes(buffer)
-    token, _ = cap.begin("all_reduce", name, cap.next_seq(name), enter, bytes=nbytes, dtype=dtype, async_op=True,
-                         source=source, nonfinite=nonfinite)
-    return token
+    return cap.begin("all_reduce", name, cap.next_seq(name), nbytes, dtype, None, True, source, nonfinite, enter)
 
 
 def _default_group() -> Any:

@@ -4,9 +4,9 @@
 // `.then` continuation), measured at +2 to +16 % step time before recording anything. This hook
 // does what PyTorch's built-in ALLREDUCE hook does (divide by the group size, all-reduce, return
 // the reduced buffer) and, in C++:
-//   * measures the *local* bucket before reducing, in one pass: its L2 norm, summed over the step's
-//     buckets into this rank's gradient norm, and whether it holds a NaN or inf (then the norm is
-//     not finite; an infinite norm is confirmed element-wise, since squares of huge values overflow);
+//   * measures the *local* bucket before reducing, in the same pass that divides it by the group
+//     size: its L2 norm, summed over the step's buckets into this rank's gradient norm, and whether
+//     it holds a NaN or inf (then the norm is not finite; an infinite norm is confirmed element-wise);
 //   * numbers the all-reduce from the same per-group counter tracekit's Python wrappers use, so
 //     DDP's buckets and the script's own collectives share one sequence per process group;
 //   * records enter (before the call) and exit (when the work completed: the future's callback,
@@ -144,21 +144,28 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   out += "}\n";
 }
 
-// L2 norm of a bucket. A contiguous float32 CPU bucket (the usual DDP bucket) is summed in one
-// vectorised loop with double accumulators: at::norm pays the dispatcher and a TensorIterator per
-// call, more than the arithmetic on a bucket of a few hundred KB. NaN and inf propagate as in at::norm.
-double local_norm(const at::Tensor& buffer) {
-  if (buffer.is_cpu() && buffer.scalar_type() == at::kFloat && buffer.is_contiguous()) {
-    const float* data = buffer.const_data_ptr<float>();
-    const int64_t n = buffer.numel();
-    double acc = 0.0;
+// True when `buffer` is the usual DDP bucket: contiguous float32 on the CPU.
+bool plain_float_bucket(const at::Tensor& buffer) {
+  return buffer.is_cpu() && buffer.scalar_type() == at::kFloat && buffer.is_contiguous();
+}
+
+// The L2 norm of a plain float bucket, which is divided by `divisor` in the same pass (the average
+// DDP's all-reduce needs: x / divisor in float, as `div_` computes it, so the result is bit-identical).
+// One vectorised loop with double accumulators reads and writes the bucket once: at::norm and div_
+// would each pay the dispatcher and a TensorIterator and each make a pass over memory, more than the
+// arithmetic on a bucket of a few hundred KB. NaN and inf propagate into the norm as in at::norm.
+double norm_then_divide(at::Tensor& buffer, int64_t divisor) {
+  float* data = buffer.data_ptr<float>();
+  const int64_t n = buffer.numel();
+  const float d = static_cast<float>(divisor);
+  double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; ++i) {
-      acc += static_cast<double>(data[i]) * static_cast<double>(data[i]);
-    }
-    return std::sqrt(acc);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = data[i];
+    acc += static_cast<double>(v) * static_cast<double>(v);
+    data[i] = v / d;
   }
-  return buffer.norm().item<double>();
+  return std::sqrt(acc);
 }
 
 class RecordingAllReduceHook
@@ -174,12 +181,21 @@ class RecordingAllReduceHook
     at::Tensor& buffer = bucket.getBufferRef();
     Record record;
     record.enter_ns = now_ns();
+    const int64_t size = state_->getSize();
     double sqnorm = 0.0;
     bool measured = false;
+    bool averaged = false;
     if (check_finite_ && at::isFloatingType(buffer.scalar_type())) {
-      double norm = local_norm(buffer);
+      double norm;
+      if (plain_float_bucket(buffer)) {
+        norm = norm_then_divide(buffer, size);
+        averaged = true;
+      } else {
+        norm = buffer.norm().item<double>();
+      }
       record.nonfinite = !std::isfinite(norm);
       if (record.nonfinite && !std::isnan(norm)) {  // inf: a real inf, or squares of huge values overflowed
+        // (dividing by the group size has not changed which elements are finite)
         record.nonfinite = !buffer.isfinite().all().item<bool>();
       }
       sqnorm = norm * norm;
@@ -208,7 +224,9 @@ class RecordingAllReduceHook
       }
       s.inflight.emplace(token, record);
     }
-    buffer.div_(state_->getSize());  // what the built-in ALLREDUCE hook does: average
+    if (!averaged) {
+      buffer.div_(size);  // what the built-in ALLREDUCE hook does: average
+    }
     std::vector<at::Tensor> tensors = {buffer};
     c10::intrusive_ptr<c10::ivalue::Future> future;
     try {
