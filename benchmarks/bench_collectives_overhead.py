@@ -1,6 +1,6 @@
 """Overhead of torch.distributed capture: step time with and without capture in the same job, vs torch.profiler.
 
-    python benchmarks/bench_collectives_overhead.py [--nproc 4 --epochs 16 --rounds 30 --cycles 12 --block 10]
+    python benchmarks/bench_collectives_overhead.py [--nproc 4 --epochs 48 --rounds 10 --cycles 12 --block 10]
 
 One torchrun job (gloo, CPU; the fixture's model: hidden 256, batch 64, 0.2 MB buckets) trains
 identical DDP models, one step per arm per round, in a random order per round (the same on every
@@ -13,7 +13,9 @@ what two identical models differ by is the noise floor; ``python_hook`` runs PyT
 ``allreduce_hook`` (records nothing: what any *Python* comm hook pays, its completion continuation
 needs the GIL on gloo's thread). Each arm's overhead is the median over rounds of (its step / the
 plain step of the same round - 1). CPU time per step is reported too, for the whole process and for
-the training thread alone (the least noisy figure: what capture itself costs the training loop).
+the training thread alone (the least noisy figure: what capture itself costs the training loop), and
+the CPU time of tracekit's own threads (the spool flusher encodes records and writes them there), all
+of it charged to the capture arm.
 Then ``torch.profiler`` (CPU activities), which cannot start and stop around one step for free, runs
 the plain model in blocks of steps against unprofiled blocks, in a random order. Also measures the
 cost of one recorded collective in isolation (a 1-rank gloo group, 4-byte all_reduce, with vs without
@@ -94,6 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     order = random.Random(7)  # the same seed on every rank: all ranks run the same arm at the same time
     rounds: dict[str, list[float]] = {name: [] for name in names}
     before = capture.collectives.records + capture.collectives._buffered if capture else 0
+    background0, wall0 = background_cpu(), time.perf_counter()
     # phase 1: each epoch builds every arm's model anew, in a random order (a model's place in memory
     # makes it a few % faster or slower for its whole life: new models every epoch average that out),
     # then runs rounds of one step per arm, in a random order
@@ -111,6 +114,7 @@ def worker(args: argparse.Namespace) -> None:
                 td._cap = capture if on else None
                 rounds[name].append(one_step(model, opt, name))
         del arms
+    background = {"cpu_s": background_cpu() - background0, "wall_s": time.perf_counter() - wall0}
     plain, plain_opt, _ = make("plain")
     # phase 2: torch.profiler cannot start and stop around single steps for free: blocks of steps,
     # profiled or not, in a random order; the first step of each block is not counted
@@ -129,8 +133,24 @@ def worker(args: argparse.Namespace) -> None:
     recorded = (capture.collectives.records + capture.collectives._buffered - before) if capture else 0
     if rank == 0:
         hook = "native" if capture is not None and capture.native is not None else "python"
-        Path(args.out).write_text(json.dumps({"rounds": rounds, "cpu": cpu, "blocks": blocks, "recorded": recorded, "hook": hook}))
+        Path(args.out).write_text(json.dumps({"rounds": rounds, "cpu": cpu, "blocks": blocks, "recorded": recorded,
+                                              "hook": hook, "background": background}))
     dist.destroy_process_group()
+
+
+def background_cpu() -> float:
+    """CPU seconds used so far by tracekit's own threads in this process (spool flusher, heartbeat):
+    work done off the training thread, which no arm's step time includes."""
+    import threading
+
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.name.startswith("tracekit-") and thread.ident is not None:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (OSError, ValueError):  # the thread has just ended
+                pass
+    return total
 
 
 def per_call_cost(n: int = 3000) -> dict[str, float]:
@@ -163,8 +183,8 @@ dist.destroy_process_group()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=16, help="times every arm's model is built anew")
-    p.add_argument("--rounds", type=int, default=30, help="rounds of one step per arm per epoch, in a random order")
+    p.add_argument("--epochs", type=int, default=48, help="times every arm's model is built anew")
+    p.add_argument("--rounds", type=int, default=10, help="rounds of one step per arm per epoch, in a random order")
     p.add_argument("--cycles", type=int, default=12, help="rounds of one plain and one profiled block")
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -206,6 +226,12 @@ def main() -> None:
     print(f"torch.profiler (CPU), {len(blocks['plain'])} x {args.block}-step blocks vs plain blocks: {prof:+.2%}")
     print(f"  for comparison, PyTorch's Python allreduce_hook alone (records nothing): {floor:+.2%}")
     print(f"recorded per step on rank 0: {per_step:.1f} collectives (+1 step record)")
+    bg = data["background"]
+    bg_us = bg["cpu_s"] / steps * 1e6 if steps else 0.0
+    bg_share = bg_us / 1000 / cpu["capture"]
+    print(f"tracekit's own threads on rank 0 (spool flusher: encodes and writes the records; heartbeat): "
+          f"{bg['cpu_s'] * 1000:.0f} ms CPU in {bg['wall_s']:.0f} s, {bg_us:.0f} us per captured step if all of it "
+          f"is charged to capture ({bg_share:.2%} of a captured step's process CPU; in no arm's step time)")
     print(f"per recorded collective (1-rank all_reduce): {call['capture'] - call['plain']:.1f} us "
           f"(plain call {call['plain']:.1f} us, recorded {call['capture']:.1f} us)")
     print(json.dumps({"name": "collectives_capture_overhead", "value": round(overhead * 100, 2), "unit": "% step time",
@@ -216,7 +242,8 @@ def main() -> None:
                       "training_thread_cpu_us_over_plain": {k: round(v, 1) for k, v in main_us.items()},
                       "median_step_ms": {k: round(v, 3) for k, v in med.items()},
                       "us_per_recorded_collective": round(call["capture"] - call["plain"], 2),
-                      "collectives_per_step": round(per_step, 1)}))
+                      "collectives_per_step": round(per_step, 1),
+                      "background_thread_cpu_us_per_captured_step": round(bg_us, 1)}))
 
 
 if __name__ == "__main__":

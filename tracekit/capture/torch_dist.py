@@ -225,10 +225,10 @@ class _Capture:
         now = time.time_ns()
         sqsum, self.grad_sqsum = self.grad_sqsum, None
         if self.native is not None:
-            local = self.native.take_nonfinite()  # did any bucket the native hook checked hold a NaN/inf?
+            # did any bucket the native hook checked hold a NaN/inf, and their squared norm; next step begins
+            local, native_sqsum = self.native.end_step(self.step + 1)
             if local is not None:
                 self.nonfinite = bool(self.nonfinite) or local
-            native_sqsum = self.native.take_grad_sqsum()
             if native_sqsum is not None:
                 sqsum = (sqsum or 0.0) + native_sqsum
         if grad_norm is None and sqsum is not None:
@@ -250,8 +250,6 @@ class _Capture:
             self.nonfinite if self.nonfinite is not None else (None if loss is None else not (abs(loss) < math.inf)),
         ))
         self.step += 1
-        if self.native is not None:
-            self.native.set_step(self.step)
         self.step_start_ns = now
         self.nonfinite = None
         self.loss = None

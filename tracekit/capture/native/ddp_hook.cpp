@@ -316,17 +316,22 @@ py::object oldest_inflight() {
   return py::make_tuple(r.group, r.seq, r.enter_ns);
 }
 
-// The squared L2 norm of the local buckets measured since the last call (before reduction), or None.
-py::object take_grad_sqsum() {
+// Close a training step: what the hooked buckets measured since the last call, as (any bucket held a
+// NaN or inf: None when no bucket was checked, squared L2 norm of the local buckets: None when none was
+// measured); buckets from now on belong to `next_step`. One call per step from the training thread.
+py::tuple end_step(int64_t next_step) {
   auto& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (!s.grad_any) {
-    return py::none();
+  int flag = s.nonfinite.exchange(-1);
+  double sum = 0.0;
+  bool any = false;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    std::swap(any, s.grad_any);
+    std::swap(sum, s.grad_sqsum);
+    s.step.store(next_step);
   }
-  double sum = s.grad_sqsum;
-  s.grad_sqsum = 0.0;
-  s.grad_any = false;
-  return py::float_(sum);
+  return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)),
+                        any ? py::object(py::float_(sum)) : py::object(py::none()));
 }
 
 int64_t last_seq(const std::string& group) {
@@ -352,11 +357,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         state().world.store(world);
       },
       py::arg("rank"), py::arg("world_size"));
-  m.def("take_nonfinite", []() -> py::object {
-    int v = state().nonfinite.exchange(-1);
-    return v < 0 ? py::object(py::none()) : py::object(py::bool_(v == 1));
-  });
-  m.def("take_grad_sqsum", &take_grad_sqsum);
+  m.def("end_step", &end_step, py::arg("next_step"));
   m.def("drain", &drain, py::arg("interrupted") = "");
   m.def("oldest_inflight", &oldest_inflight);
 }
