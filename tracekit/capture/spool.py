@@ -11,7 +11,9 @@ process exits cleanly. A file without a footer belongs to a process that was kil
 without its newline is a torn record that ingest skips and reports.
 
 Records sit in memory for at most one flush interval (200 ms by default) before ``os.write`` hands
-them to the operating system, so a SIGKILL loses at most that interval. Writing never raises into
+them to the operating system, so a SIGKILL loses at most that interval. Hot paths (a collective, a
+training step) hand over a tuple of values with ``write_row``; it is encoded to JSON at the flush, in
+a batch, on the flusher thread rather than the caller's. Writing never raises into
 user code: a disk or permission error is counted, warned about once, and the records are dropped.
 """
 
