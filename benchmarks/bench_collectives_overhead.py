@@ -145,6 +145,16 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
+def epoch_bootstrap(arm: list[float], plain: list[float], per_epoch: int, draws: int = 2000) -> tuple[float, float]:
+    """95 % confidence interval of the median paired overhead, resampling whole epochs (the rounds of one
+    epoch share its models' placement, so they are not independent)."""
+    ratios = [a / b - 1 for a, b in zip(arm, plain)]
+    epochs = [ratios[i:i + per_epoch] for i in range(0, len(ratios), per_epoch)]
+    rng = random.Random(11)
+    medians = sorted(statistics.median(r for e in rng.choices(epochs, k=len(epochs)) for r in e) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
 def background_cpu() -> float:
     """CPU seconds used so far by the Python threads other than the training thread: tracekit's spool
     flusher and heartbeat, and the OpenTelemetry span processor tracekit installs. Their work, done off
@@ -213,6 +223,7 @@ def main() -> None:
     # paired per round: each arm's step against the plain step of the same round
     paired = {k: statistics.median(a / b - 1 for a, b in zip(v, rounds["plain"])) for k, v in rounds.items()}
     overhead, floor, noise = (paired[k] for k in ("capture", "python_hook", "plain_twin"))
+    ci = {k: epoch_bootstrap(rounds[k], rounds["plain"], args.rounds) for k in ("capture", "plain_twin")}
     prof = statistics.median(statistics.median(a) / statistics.median(b) - 1
                              for a, b in zip(blocks["profiler"], blocks["plain"]))
     steps = len(rounds["capture"])
@@ -222,8 +233,9 @@ def main() -> None:
           f"(random order): {steps} steps per arm; tracekit's DDP hook: {data['hook']}")
     for k in ("plain", "plain_twin", "python_hook", "capture"):
         print(f"  {k:<11} median step {med[k]:7.2f} ms   vs plain, paired per round {paired[k]:+7.2%}")
-    print(f"capture overhead: {overhead:+.2%} of step time (target <= 1 %); A/A noise (an identical plain model): "
-          f"{noise:+.2%}")
+    print(f"capture overhead: {overhead:+.2%} of step time (95 % CI {ci['capture'][0]:+.2%} .. {ci['capture'][1]:+.2%}; "
+          f"target <= 1 %); A/A noise (an identical plain model): {noise:+.2%} "
+          f"(95 % CI {ci['plain_twin'][0]:+.2%} .. {ci['plain_twin'][1]:+.2%})")
     cpu = {k: statistics.median(v) * 1000 for k, v in data["cpu"].items()}
     cpu_overhead = (cpu["capture"] - cpu["plain"]) / cpu["plain"]
     main_us = {k: (cpu[f"{k}/main"] - cpu["plain/main"]) * 1000 for k in ("plain_twin", "python_hook", "capture")}
@@ -246,7 +258,9 @@ def main() -> None:
                       "baseline": "torch.profiler (CPU)", "baseline_value": round(prof * 100, 2),
                       "ratio": round(overhead / prof, 3) if prof else None,
                       "ddp_hook": data["hook"], "python_comm_hook_floor_pct": round(floor * 100, 2),
-                      "aa_noise_pct": round(noise * 100, 2), "cpu_overhead_pct": round(cpu_overhead * 100, 2),
+                      "aa_noise_pct": round(noise * 100, 2),
+                      "ci95_pct": [round(ci["capture"][0] * 100, 2), round(ci["capture"][1] * 100, 2)],
+                      "aa_ci95_pct": [round(ci["plain_twin"][0] * 100, 2), round(ci["plain_twin"][1] * 100, 2)], "cpu_overhead_pct": round(cpu_overhead * 100, 2),
                       "training_thread_cpu_us_over_plain": {k: round(v, 1) for k, v in main_us.items()},
                       "median_step_ms": {k: round(v, 3) for k, v in med.items()},
                       "us_per_recorded_collective": round(call["capture"] - call["plain"], 2),
