@@ -14,8 +14,9 @@ what two identical models differ by is the noise floor; ``python_hook`` runs PyT
 needs the GIL on gloo's thread). Each arm's overhead is the median over rounds of (its step / the
 plain step of the same round - 1). CPU time per step is reported too, for the whole process and for
 the training thread alone (the least noisy figure: what capture itself costs the training loop), and
-the CPU time of tracekit's own threads (the spool flusher encodes records and writes them there), all
-of it charged to the capture arm.
+the CPU time of the process's other Python threads (tracekit's spool flusher, which encodes and writes
+the records, and heartbeat; the OpenTelemetry span processor), per second and as a share of the
+process's CPU: work no arm's step time contains. 95 % intervals resample whole epochs.
 Then ``torch.profiler`` (CPU activities), which cannot start and stop around one step for free, runs
 the plain model in blocks of steps against unprofiled blocks, in a random order. Also measures the
 cost of one recorded collective in isolation (a 1-rank gloo group, 4-byte all_reduce, with vs without
@@ -95,6 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     names = ["plain", "plain_twin", "python_hook", "capture"]
     order = random.Random(7)  # the same seed on every rank: all ranks run the same arm at the same time
     rounds: dict[str, list[float]] = {name: [] for name in names}
+
     def recorded_so_far() -> int:  # written + buffered, after moving the native hook's records into the buffer
         if capture is None:
             return 0
@@ -260,7 +262,8 @@ def main() -> None:
                       "ddp_hook": data["hook"], "python_comm_hook_floor_pct": round(floor * 100, 2),
                       "aa_noise_pct": round(noise * 100, 2),
                       "ci95_pct": [round(ci["capture"][0] * 100, 2), round(ci["capture"][1] * 100, 2)],
-                      "aa_ci95_pct": [round(ci["plain_twin"][0] * 100, 2), round(ci["plain_twin"][1] * 100, 2)], "cpu_overhead_pct": round(cpu_overhead * 100, 2),
+                      "aa_ci95_pct": [round(ci["plain_twin"][0] * 100, 2), round(ci["plain_twin"][1] * 100, 2)],
+                      "cpu_overhead_pct": round(cpu_overhead * 100, 2),
                       "training_thread_cpu_us_over_plain": {k: round(v, 1) for k, v in main_us.items()},
                       "median_step_ms": {k: round(v, 3) for k, v in med.items()},
                       "us_per_recorded_collective": round(call["capture"] - call["plain"], 2),
