@@ -116,13 +116,7 @@ class SpoolStream:
         """Buffer one record given as field names and values; it is encoded at the next flush, in a batch,
         off the caller's path (the flusher thread). For hot paths: the caller builds no dict and encodes
         no JSON. ``values`` must not change after the call. Never raises."""
-        if self._closed:
-            self._drop(1, "the spool was already closed")
-            return
-        with self._lock:
-            self._buffer.append((fields, values))
-            self._buffered += 1
-        self.spool._ensure_flusher()
+        self._append((fields, values), 1)
 
     def write_line(self, line: str) -> None:
         """Buffer one already-encoded JSON line (ending in a newline)."""
@@ -130,13 +124,16 @@ class SpoolStream:
 
     def write_lines(self, text: str, count: int) -> None:
         """Buffer ``count`` already-encoded JSON lines at once (``text`` ends in a newline)."""
-        if not count:
-            return
+        if count:
+            self._append(text, count)
+
+    def _append(self, item: Any, count: int) -> None:
+        """Buffer encoded text or a (fields, values) row holding ``count`` records."""
         if self._closed:
             self._drop(count, "the spool was already closed")
             return
         with self._lock:
-            self._buffer.append(text)
+            self._buffer.append(item)
             self._buffered += count
         self.spool._ensure_flusher()
 
