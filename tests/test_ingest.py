@@ -138,6 +138,7 @@ def test_rows_are_encoded_at_flush_in_order_and_an_unencodable_row_is_dropped_an
     assert lines[1] == span(1)
     assert (stream.records, stream.dropped) == (4, 1)
 
+
 def test_unreadable_spool_files_are_rejected_whole_and_nothing_partial_loads(tmp_path):
     spool = new_spool(tmp_path / "spool")
     write_spans(spool, 0, 4)
