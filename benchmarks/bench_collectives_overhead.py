@@ -27,6 +27,7 @@ Target: <= 1 % step-time overhead. The last line is one JSON object with the fig
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -49,6 +50,8 @@ def worker(args: argparse.Namespace) -> None:
     import tracekit.capture.torch_dist as td
 
     torch.set_num_threads(1)
+    if args.pin:
+        os.sched_setaffinity(0, {int(os.environ["LOCAL_RANK"]) % os.cpu_count()})
     dist.init_process_group("gloo")
     tracekit.torch.instrument()
     rank = dist.get_rank()
@@ -57,12 +60,18 @@ def worker(args: argparse.Namespace) -> None:
 
     capture = td._cap
 
+    shared: list[nn.Module] = []
+
     def make(arm: str) -> tuple[DDP, torch.optim.Optimizer, bool]:
         """One arm's model, optimizer and whether capture is on while it steps."""
         torch.manual_seed(0)
         h = 256
-        model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                              nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 8))
+        if args.shared and shared:
+            model = shared[0]
+        else:
+            model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                                  nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 8))
+            shared[:] = [model]
         td._cap = capture if arm == "capture" else None  # DDP is built with capture on only for its arm
         ddp = DDP(model, bucket_cap_mb=0.2)
         if arm != "capture":
@@ -110,6 +119,7 @@ def worker(args: argparse.Namespace) -> None:
     # then runs rounds of one step per arm, in a random order
     for _epoch in range(args.epochs):
         order.shuffle(names)
+        shared.clear()
         arms = {name: make(name) for name in names}
         for _ in range(3):  # warm up
             for model, opt, on in arms.values():
@@ -144,7 +154,12 @@ def worker(args: argparse.Namespace) -> None:
         hook = "native" if capture is not None and capture.native is not None else "python"
         Path(args.out).write_text(json.dumps({"rounds": rounds, "cpu": cpu, "blocks": blocks, "recorded": recorded,
                                               "hook": hook, "background": background}))
+    del plain, plain_opt
     dist.destroy_process_group()
+    # PyTorch 2.13 sometimes aborts in C++ static destruction at interpreter exit ("terminate called
+    # without an active exception"), after everything above is done: leave without it
+    atexit._run_exitfuncs()
+    os._exit(0)
 
 
 def epoch_bootstrap(arm: list[float], plain: list[float], per_epoch: int, draws: int = 2000) -> tuple[float, float]:
@@ -207,6 +222,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10, help="rounds of one step per arm per epoch, in a random order")
     p.add_argument("--cycles", type=int, default=12, help="rounds of one plain and one profiled block")
     p.add_argument("--block", type=int, default=10)
+    p.add_argument("--shared", action="store_true", help="all arms wrap one module")
+    p.add_argument("--pin", action="store_true", help="pin rank r to CPU r")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -216,9 +233,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-oh-"))
     out = tmp / "times.json"
     env = dict(os.environ, TRACEKIT_INGEST_AT_EXIT="0", TRACEKIT_SPOOL_DIR=str(tmp / "spool"))
-    subprocess.run(["torchrun", "--nproc-per-node", str(args.nproc), "--master-port", "29740", __file__, "--worker",
-                    "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--cycles", str(args.cycles), "--block", str(args.block), "--out", str(out)],
-                   check=True, env=env, capture_output=True, timeout=1800)
+    job = subprocess.run(["torchrun", "--nproc-per-node", str(args.nproc), "--master-port", "29740", __file__, "--worker",
+                          "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--cycles", str(args.cycles),
+                          "--block", str(args.block), "--out", str(out), *(["--shared"] if args.shared else []), *(["--pin"] if args.pin else [])],
+                         env=env, capture_output=True, text=True, timeout=3600)
+    if job.returncode != 0:
+        lines = job.stderr.splitlines()
+        first = next((i for i, line in enumerate(lines) if "Traceback" in line or "terminate called" in line), -25)
+        sys.exit(f"the benchmark's torchrun job failed (exit {job.returncode}); its output from the first error:\n"
+                 + "\n".join(lines[first:][:40]))
     data = json.loads(out.read_text())
     rounds, blocks = data["rounds"], data["blocks"]
     med = {k: statistics.median(v) * 1000 for k, v in rounds.items()}

@@ -139,6 +139,30 @@ def test_decorators_spans_and_errors_end_to_end(tmp_path):
     assert query(db, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("error",)]
 
 
+ONE_TIMER_PROGRAM = """
+import json, threading, time
+import tracekit
+
+run = tracekit.init(run="one-timer", flush_interval_ms=50, ingest_at_exit=False)
+for i in range(20):
+    with tracekit.span("s", i=i):
+        pass
+stream = run.spool.stream("spans")
+deadline = time.monotonic() + 20
+while stream.records < 20 and time.monotonic() < deadline:  # no force_flush: the timer exports them
+    time.sleep(0.01)
+others = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+print(json.dumps({"records": stream.records, "threads": others}))
+"""
+
+
+def test_spans_are_exported_by_the_spools_flusher_the_one_timer_thread(tmp_path):
+    done = run_py(tmp_path, ONE_TIMER_PROGRAM)
+    assert done.code == 0, done.err
+    result = json.loads(done.out)
+    assert result == {"records": 20, "threads": ["tracekit-spool"]}  # no span processor thread of its own
+
+
 USER_PROVIDER_PROGRAM = """
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor

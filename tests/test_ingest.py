@@ -139,6 +139,40 @@ def test_rows_are_encoded_at_flush_in_order_and_an_unencodable_row_is_dropped_an
     assert (stream.records, stream.dropped) == (4, 1)
 
 
+def test_tickers_ride_on_the_flusher_thread_and_the_flush_keeps_its_interval(tmp_path):
+    import threading
+    import time
+
+    spool = Spool(tmp_path / "spool" / ("t" * 32), "t" * 32, "rank:0", flush_interval_ms=300)
+    stream = spool.stream("spans")
+    calls: list[tuple[str, int]] = []
+
+    def tick(late_ns: int) -> None:
+        calls.append((threading.current_thread(), late_ns))
+
+    def broken(late_ns: int) -> None:
+        raise ValueError("boom")
+
+    with pytest.warns(RuntimeWarning, match="a periodic capture task failed: boom"):
+        spool.add_ticker(tick, 0.02)
+        spool.add_ticker(broken, 0.02)
+        stream.write(span(0))
+        deadline = time.monotonic() + 20
+        while stream.records < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        spool.remove_ticker(broken)
+    assert stream.records == 1  # the failing ticker did not stop the flushes
+    ticks = len(calls)
+    assert ticks >= 3  # ~20 ms ticks inside a 300 ms flush interval, and the flush did not wait for more
+    assert {thread for thread, _ in calls} == {spool._flusher}  # no thread of their own
+    assert all(late > -1_000_000 for _, late in calls)  # lateness is measured against the pause asked for
+    spool.remove_ticker(tick)
+    assert spool.tick_s == 0.0
+    time.sleep(0.1)
+    assert len(calls) <= ticks + 1  # at most one tick already under way when it was removed
+    spool.close()
+
+
 def test_unreadable_spool_files_are_rejected_whole_and_nothing_partial_loads(tmp_path):
     spool = new_spool(tmp_path / "spool")
     write_spans(spool, 0, 4)

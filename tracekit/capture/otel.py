@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
+import weakref
 from typing import Any, Sequence
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -138,3 +141,60 @@ class SpoolSpanExporter(SpanExporter):
             self.spool.close()
         else:
             self.spool.flush()
+
+
+class SpoolSpanProcessor(SpanProcessor):
+    """Queues finished spans for a :class:`SpoolSpanExporter` and exports them from the spool's own
+    flusher, just before each flush: the work of a ``BatchSpanProcessor`` without a thread of its own
+    (one timer thread per process instead of two; each wake-up costs ~0.1 ms of CPU on a VM).
+
+    ``on_end`` only appends to a queue; a span past ``max_queue_size`` waiting spans is dropped and
+    counted on the spool, like any record the spool cannot take. ``tracekit.init`` installs this;
+    with an exporter of your own (OTLP over the network), use a ``BatchSpanProcessor`` instead: an
+    exporter that blocks would hold up the spool's flushes.
+    """
+
+    def __init__(self, exporter: SpoolSpanExporter, *, max_queue_size: int = 1 << 16) -> None:
+        self.exporter = exporter
+        self.max_queue_size = max_queue_size
+        self._queue: collections.deque[ReadableSpan] = collections.deque()  # append/popleft are atomic
+        spool = exporter.spool
+        spool.before_flush.append(self._export_queued)
+        ref = weakref.ref(self)
+        # a forked child must not export its parent's queued spans again
+        os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._queue.clear())
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        if len(self._queue) >= self.max_queue_size:
+            self.exporter.spool.stream("spans")._drop(1, f"more than {self.max_queue_size} spans waited for a flush")
+            return
+        self._queue.append(span)
+        self.exporter.spool._ensure_flusher()
+
+    def _export_queued(self) -> None:
+        batch: list[ReadableSpan] = []
+        queue = self._queue
+        try:
+            while True:
+                batch.append(queue.popleft())
+        except IndexError:
+            pass
+        if batch:
+            self.exporter.export(batch)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._export_queued()
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self._export_queued()
+        try:
+            self.exporter.spool.before_flush.remove(self._export_queued)
+        except ValueError:
+            pass
+        self.exporter.shutdown()

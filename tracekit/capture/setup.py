@@ -156,7 +156,7 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from tracekit.capture.otel import NODE_ATTR, RUN_ID_ATTR, SpoolSpanExporter
+    from tracekit.capture.otel import NODE_ATTR, RUN_ID_ATTR, SpoolSpanExporter, SpoolSpanProcessor
 
     provider = otel_trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
@@ -166,11 +166,14 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
             })
         )
         otel_trace.set_tracer_provider(provider)
-    exporter = span_exporter or SpoolSpanExporter(state.spool, node=state.node)
-    provider.add_span_processor(BatchSpanProcessor(
-        exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
-        max_export_batch_size=4096,
-    ))
+    if span_exporter is None:
+        # spans are exported from the spool's own flusher: no second timer thread in the process
+        provider.add_span_processor(SpoolSpanProcessor(SpoolSpanExporter(state.spool, node=state.node)))
+    else:  # an exporter of the user's (it may block on the network): on a thread of its own
+        provider.add_span_processor(BatchSpanProcessor(
+            span_exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
+            max_export_batch_size=4096,
+        ))
     state.provider = provider
     state.tracer = provider.get_tracer("tracekit")
     state.spool.before_close.append(provider.force_flush)

@@ -132,7 +132,9 @@ class _Capture:
         self._inflight_ids = itertools.count()
         self.last_seq = -1
         self.probe_round = 0
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stream: Any = None  # the heartbeats stream, once beating
+        self._next_beat_ns = 0
+        self._worst_late_ns = 0
         self._stop = threading.Event()
         self.terminated = False
         self.native: Any = None  # the C++ DDP hook module (tracekit.capture.native), when it loads
@@ -218,6 +220,7 @@ class _Capture:
     def close(self) -> None:
         """Stop the heartbeat and write what the native hook still holds (the spool is closing)."""
         self._stop.set()
+        self.run.spool.remove_ticker(self._tick)
         self.drain_native()
 
     def end_step(self, *, loss: float | None = None, grad_norm: float | None = None, optimizer: Any = None) -> None:
@@ -273,36 +276,26 @@ class _Capture:
         }
 
     def _start_heartbeat(self) -> None:
-        if self._heartbeat is not None:
+        """Beat on the spool's flusher thread (no thread of its own: one wake-up serves both)."""
+        if self._heartbeat_stream is not None:
             return
-        self._heartbeat = threading.Thread(target=self._run_heartbeat, name="tracekit-torch", daemon=True)
-        self._heartbeat.start()
+        self._heartbeat_stream = self.run.spool.stream("heartbeats")
+        self._next_beat_ns = 0
+        self.run.spool.add_ticker(self._tick, _TICK_S)
         self._install_sigterm()
 
-    def _run_heartbeat(self) -> None:
-        """Beat every _HEARTBEAT_S; between beats, measure how late each _TICK_S wake-up is: a process
-        starved of CPU (a quota, SIGSTOP, a noisy neighbour) wakes late, a busy one on its own does not."""
-        import random
-
-        stream = self.run.spool.stream("heartbeats")
-        next_beat = 0.0
-        worst = 0
-        while True:
-            tick = random.uniform(0.5 * _TICK_S, 1.5 * _TICK_S)  # never phase-locked to a periodic stall
-            asleep = time.monotonic_ns()
-            time.sleep(tick)  # cheaper than Event.wait; a stop is noticed at the next wake-up
-            if self._stop.is_set():
-                return
-            now = time.monotonic_ns()
-            worst = max(worst, now - asleep - int(tick * 1e9))
-            if now / 1e9 >= next_beat:
-                next_beat = now / 1e9 + _HEARTBEAT_S
-                record = self.heartbeat_record("alive")
-                record["sched_lag_ns"] = worst
-                worst = 0
-                if self._stop.is_set():  # the spool closed while this beat was made
-                    return
-                stream.write(record)
+    def _tick(self, late_ns: int) -> None:
+        """Every ~_TICK_S: keep the worst wake-up lateness; every _HEARTBEAT_S, write it with a beat. A
+        process starved of CPU (a quota, SIGSTOP, a noisy neighbour) wakes late, a busy one on its own does not."""
+        if self._stop.is_set():
+            return
+        self._worst_late_ns = max(self._worst_late_ns, late_ns)
+        now = time.monotonic_ns()
+        if now >= self._next_beat_ns:
+            self._next_beat_ns = now + int(_HEARTBEAT_S * 1e9)
+            record = self.heartbeat_record("alive")
+            record["sched_lag_ns"], self._worst_late_ns = self._worst_late_ns, 0
+            self._heartbeat_stream.write(record)
 
     def _install_sigterm(self) -> None:
         """On SIGTERM, write in-flight collectives as interrupted and flush, even if main is blocked in C++."""
