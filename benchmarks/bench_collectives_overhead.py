@@ -102,11 +102,11 @@ def worker(args: argparse.Namespace) -> None:
     order = random.Random(7)  # the same seed on every rank: all ranks run the same arm at the same time
     rounds: dict[str, list[float]] = {name: [] for name in names}
 
-    def recorded_so_far() -> int:  # written + buffered, after moving the native hook's records into the buffer
+    def recorded_so_far() -> int:  # written, after a flush (the native module's records included)
         if capture is None:
             return 0
-        capture.drain_native()
-        return capture.collectives.records + capture.collectives._buffered
+        capture.run.spool.flush()
+        return capture.collectives.records
 
     before = recorded_so_far()
     background0, process0, wall0 = background_cpu(), time.process_time(), time.perf_counter()

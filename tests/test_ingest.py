@@ -173,6 +173,29 @@ def test_tickers_ride_on_the_flusher_thread_and_the_flush_keeps_its_interval(tmp
     spool.close()
 
 
+def test_a_close_waits_for_a_flush_under_way_so_what_its_hooks_collect_is_written(tmp_path):
+    import threading
+    import time
+
+    spool = Spool(tmp_path / "spool" / ("c" * 32), "c" * 32, "rank:0", flush_interval_ms=20)
+    stream = spool.stream("spans")
+    collecting = threading.Event()
+
+    def slow_source() -> None:  # like the span processor's export or the native hook's drain, but slow
+        if threading.current_thread() is spool._flusher and not collecting.is_set():
+            collecting.set()
+            time.sleep(0.3)
+            stream.write(span(7))
+
+    spool.before_flush.append(slow_source)
+    stream.write(span(0))  # starts the flusher
+    assert collecting.wait(20)
+    spool.close()  # on the main thread, while the flusher is inside the hook
+    lines = [json.loads(line) for line in stream.path.read_text().splitlines()]
+    assert [r.get("name") for r in lines[1:-1]] == ["s0", "s7"] and "tracekit_end" in lines[-1]
+    assert (stream.records, stream.dropped) == (2, 0)
+
+
 def test_unreadable_spool_files_are_rejected_whole_and_nothing_partial_loads(tmp_path):
     spool = new_spool(tmp_path / "spool")
     write_spans(spool, 0, 4)

@@ -177,6 +177,7 @@ class SpoolSpanProcessor(SpanProcessor):
         self.exporter.spool._ensure_flusher()
 
     def _export_queued(self) -> None:
+        """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""
         batch: list[ReadableSpan] = []
         queue = self._queue
         try:
@@ -188,11 +189,11 @@ class SpoolSpanProcessor(SpanProcessor):
             self.exporter.export(batch)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self._export_queued()
-        return self.exporter.force_flush(timeout_millis)
+        self.exporter.spool.flush()  # exports the queue first (the before_flush hook)
+        return True
 
     def shutdown(self) -> None:
-        self._export_queued()
+        self.exporter.spool.flush()
         try:
             self.exporter.spool.before_flush.remove(self._export_queued)
         except ValueError:

@@ -23,7 +23,9 @@ user code: a disk or permission error is counted, warned about once, and the rec
 from __future__ import annotations
 
 import atexit
+import collections
 import json
+import math
 import os
 import random
 import socket
@@ -46,27 +48,45 @@ class CaptureWarning(RuntimeWarning):
     """Capture could not write some records; the traced program keeps running."""
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False)  # built once: ~2 us a record
+def _default(value: Any) -> Any:
+    """JSON for what ``json`` cannot encode: a one-element tensor or numpy scalar (a loss handed over
+    as is, so the training thread does not convert it: ``float(tensor)`` costs it ~10 us) becomes its
+    number, or null when not finite; anything else its ``str``."""
+    item = getattr(value, "item", None)
+    if item is not None:
+        try:
+            number = item()
+        except Exception:  # noqa: BLE001 - not a one-element value
+            return str(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            return None
+        return number if isinstance(number, (int, float, bool)) else str(value)
+    return str(value)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_default, ensure_ascii=False)  # built once: ~2 us a record
 
 
 def _dumps(record: dict[str, Any]) -> str:
     return _ENCODER.encode(record)
 
 
-def _join(items: list[Any]) -> tuple[str, int]:
-    """The buffered items as JSON lines: encoded text as is, (fields, values) rows encoded now; and how
-    many rows could not be encoded (dropped)."""
+def _join(items: list[tuple[Any, Any]]) -> tuple[str, int, int]:
+    """The buffered items as JSON lines: (text, count) as is, (fields, values) rows encoded now; how many
+    records they hold, and how many rows could not be encoded (dropped)."""
     parts: list[str] = []
-    bad = 0
-    for item in items:
-        if type(item) is str:
-            parts.append(item)
+    count = bad = 0
+    for first, second in items:
+        if type(first) is str:
+            parts.append(first)
+            count += second
             continue
+        count += 1
         try:
-            parts.append(_dumps(dict(zip(*item))) + "\n")
+            parts.append(_dumps(dict(zip(first, second))) + "\n")
         except (TypeError, ValueError):
             bad += 1
-    return "".join(parts), bad
+    return "".join(parts), count, bad
 
 
 def write_run_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -87,9 +107,9 @@ class SpoolStream:
         self.path = spool.run_dir / f"{stream}.{os.getpid()}.{self.file_id[:8]}.jsonl"
         self.records = 0
         self.dropped = 0
-        self._buffer: list[Any] = []  # encoded lines (str) and rows not yet encoded: (fields, values)
-        self._buffered = 0
-        self._lock = threading.Lock()
+        # (fields, values): a row to encode at the flush; (text, count): lines already encoded. Writers
+        # take no lock: deque.append and popleft are atomic, and the flush drains with popleft
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
         self._io_lock = threading.RLock()
         self._fd: int | None = None
         self._failed = False
@@ -120,7 +140,7 @@ class SpoolStream:
         """Buffer one record given as field names and values; it is encoded at the next flush, in a batch,
         off the caller's path (the flusher thread). For hot paths: the caller builds no dict and encodes
         no JSON. ``values`` must not change after the call. Never raises."""
-        self._append((fields, values), 1)
+        self._append((fields, values))
 
     def write_line(self, line: str) -> None:
         """Buffer one already-encoded JSON line (ending in a newline)."""
@@ -129,33 +149,34 @@ class SpoolStream:
     def write_lines(self, text: str, count: int) -> None:
         """Buffer ``count`` already-encoded JSON lines at once (``text`` ends in a newline)."""
         if count:
-            self._append(text, count)
+            self._append((text, count))
 
-    def _append(self, item: Any, count: int) -> None:
-        """Buffer encoded text or a (fields, values) row holding ``count`` records."""
+    def _append(self, item: tuple[Any, Any]) -> None:
+        """Buffer a (fields, values) row or (encoded text, how many records)."""
         if self._closed:
-            self._drop(count, "the spool was already closed")
+            self._drop(item[1] if type(item[0]) is str else 1, "the spool was already closed")
             return
-        with self._lock:
-            self._buffer.append(item)
-            self._buffered += count
-        self.spool._ensure_flusher()
+        self._queue.append(item)
+        if self.spool._flusher is None:
+            self.spool._ensure_flusher()
 
     def flush(self) -> None:
         # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
         # and the footer is always the last line
         with self._io_lock:
-            with self._lock:
-                if not self._buffer:
-                    return
-                items = self._buffer
-                count = self._buffered
-                self._buffer = []
-                self._buffered = 0
+            items = []
+            queue = self._queue
+            try:
+                while True:
+                    items.append(queue.popleft())
+            except IndexError:
+                pass
+            if not items:
+                return
+            data, count, bad = _join(items)
             if self._closed:  # buffered while close() ran: writing now would land after the footer
                 self._drop(count, "records arrived after the spool was closed")
                 return
-            data, bad = _join(items)
             if bad:
                 self._drop(bad, "a record could not be encoded as JSON")
             self._write_now(data, count - bad)
@@ -213,6 +234,9 @@ class Spool:
         self._streams: dict[str, SpoolStream] = {}
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
+        # a flush (its before_flush hooks move records held elsewhere into the streams) and the close
+        # exclude each other: else a hook on the flusher thread could append after the last flush
+        self._flush_lock = threading.RLock()
         self._tickers: list[Callable[[int], None]] = []
         self.tick_s = 0.0
         self._closed = False
@@ -241,26 +265,28 @@ class Spool:
     def flush(self) -> None:
         """Write every buffered record to the OS; first, ``before_flush`` hooks move records held
         elsewhere (e.g. the native DDP hook's) into the buffers."""
-        for hook in list(self.before_flush):
-            try:
-                hook()
-            except Exception as exc:  # noqa: BLE001 - a source's failure must not stop the flush
-                self._report_drop_reason(f"collecting records before a flush failed: {exc}")
-        for stream in list(self._streams.values()):
-            stream.flush()
+        with self._flush_lock:
+            for hook in list(self.before_flush):
+                try:
+                    hook()
+                except Exception as exc:  # noqa: BLE001 - a source's failure must not stop the flush
+                    self._report_drop_reason(f"collecting records before a flush failed: {exc}")
+            for stream in list(self._streams.values()):
+                stream.flush()
 
     def close(self) -> None:
         """Flush everything and write footers. Idempotent; runs at interpreter exit."""
-        if self._closed:
-            return
-        for hook in list(self.before_close):
-            try:
-                hook()
-            except Exception as exc:  # a flush hook must not stop the footers
-                self._report_drop_reason(f"flushing before exit failed: {exc}")
-        self._closed = True
-        for stream in list(self._streams.values()):
-            stream.close()
+        with self._flush_lock:  # waits for a flush under way on the flusher thread
+            if self._closed:
+                return
+            for hook in list(self.before_close):
+                try:
+                    hook()
+                except Exception as exc:  # a flush hook must not stop the footers
+                    self._report_drop_reason(f"flushing before exit failed: {exc}")
+            self._closed = True
+            for stream in list(self._streams.values()):
+                stream.close()
         if self.dropped:
             print(
                 f"tracekit: {self.dropped} record(s) of run {self.run_id} were dropped "
@@ -352,6 +378,7 @@ class Spool:
         # The child starts its own files: the parent's buffer and file descriptors are the parent's.
         self._streams = {}
         self._lock = threading.Lock()
+        self._flush_lock = threading.RLock()
         self._flusher = None
         self._tickers = []
         self.tick_s = 0.0

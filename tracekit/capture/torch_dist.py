@@ -212,10 +212,13 @@ class _Capture:
                                                   error[:300] if error else None))
 
     def drain_native(self, interrupted: str = "") -> None:
-        """Write the bucket all-reduces the native hook completed (with ``interrupted``: also the in-flight ones)."""
+        """Write the calls and bucket all-reduces the native module completed (with ``interrupted``: also the
+        in-flight ones), and the step records it formatted."""
         if self.native is not None:
             lines, count = self.native.drain(interrupted)  # JSON lines, formatted in C++
             self.collectives.write_lines(lines, count)
+            lines, count = self.native.drain_steps()
+            self.steps.write_lines(lines, count)
 
     def close(self) -> None:
         """Stop the heartbeat and write what the native hook still holds (the spool is closing)."""
@@ -226,13 +229,26 @@ class _Capture:
     def end_step(self, *, loss: float | None = None, grad_norm: float | None = None, optimizer: Any = None) -> None:
         """Write the step record. The gradient norm, unless given, is this rank's *local* one, measured
         by the DDP hook on each bucket before the reduction, or else from ``optimizer``'s gradients."""
-        if not self.ready():
+        if self.rank is None and not self.ready():
             return
         now = time.time_ns()
         sqsum, self.grad_sqsum = self.grad_sqsum, None
-        if self.native is not None:
+        native = self.native
+        if native is not None:
             # did any bucket the native hook checked hold a NaN/inf, and their squared norm; next step begins
-            local, native_sqsum = self.native.end_step(self.step + 1)
+            if grad_norm is None and sqsum is None:
+                # the common case: the buckets measured the norm, and C++ writes the whole record
+                taken = native.close_step(self.step, self.step_start_ns, now, self.loss if loss is None else loss,
+                                          self.nonfinite)
+                if taken is None:
+                    self.step += 1
+                    self.step_start_ns = now
+                    self.nonfinite = None
+                    self.loss = None
+                    return
+                local, native_sqsum = taken
+            else:
+                local, native_sqsum = native.end_step(self.step + 1)
             if local is not None:
                 self.nonfinite = bool(self.nonfinite) or local
             if native_sqsum is not None:
@@ -244,16 +260,23 @@ class _Capture:
                 grad_norm = _grad_norm(optimizer, self.torch)
             except Exception:  # noqa: BLE001
                 grad_norm = None
+        nonfinite = self.nonfinite
         if loss is None and self.loss is not None:
-            try:
-                loss = float(self.loss)
-            except Exception:  # noqa: BLE001
-                loss = None
+            if nonfinite is not None:
+                loss = self.loss  # the tensor: the spool's encoder reads its value at the flush, off this thread
+            else:
+                try:
+                    loss = float(self.loss)
+                except Exception:  # noqa: BLE001
+                    loss = None
+        if isinstance(loss, float):
+            if nonfinite is None:
+                nonfinite = not math.isfinite(loss)
+            if not math.isfinite(loss):
+                loss = None  # the flag says so
         self.steps.write_row(_STEP_FIELDS, (
-            self.rank, self.step, self.step_start_ns, now,
-            loss if loss is None or loss == loss else None,
-            grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
-            self.nonfinite if self.nonfinite is not None else (None if loss is None else not (abs(loss) < math.inf)),
+            self.rank, self.step, self.step_start_ns, now, loss,
+            grad_norm if grad_norm is None or math.isfinite(grad_norm) else None, nonfinite,
         ))
         self.step += 1
         self.step_start_ns = now
@@ -267,9 +290,9 @@ class _Capture:
         last_seq = self.last_seq
         if self.native is not None:
             last_seq = self.native.last_seq("default")
-            bucket = self.native.oldest_inflight()  # (group, seq, enter_ns)
-            if bucket is not None and (since is None or bucket[2] < since):
-                op, seq, since = "all_reduce", bucket[1], bucket[2]
+            call = self.native.oldest_inflight()  # (group, seq, enter_ns, op): a bucket or a wrapped call
+            if call is not None and (since is None or call[2] < since):
+                op, seq, since = call[3], call[1], call[2]
         return {
             "rank": self.rank, "ts_ns": time.time_ns(), "step": self.step, "last_seq": last_seq,
             "inflight_op": op, "inflight_seq": seq, "inflight_since_ns": since, "state": state,
@@ -368,59 +391,66 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cap = _cap
-        if cap is None or _local.busy or not cap.ready():
+        if cap is None or _local.busy or (cap.rank is None and not cap.ready()):
             return fn(*args, **kwargs)
         try:
             is_async = always_async or bool(arg(args, kwargs, async_pos, "async_op"))
             group = cap.group_name(arg(args, kwargs, group_pos, "group"))
-            nbytes, dtype = _nbytes(arg(args, kwargs, payload_pos, payload))
-            peer = arg(args, kwargs, peer_pos, peer_param) if peer_param else None
-            peer = int(peer) if isinstance(peer, int) else None
-            seq = cap.next_seq(group, peer, direction) if p2p else cap.next_seq(group)
-            token = cap.begin(op, group, seq, nbytes, dtype, peer, is_async, "call")
+            tensors = arg(args, kwargs, payload_pos, payload)
+            native = cap.native
+            if native is not None and not p2p:  # recorded in C++: its sequence counter and in-flight table
+                token = native.begin_call(op, group, -1, tensors, None, is_async, "call")
+                finish = native.finish_call
+            else:
+                nbytes, dtype = _nbytes(tensors)
+                peer = arg(args, kwargs, peer_pos, peer_param) if peer_param else None
+                peer = int(peer) if isinstance(peer, int) else None
+                seq = cap.next_seq(group, peer, direction) if p2p else cap.next_seq(group)
+                token = cap.begin(op, group, seq, nbytes, dtype, peer, is_async, "call")
+                finish = cap.finish
         except Exception:  # noqa: BLE001 - describing the call must never break it
             return fn(*args, **kwargs)
         _local.busy = True
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            finish(token, False, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             _local.busy = False
         if is_async and result is not None:
-            _on_completion(cap, token, result)
+            _on_completion(finish, token, result)
         else:
-            cap.finish(token, True)
+            finish(token, True)
         return result
 
     wrapper.__tracekit_original__ = fn  # type: ignore[attr-defined]
     return wrapper
 
 
-def _on_completion(cap: _Capture, token: int, work: Any) -> None:
+def _on_completion(finish: Callable[..., None], token: int, work: Any) -> None:
     """Record the exit when an async work handle completes (its future's callback)."""
     try:
         future = work.get_future()
     except Exception:  # noqa: BLE001 - a backend without futures: the exit is the wait() call
-        _wrap_wait(cap, token, work)
+        _wrap_wait(finish, token, work)
         return
 
     def done(fut: Any) -> None:
         try:
             fut.value()
         except Exception as exc:  # noqa: BLE001
-            cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+            finish(token, False, f"{type(exc).__name__}: {exc}")
             return
-        cap.finish(token, True)
+        finish(token, True)
 
     try:
         future.add_done_callback(done)
     except Exception:  # noqa: BLE001
-        cap.finish(token, True)
+        finish(token, True)
 
 
-def _wrap_wait(cap: _Capture, token: int, work: Any) -> None:
+def _wrap_wait(finish: Callable[..., None], token: int, work: Any) -> None:
     try:
         original = work.wait
 
@@ -428,14 +458,14 @@ def _wrap_wait(cap: _Capture, token: int, work: Any) -> None:
             try:
                 result = original(*args, **kwargs)
             except Exception as exc:
-                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+                finish(token, False, f"{type(exc).__name__}: {exc}")
                 raise
-            cap.finish(token, True)
+            finish(token, True)
             return result
 
         work.wait = wait
     except (AttributeError, TypeError):
-        cap.finish(token, True)
+        finish(token, True)
 
 
 def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -466,10 +496,10 @@ def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
             _local.busy = False
         if tokens and works and len(works) == len(tokens):
             for token, work in zip(tokens, works):
-                _on_completion(cap, token, work)
+                _on_completion(cap.finish, token, work)
         elif works:
             for token in tokens:
-                _on_completion(cap, token, works[-1])
+                _on_completion(cap.finish, token, works[-1])
         return works
 
     batch_isend_irecv.__tracekit_original__ = fn  # type: ignore[attr-defined]

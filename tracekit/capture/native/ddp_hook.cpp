@@ -12,13 +12,16 @@
 //   * records enter (before the call) and exit (when the work completed: the future's callback,
 //     on gloo's thread; nothing else runs there) and whether it failed.
 // Records leave as JSON lines of tracekit's ``collectives`` stream, formatted here, so Python builds
-// no dict and encodes no JSON per bucket.
+// no dict and encodes no JSON per bucket. tracekit's Python wrappers of ``torch.distributed`` calls
+// (other than point-to-point) record through ``begin_call``/``finish_call`` here too: two C++ calls
+// instead of a Python record per call, the same sequence counter, the same in-flight table.
 // Python drains the completed records at every spool flush (the flusher thread, off the training
 // thread), at exit, and on SIGTERM (then in-flight ones too, marked interrupted).
 #include <torch/extension.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <chrono>
@@ -28,6 +31,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -42,14 +46,18 @@ int64_t now_ns() {
 
 struct Record {
   std::string group;
+  std::string op = "all_reduce";
+  std::string source = "ddp";
   int64_t seq = 0;
   int64_t enter_ns = 0;
   int64_t exit_ns = 0;
   int64_t step = 0;
   int64_t bytes = 0;
-  std::string dtype;
+  std::optional<std::string> dtype;
+  std::optional<int64_t> peer;
+  bool async_op = true;
   bool ok = true;
-  bool nonfinite = false;
+  std::optional<bool> nonfinite;  // checked buckets only
   std::string error;
 };
 
@@ -66,6 +74,8 @@ struct State {
   std::atomic<int64_t> world{-1};
   double grad_sqsum = 0.0;         // squared L2 norm of the local buckets measured since the last take
   bool grad_any = false;
+  std::string steps;               // ``steps`` records formatted by close_step, not yet drained
+  int64_t steps_count = 0;
 };
 
 State& state() {
@@ -126,16 +136,27 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"world_size\":%" PRId64 ",\"process_group\":", rank, world);
   out += buf;
   json_string(out, r.group);
-  std::snprintf(buf, sizeof buf,
-                ",\"seq\":%" PRId64 ",\"op\":\"all_reduce\",\"enter_ns\":%" PRId64 ",\"step\":%" PRId64
-                ",\"bytes\":%" PRId64 ",\"dtype\":",
-                r.seq, r.enter_ns, r.step, r.bytes);
+  std::snprintf(buf, sizeof buf, ",\"seq\":%" PRId64 ",\"op\":", r.seq);
   out += buf;
-  json_string(out, r.dtype);
-  std::snprintf(buf, sizeof buf,
-                ",\"peer\":null,\"async_op\":true,\"source\":\"ddp\",\"nonfinite\":%s,\"exit_ns\":%" PRId64
-                ",\"ok\":%s",
-                r.nonfinite ? "true" : "false", r.exit_ns, r.ok ? "true" : "false");
+  json_string(out, r.op);
+  std::snprintf(buf, sizeof buf, ",\"enter_ns\":%" PRId64 ",\"step\":%" PRId64 ",\"bytes\":%" PRId64 ",\"dtype\":",
+                r.enter_ns, r.step, r.bytes);
+  out += buf;
+  if (r.dtype) {
+    json_string(out, *r.dtype);
+  } else {
+    out += "null";
+  }
+  if (r.peer) {
+    std::snprintf(buf, sizeof buf, ",\"peer\":%" PRId64, *r.peer);
+    out += buf;
+  } else {
+    out += ",\"peer\":null";
+  }
+  out += r.async_op ? ",\"async_op\":true,\"source\":" : ",\"async_op\":false,\"source\":";
+  json_string(out, r.source);
+  std::snprintf(buf, sizeof buf, ",\"nonfinite\":%s,\"exit_ns\":%" PRId64 ",\"ok\":%s",
+                r.nonfinite ? (*r.nonfinite ? "true" : "false") : "null", r.exit_ns, r.ok ? "true" : "false");
   out += buf;
   if (!r.error.empty()) {
     out += ",\"error\":";
@@ -193,16 +214,17 @@ class RecordingAllReduceHook
       } else {
         norm = buffer.norm().item<double>();
       }
-      record.nonfinite = !std::isfinite(norm);
-      if (record.nonfinite && !std::isnan(norm)) {  // inf: a real inf, or squares of huge values overflowed
+      bool nonfinite = !std::isfinite(norm);
+      if (nonfinite && !std::isnan(norm)) {  // inf: a real inf, or squares of huge values overflowed
         // (dividing by the group size has not changed which elements are finite)
-        record.nonfinite = !buffer.isfinite().all().item<bool>();
+        nonfinite = !buffer.isfinite().all().item<bool>();
       }
+      record.nonfinite = nonfinite;
       sqnorm = norm * norm;
       measured = true;
       int expected = -1;
       auto& flag = state().nonfinite;
-      if (record.nonfinite) {
+      if (nonfinite) {
         flag.store(1);
       } else {
         flag.compare_exchange_strong(expected, 0);
@@ -305,7 +327,7 @@ py::tuple drain(const std::string& interrupted) {
   return py::make_tuple(lines, static_cast<int64_t>(out.size()));
 }
 
-// The oldest in-flight bucket all-reduce as (group, seq, enter_ns), or None.
+// The oldest in-flight call or bucket all-reduce as (group, seq, enter_ns, op), or None.
 py::object oldest_inflight() {
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -313,7 +335,7 @@ py::object oldest_inflight() {
     return py::none();
   }
   const Record& r = s.inflight.begin()->second;
-  return py::make_tuple(r.group, r.seq, r.enter_ns);
+  return py::make_tuple(r.group, r.seq, r.enter_ns, r.op);
 }
 
 // Close a training step: what the hooked buckets measured since the last call, as (any bucket held a
@@ -332,6 +354,117 @@ py::tuple end_step(int64_t next_step) {
   }
   return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)),
                         any ? py::object(py::float_(sum)) : py::object(py::none()));
+}
+
+// Bytes and dtype (the first tensor's) of a call's payload: a tensor, a list or tuple of them, or None.
+void add_payload(py::handle payload, Record& record) {
+  if (THPVariable_Check(payload.ptr())) {
+    const at::Tensor& tensor = THPVariable_Unpack(payload.ptr());
+    record.bytes += static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size());
+    if (!record.dtype) {
+      record.dtype = dtype_name(tensor.scalar_type());
+    }
+  } else if (py::isinstance<py::list>(payload) || py::isinstance<py::tuple>(payload)) {
+    for (py::handle item : payload) {
+      add_payload(item, record);
+    }
+  }
+}
+
+// Open the record of one call made through tracekit's Python wrappers (enter: now; step: the current
+// one; seq: the group's next, unless given); returns its token for finish_call.
+int64_t begin_call(const std::string& op, const std::string& group, int64_t seq, py::handle payload,
+                   std::optional<int64_t> peer, bool async_op, const std::string& source) {
+  Record record;
+  record.enter_ns = now_ns();
+  record.op = op;
+  record.group = group;
+  add_payload(payload, record);
+  record.peer = peer;
+  record.async_op = async_op;
+  record.source = source;
+  auto& s = state();
+  record.step = s.step.load();
+  std::lock_guard<std::mutex> lock(s.mu);
+  record.seq = seq >= 0 ? seq : s.seq[group]++;
+  int64_t token = s.next_token++;
+  s.inflight.emplace(token, std::move(record));
+  return token;
+}
+
+void json_number(std::string& out, std::optional<double> value) {
+  if (!value || !std::isfinite(*value)) {
+    out += "null";
+    return;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", *value);
+  out += buf;
+}
+
+// Close a training step and format its ``steps`` record here, for the common case: the hooked buckets
+// measured the gradient norm, and the loss is a float or a one-element CPU tensor. Takes what the
+// buckets measured since the last call, as end_step does; the buckets from now on belong to step + 1.
+// Returns None when the record was written, else end_step's (nonfinite, squared norm) for Python to
+// write the record itself (no bucket was measured: the norm comes from the optimizer; a loss on a GPU).
+py::object close_step(int64_t step, int64_t start_ns, int64_t end_ns, py::handle loss,
+                      std::optional<bool> nonfinite) {
+  std::optional<double> value;
+  bool usable = true;
+  if (THPVariable_Check(loss.ptr())) {
+    const at::Tensor& tensor = THPVariable_Unpack(loss.ptr());
+    if (tensor.is_cpu() && tensor.numel() == 1 && tensor.scalar_type() == at::kFloat) {
+      value = static_cast<double>(*tensor.data_ptr<float>());
+    } else if (tensor.is_cpu() && tensor.numel() == 1 && tensor.scalar_type() == at::kDouble) {
+      value = *tensor.data_ptr<double>();
+    } else {
+      usable = false;
+    }
+  } else if (PyFloat_Check(loss.ptr())) {
+    value = PyFloat_AS_DOUBLE(loss.ptr());
+  } else if (!loss.is_none()) {
+    usable = false;
+  }
+  auto& s = state();
+  int flag = s.nonfinite.exchange(-1);
+  double sum = 0.0;
+  bool any = false;
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::swap(any, s.grad_any);
+  std::swap(sum, s.grad_sqsum);
+  s.step.store(step + 1);
+  if (!any || !usable) {
+    return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)), any ? py::object(py::float_(sum)) : py::object(py::none()));
+  }
+  if (flag >= 0) {
+    nonfinite = nonfinite.value_or(false) || flag == 1;
+  } else if (!nonfinite && value) {
+    nonfinite = !std::isfinite(*value);
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"step\":%" PRId64 ",\"start_ns\":%" PRId64 ",\"end_ns\":%" PRId64
+                ",\"loss\":", s.rank.load(), step, start_ns, end_ns);
+  s.steps += buf;
+  json_number(s.steps, value);
+  s.steps += ",\"grad_norm\":";
+  json_number(s.steps, std::isfinite(sum) ? std::optional<double>(std::sqrt(sum)) : std::nullopt);
+  s.steps += nonfinite ? (*nonfinite ? ",\"nonfinite\":true}\n" : ",\"nonfinite\":false}\n") : ",\"nonfinite\":null}\n";
+  s.steps_count += 1;
+  return py::none();
+}
+
+// The step records close_step formatted, as (JSON lines, how many).
+py::tuple drain_steps() {
+  std::string text;
+  int64_t count;
+  {
+    auto& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    text.swap(s.steps);
+    count = s.steps_count;
+    s.steps_count = 0;
+  }
+  return py::make_tuple(py::str(text), count);
 }
 
 int64_t last_seq(const std::string& group) {
@@ -358,6 +491,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("rank"), py::arg("world_size"));
   m.def("end_step", &end_step, py::arg("next_step"));
+  m.def("close_step", &close_step, py::arg("step"), py::arg("start_ns"), py::arg("end_ns"), py::arg("loss"),
+        py::arg("nonfinite"));
+  m.def("drain_steps", &drain_steps);
   m.def("drain", &drain, py::arg("interrupted") = "");
+  m.def("begin_call", &begin_call, py::arg("op"), py::arg("group"), py::arg("seq"), py::arg("payload"),
+        py::arg("peer"), py::arg("async_op"), py::arg("source"));
+  m.def("finish_call", &RecordingAllReduceHook::finish, py::arg("token"), py::arg("ok"), py::arg("error") = "");
   m.def("oldest_inflight", &oldest_inflight);
 }
