@@ -174,7 +174,8 @@ class SpoolSpanProcessor(SpanProcessor):
             self.exporter.spool.stream("spans")._drop(1, f"more than {self.max_queue_size} spans waited for a flush")
             return
         self._queue.append(span)
-        self.exporter.spool._ensure_flusher()
+        if self.exporter.spool._flusher is None:
+            self.exporter.spool._ensure_flusher()
 
     def _export_queued(self) -> None:
         """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""

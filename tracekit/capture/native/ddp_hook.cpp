@@ -341,19 +341,29 @@ py::object oldest_inflight() {
 // Close a training step: what the hooked buckets measured since the last call, as (any bucket held a
 // NaN or inf: None when no bucket was checked, squared L2 norm of the local buckets: None when none was
 // measured); buckets from now on belong to `next_step`. One call per step from the training thread.
-py::tuple end_step(int64_t next_step) {
-  auto& s = state();
-  int flag = s.nonfinite.exchange(-1);
-  double sum = 0.0;
-  bool any = false;
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    std::swap(any, s.grad_any);
-    std::swap(sum, s.grad_sqsum);
-    s.step.store(next_step);
+struct StepTake {
+  int flag;    // -1 no bucket checked, 0 all finite, 1 some not
+  bool any;    // some bucket's norm was measured
+  double sum;  // their squared L2 norms
+  py::tuple as_tuple() const {
+    return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)),
+                          any ? py::object(py::float_(sum)) : py::object(py::none()));
   }
-  return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)),
-                        any ? py::object(py::float_(sum)) : py::object(py::none()));
+};
+
+// What the buckets measured since the last take; the buckets from now on belong to `next_step`.
+StepTake take_step(int64_t next_step) {
+  auto& s = state();
+  StepTake take{s.nonfinite.exchange(-1), false, 0.0};
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::swap(take.any, s.grad_any);
+  std::swap(take.sum, s.grad_sqsum);
+  s.step.store(next_step);
+  return take;
+}
+
+py::tuple end_step(int64_t next_step) {
+  return take_step(next_step).as_tuple();
 }
 
 // Bytes and dtype (the first tensor's) of a call's payload: a tensor, a list or tuple of them, or None.
@@ -425,29 +435,24 @@ py::object close_step(int64_t step, int64_t start_ns, int64_t end_ns, py::handle
   } else if (!loss.is_none()) {
     usable = false;
   }
-  auto& s = state();
-  int flag = s.nonfinite.exchange(-1);
-  double sum = 0.0;
-  bool any = false;
-  std::lock_guard<std::mutex> lock(s.mu);
-  std::swap(any, s.grad_any);
-  std::swap(sum, s.grad_sqsum);
-  s.step.store(step + 1);
-  if (!any || !usable) {
-    return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)), any ? py::object(py::float_(sum)) : py::object(py::none()));
+  const StepTake take = take_step(step + 1);
+  if (!take.any || !usable) {
+    return take.as_tuple();
   }
-  if (flag >= 0) {
-    nonfinite = nonfinite.value_or(false) || flag == 1;
+  if (take.flag >= 0) {
+    nonfinite = nonfinite.value_or(false) || take.flag == 1;
   } else if (!nonfinite && value) {
     nonfinite = !std::isfinite(*value);
   }
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
   char buf[160];
   std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"step\":%" PRId64 ",\"start_ns\":%" PRId64 ",\"end_ns\":%" PRId64
                 ",\"loss\":", s.rank.load(), step, start_ns, end_ns);
   s.steps += buf;
   json_number(s.steps, value);
   s.steps += ",\"grad_norm\":";
-  json_number(s.steps, std::isfinite(sum) ? std::optional<double>(std::sqrt(sum)) : std::nullopt);
+  json_number(s.steps, std::isfinite(take.sum) ? std::optional<double>(std::sqrt(take.sum)) : std::nullopt);
   s.steps += nonfinite ? (*nonfinite ? ",\"nonfinite\":true}\n" : ",\"nonfinite\":false}\n") : ",\"nonfinite\":null}\n";
   s.steps_count += 1;
   return py::none();
