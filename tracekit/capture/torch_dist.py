@@ -387,6 +387,12 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     direction = "send" if op in ("send", "isend") else "recv"
     p2p = op in _P2P
+    # the usual call passes the payload alone, positionally (``all_reduce(t)``, ``barrier()``): then the
+    # group and async_op are their defaults and no argument needs looking up
+    if payload_pos is None:
+        plain_args = 0
+    else:
+        plain_args = payload_pos + 1 if all(pos is None or pos > payload_pos for pos in (group_pos, async_pos)) else -1
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -394,9 +400,12 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if cap is None or _local.busy or (cap.rank is None and not cap.ready()):
             return fn(*args, **kwargs)
         try:
-            is_async = always_async or bool(arg(args, kwargs, async_pos, "async_op"))
-            group = cap.group_name(arg(args, kwargs, group_pos, "group"))
-            tensors = arg(args, kwargs, payload_pos, payload)
+            if len(args) == plain_args and not kwargs:
+                is_async, group, tensors = always_async, "default", args[-1] if args else None
+            else:
+                is_async = always_async or bool(arg(args, kwargs, async_pos, "async_op"))
+                group = cap.group_name(arg(args, kwargs, group_pos, "group"))
+                tensors = arg(args, kwargs, payload_pos, payload)
             native = cap.native
             if native is not None and not p2p:  # recorded in C++: its sequence counter and in-flight table
                 token = native.begin_call(op, group, -1, tensors, None, is_async, "call")
