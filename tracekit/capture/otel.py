@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tracekit.capture.spool import Spool
+from tracekit.capture.spool import Spool, drain
 
 NODE_ATTR = "tracekit.node"
 RUN_ID_ATTR = "tracekit.run_id"
@@ -179,13 +179,7 @@ class SpoolSpanProcessor(SpanProcessor):
 
     def _export_queued(self) -> None:
         """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""
-        batch: list[ReadableSpan] = []
-        queue = self._queue
-        try:
-            while True:
-                batch.append(queue.popleft())
-        except IndexError:
-            pass
+        batch = drain(self._queue)
         if batch:
             self.exporter.export(batch)
 

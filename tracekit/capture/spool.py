@@ -71,6 +71,17 @@ def _dumps(record: dict[str, Any]) -> str:
     return _ENCODER.encode(record)
 
 
+def drain(queue: "collections.deque[Any]") -> list[Any]:
+    """Everything in ``queue`` now, oldest first, taken with popleft: safe against writers appending
+    from other threads without a lock (what they append meanwhile is taken too, or left for next time)."""
+    items = []
+    try:
+        while True:
+            items.append(queue.popleft())
+    except IndexError:
+        return items
+
+
 def _join(items: list[tuple[Any, Any]]) -> tuple[str, int, int]:
     """The buffered items as JSON lines: (text, count) as is, (fields, values) rows encoded now; how many
     records they hold, and how many rows could not be encoded (dropped)."""
@@ -164,13 +175,7 @@ class SpoolStream:
         # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
         # and the footer is always the last line
         with self._io_lock:
-            items = []
-            queue = self._queue
-            try:
-                while True:
-                    items.append(queue.popleft())
-            except IndexError:
-                pass
+            items = drain(self._queue)
             if not items:
                 return
             data, count, bad = _join(items)
@@ -334,11 +339,12 @@ class Spool:
             pause = due - asleep
             if self.tick_s:
                 pause = min(pause, int(random.uniform(0.5, 1.5) * self.tick_s * 1e9))
-            time.sleep(max(pause, 0) / 1e9)  # cheaper than Event.wait; a close is noticed at the next wake-up
+            pause = max(pause, 0)
+            time.sleep(pause / 1e9)  # cheaper than Event.wait; a close is noticed at the next wake-up
             if self._closed:
                 return
             now = time.monotonic_ns()
-            late = now - asleep - max(pause, 0)
+            late = now - asleep - pause
             for tick in list(self._tickers):
                 try:
                     tick(late)
