@@ -408,7 +408,7 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
                 tensors = arg(args, kwargs, payload_pos, payload)
             native = cap.native
             if native is not None and not p2p:  # recorded in C++: its sequence counter and in-flight table
-                token = native.begin_call(op, group, -1, tensors, None, is_async, "call")
+                token = native.begin_call(op, group, tensors, is_async, "call")
                 finish = native.finish_call
             else:
                 nbytes, dtype = _nbytes(tensors)

@@ -54,7 +54,6 @@ struct Record {
   int64_t step = 0;
   int64_t bytes = 0;
   std::optional<std::string> dtype;
-  std::optional<int64_t> peer;
   bool async_op = true;
   bool ok = true;
   std::optional<bool> nonfinite;  // checked buckets only
@@ -147,12 +146,7 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   } else {
     out += "null";
   }
-  if (r.peer) {
-    std::snprintf(buf, sizeof buf, ",\"peer\":%" PRId64, *r.peer);
-    out += buf;
-  } else {
-    out += ",\"peer\":null";
-  }
+  out += ",\"peer\":null";  // point-to-point calls are recorded in Python (sequences per peer)
   out += r.async_op ? ",\"async_op\":true,\"source\":" : ",\"async_op\":false,\"source\":";
   json_string(out, r.source);
   std::snprintf(buf, sizeof buf, ",\"nonfinite\":%s,\"exit_ns\":%" PRId64 ",\"ok\":%s",
@@ -381,22 +375,21 @@ void add_payload(py::handle payload, Record& record) {
   }
 }
 
-// Open the record of one call made through tracekit's Python wrappers (enter: now; step: the current
-// one; seq: the group's next, unless given); returns its token for finish_call.
-int64_t begin_call(const std::string& op, const std::string& group, int64_t seq, py::handle payload,
-                   std::optional<int64_t> peer, bool async_op, const std::string& source) {
+// Open the record of one call (not point-to-point) made through tracekit's Python wrappers (enter: now;
+// step: the current one; seq: the group's next); returns its token for finish_call.
+int64_t begin_call(const std::string& op, const std::string& group, py::handle payload, bool async_op,
+                   const std::string& source) {
   Record record;
   record.enter_ns = now_ns();
   record.op = op;
   record.group = group;
   add_payload(payload, record);
-  record.peer = peer;
   record.async_op = async_op;
   record.source = source;
   auto& s = state();
   record.step = s.step.load();
   std::lock_guard<std::mutex> lock(s.mu);
-  record.seq = seq >= 0 ? seq : s.seq[group]++;
+  record.seq = s.seq[group]++;
   int64_t token = s.next_token++;
   s.inflight.emplace(token, std::move(record));
   return token;
@@ -500,8 +493,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("nonfinite"));
   m.def("drain_steps", &drain_steps);
   m.def("drain", &drain, py::arg("interrupted") = "");
-  m.def("begin_call", &begin_call, py::arg("op"), py::arg("group"), py::arg("seq"), py::arg("payload"),
-        py::arg("peer"), py::arg("async_op"), py::arg("source"));
+  m.def("begin_call", &begin_call, py::arg("op"), py::arg("group"), py::arg("payload"), py::arg("async_op"),
+        py::arg("source"));
   m.def("finish_call", &RecordingAllReduceHook::finish, py::arg("token"), py::arg("ok"), py::arg("error") = "");
   m.def("oldest_inflight", &oldest_inflight);
 }
