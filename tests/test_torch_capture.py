@@ -165,6 +165,75 @@ def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook
             assert s["grad_norm"] == pytest.approx(captured[s["rank"]]["norms"][s["step"]], rel=1e-5)
 
 
+WRITER_JOB = """
+import json, os, threading, time, torch, torch.distributed as dist, tracekit
+import tracekit.capture.torch_dist as td
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29600 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+assert tracekit.torch.instrument()
+cap = td._cap
+if os.environ.get("FULL_DISK"):  # the writer's files are on a full disk from now on
+    cap._count_native(cap.native.stop_writer())
+    full = os.open("/dev/full", os.O_WRONLY)
+    cap.native.start_writer(full, full, full, tick_s=0.05, beat_s=0.1, flush_s=0.05)
+model = DDP(nn.Linear(8, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(20):
+    opt.zero_grad()
+    loss = model(torch.randn(4, 8)).square().mean()
+    loss.backward()
+    opt.step()
+    time.sleep(0.03)
+time.sleep(0.5)  # more than a flush interval
+on_disk = {s: getattr(cap, s).path.read_text().count("\\n") - 1 for s in ("collectives", "steps")}
+print(json.dumps({"writer": cap.writer, "on_disk": on_disk, "threads": sorted(t.name for t in threading.enumerate())}))
+dist.destroy_process_group()
+"""
+
+
+def _spool_files(tmp_path: Path) -> dict[str, list[dict]]:
+    files = {}
+    for path in (tmp_path / "spool").rglob("*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        files[lines[0]["stream"]] = lines
+    return files
+
+
+@pytest.mark.slow
+def test_native_writer_beats_and_writes_while_no_python_thread_wakes(tmp_path: Path) -> None:
+    """With the native module, its writer thread samples scheduling lag, beats and writes the calls,
+    buckets and steps to the spool files while training runs; the spool's Python flusher never starts."""
+    proc = subprocess.run([sys.executable, "-c", WRITER_JOB], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["writer"] and "tracekit-spool" not in seen["threads"], seen
+    assert seen["on_disk"]["steps"] == 20 and seen["on_disk"]["collectives"] >= 20  # written mid-run
+    files = _spool_files(tmp_path)
+    for stream in ("collectives", "steps", "heartbeats"):
+        lines = files[stream]
+        assert lines[-1]["records"] == len(lines) - 2 and lines[-1]["dropped"] == 0, stream  # the footer's tally
+    beats = files["heartbeats"][1:-1]
+    assert len(beats) >= 2 and all(b["state"] == "alive" and b["rank"] == 0 for b in beats)
+    assert all(isinstance(b["sched_lag_ns"], int) and b["sched_lag_ns"] >= 0 for b in beats)
+    assert all(b["lag_step"] is not None and 0 <= b["lag_step"] <= b["step"] for b in beats[1:])
+    assert [s["step"] for s in files["steps"][1:-1]] == list(range(20))
+    assert all(s["grad_norm"] > 0 and s["nonfinite"] is False for s in files["steps"][1:-1])
+
+
+@pytest.mark.slow
+def test_native_writer_on_a_full_disk_counts_and_warns_and_training_goes_on(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", WRITER_JOB], cwd=tmp_path, env=_env(tmp_path, FULL_DISK="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "No space left on device" in proc.stderr and "the program itself was not affected" in proc.stderr
+    files = _spool_files(tmp_path)
+    assert files["steps"][-1]["records"] == 0 and files["steps"][-1]["dropped"] == 20
+    assert files["collectives"][-1]["dropped"] >= 20 and len(files["collectives"]) == 2  # header and footer
+
+
 def test_native_hook_is_built_and_loads(tmp_path: Path) -> None:
     """install.sh builds the native DDP hook for this torch and Python; a job only loads it (never compiles)."""
     out = subprocess.run([sys.executable, "-m", "tracekit.capture.native", "--format", "json"], cwd=tmp_path,

@@ -348,8 +348,10 @@ def detect_starved_ranks(frames: RunFrames, th: Thresholds) -> list[Finding]:
     if hb.height == 0:
         return []
     t0 = int(hb["ts_ns"].min())
-    per = (hb.with_columns(bin=(pl.col("ts_ns") - t0) // HEARTBEAT_BIN_NS)
-           .group_by("bin", "rank").agg(lag=pl.col("sched_lag_ns").max(), step=pl.col("step").min()))
+    # a beat's step: the one in progress at its worst wake-up (capture since lag_step), else at the beat
+    at = pl.coalesce("lag_step", "step") if "lag_step" in hb.columns else pl.col("step")
+    per = (hb.with_columns(bin=(pl.col("ts_ns") - t0) // HEARTBEAT_BIN_NS, at=at)
+           .group_by("bin", "rank").agg(lag=pl.col("sched_lag_ns").max(), step=pl.col("at").min()))
     stats = per.group_by("bin").agg(med=pl.col("lag").median(), total=pl.col("lag").sum(), n=pl.len())
     # the peers at the same time: the other rank of two, else the median rank (robust to the one starved)
     per = (per.join(stats, on="bin").filter(pl.col("n") >= 2)

@@ -160,6 +160,7 @@ class SpoolSpanProcessor(SpanProcessor):
         self._queue: collections.deque[ReadableSpan] = collections.deque()  # append/popleft are atomic
         spool = exporter.spool
         spool.before_flush.append(self._export_queued)
+        spool.watch(self._queue)
         ref = weakref.ref(self)
         # a forked child must not export its parent's queued spans again
         os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._queue.clear())
@@ -174,8 +175,11 @@ class SpoolSpanProcessor(SpanProcessor):
             self.exporter.spool.stream("spans")._drop(1, f"more than {self.max_queue_size} spans waited for a flush")
             return
         self._queue.append(span)
-        if self.exporter.spool._flusher is None:
-            self.exporter.spool._ensure_flusher()
+        spool = self.exporter.spool
+        if spool._flusher is None:
+            spool._ensure_flusher()
+        elif spool._idle:
+            spool._wake.set()
 
     def _export_queued(self) -> None:
         """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""

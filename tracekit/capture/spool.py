@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 SPOOL_VERSION = 2  # 2: every stream is flat (span events have a stream of their own); 1: events nested
 READABLE_VERSIONS = (1, 2)
+_IDLE_MAX_S = 5.0  # an idle flusher still looks every 5 s (a producer that did not notify loses no record)
 HEADER_KEY = "tracekit_spool"
 FOOTER_KEY = "tracekit_end"
 
@@ -168,8 +169,11 @@ class SpoolStream:
             self._drop(item[1] if type(item[0]) is str else 1, "the spool was already closed")
             return
         self._queue.append(item)
-        if self.spool._flusher is None:
-            self.spool._ensure_flusher()
+        spool = self.spool
+        if spool._flusher is None:
+            spool._ensure_flusher()
+        elif spool._idle:
+            spool._wake.set()
 
     def flush(self) -> None:
         # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
@@ -244,6 +248,11 @@ class Spool:
         self._flush_lock = threading.RLock()
         self._tickers: list[Callable[[int], None]] = []
         self.tick_s = 0.0
+        # With no ticker, the flusher sleeps after a flush until a record arrives (appends wake it): a process whose records all go another way (the native writer
+        # thread of torch capture) has no Python thread waking up at all.
+        self._idle = False
+        self._wake = threading.Event()
+        self._watched: list[collections.deque[Any]] = []  # queues besides the streams' whose items await a flush
         self._closed = False
         self._warned: set[str] = set()
         self.dropped = 0
@@ -292,6 +301,7 @@ class Spool:
             self._closed = True
             for stream in list(self._streams.values()):
                 stream.close()
+        self._wake.set()  # an idle flusher thread ends
         if self.dropped:
             print(
                 f"tracekit: {self.dropped} record(s) of run {self.run_id} were dropped "
@@ -323,7 +333,18 @@ class Spool:
         with self._lock:
             self._tickers.append(tick)
             self.tick_s = min(self.tick_s or every_s, every_s)
+        self._wake.set()  # an idle flusher starts ticking
         self._ensure_flusher()
+
+    def watch(self, queue: "collections.deque[Any]") -> None:
+        """Treat ``queue`` (drained by a ``before_flush`` hook) as records waiting for a flush: an idle
+        flusher checks it before it sleeps. Its producer calls :meth:`notify` after appending."""
+        self._watched.append(queue)
+
+    def notify(self) -> None:
+        """Records wait in a watched queue: wake the flusher if it idles."""
+        if self._idle:
+            self._wake.set()
 
     def remove_ticker(self, tick: Callable[[int], None]) -> None:
         with self._lock:
@@ -351,8 +372,22 @@ class Spool:
                 except Exception as exc:  # noqa: BLE001 - a ticker's failure must not stop the flushes
                     self._report_drop_reason(f"a periodic capture task failed: {exc}")
             if now >= due:
-                due = now + int(self.flush_interval * 1e9)
                 self.flush()
+                if not self._tickers:
+                    self._idle_until_woken()
+                due = time.monotonic_ns() + int(self.flush_interval * 1e9)
+
+    def _idle_until_woken(self) -> None:
+        """Sleep until a record waits (or a ticker arrives, or the spool closes); then the next flush is
+        at most one interval away. Checked after ``_idle`` is set, so an append racing with it wakes it."""
+        self._wake.clear()
+        self._idle = True
+        try:
+            if self._closed or any(stream._queue for stream in list(self._streams.values())) or any(self._watched):
+                return
+            self._wake.wait(_IDLE_MAX_S)
+        finally:
+            self._idle = False
 
     def _ensure_exit_hook(self) -> None:
         """In a forked multiprocessing child, atexit does not run: register a finalizer there."""
@@ -388,6 +423,8 @@ class Spool:
         self._flusher = None
         self._tickers = []
         self.tick_s = 0.0
+        self._idle = False
+        self._wake = threading.Event()
         self._closed = False
         self.dropped = 0
         self._warned = set()

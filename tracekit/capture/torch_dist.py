@@ -135,9 +135,11 @@ class _Capture:
         self._heartbeat_stream: Any = None  # the heartbeats stream, once beating
         self._next_beat_ns = 0
         self._worst_late_ns = 0
+        self._worst_step: int | None = None  # the step in progress at that wake-up
         self._stop = threading.Event()
         self.terminated = False
         self.native: Any = None  # the C++ DDP hook module (tracekit.capture.native), when it loads
+        self.writer = False  # the native writer thread beats and writes the native records
         self._warned_native = False
 
     def attach_native(self, module: Any) -> None:
@@ -213,17 +215,53 @@ class _Capture:
 
     def drain_native(self, interrupted: str = "") -> None:
         """Write the calls and bucket all-reduces the native module completed (with ``interrupted``: also the
-        in-flight ones), and the step records it formatted."""
-        if self.native is not None:
-            lines, count = self.native.drain(interrupted)  # JSON lines, formatted in C++
-            self.collectives.write_lines(lines, count)
-            lines, count = self.native.drain_steps()
-            self.steps.write_lines(lines, count)
+        in-flight ones), and the step records it kept: by its writer thread's files when that runs, else
+        through the spool's streams."""
+        native = self.native
+        if native is None:
+            return
+        if self.writer:
+            self._count_native(native.flush_writer(interrupted))
+            return
+        lines, count = native.drain(interrupted)  # JSON lines, formatted in C++
+        self.collectives.write_lines(lines, count)
+        lines, count = native.drain_steps()
+        self.steps.write_lines(lines, count)
+
+    def _native_streams(self) -> tuple[Any, Any, Any]:
+        return self.collectives, self.steps, self._heartbeat_stream
+
+    def _count_native(self, counts: Any) -> None:
+        """Add what the native writer wrote (and dropped) to each stream's tally, which its footer reports."""
+        for stream, (written, dropped, error) in zip(self._native_streams(), counts):
+            with stream._io_lock:
+                stream.records += written
+            if dropped:
+                stream._drop(dropped, f"cannot write {stream.path}: {error}" if error else "")
+
+    def _start_writer(self) -> bool:
+        """Beat, sample scheduling lag and write the native records on the native writer thread: no Python
+        thread then wakes up while training runs (the spool's flusher idles until Python records wait)."""
+        native = self.native
+        if native is None:
+            return False
+        fds = [stream._fd for stream in self._native_streams()]
+        if any(fd is None for fd in fds):  # a stream could not open its file: the spool's path counts drops
+            return False
+        try:
+            native.start_writer(*fds, tick_s=_TICK_S, beat_s=_HEARTBEAT_S, flush_s=self.run.spool.flush_interval)
+        except Exception:  # noqa: BLE001
+            return False
+        self.writer = True
+        return True
 
     def close(self) -> None:
         """Stop the heartbeat and write what the native hook still holds (the spool is closing)."""
         self._stop.set()
         self.run.spool.remove_ticker(self._tick)
+        if self.writer:
+            self.writer = False
+            self._count_native(self.native.stop_writer())
         self.drain_native()
 
     def end_step(self, *, loss: float | None = None, grad_norm: float | None = None, optimizer: Any = None) -> None:
@@ -299,25 +337,31 @@ class _Capture:
         }
 
     def _start_heartbeat(self) -> None:
-        """Beat on the spool's flusher thread (no thread of its own: one wake-up serves both)."""
+        """Beat on the native writer thread, else on the spool's flusher thread (no thread of its own: one
+        wake-up serves both)."""
         if self._heartbeat_stream is not None:
             return
         self._heartbeat_stream = self.run.spool.stream("heartbeats")
+        self._install_sigterm()
+        if self._start_writer():
+            return
         self._next_beat_ns = 0
         self.run.spool.add_ticker(self._tick, _TICK_S)
-        self._install_sigterm()
 
     def _tick(self, late_ns: int) -> None:
         """Every ~_TICK_S: keep the worst wake-up lateness; every _HEARTBEAT_S, write it with a beat. A
         process starved of CPU (a quota, SIGSTOP, a noisy neighbour) wakes late, a busy one on its own does not."""
         if self._stop.is_set():
             return
-        self._worst_late_ns = max(self._worst_late_ns, late_ns)
+        if late_ns > self._worst_late_ns or self._worst_step is None:
+            self._worst_late_ns = max(late_ns, self._worst_late_ns)
+            self._worst_step = self.step
         now = time.monotonic_ns()
         if now >= self._next_beat_ns:
             self._next_beat_ns = now + int(_HEARTBEAT_S * 1e9)
             record = self.heartbeat_record("alive")
             record["sched_lag_ns"], self._worst_late_ns = self._worst_late_ns, 0
+            record["lag_step"], self._worst_step = self._worst_step, None
             self._heartbeat_stream.write(record)
 
     def _install_sigterm(self) -> None:
@@ -357,7 +401,10 @@ class _Capture:
     def on_terminate(self) -> None:
         self.terminated = True
         try:
-            self.run.spool.stream("heartbeats").write(self.heartbeat_record("sigterm"))
+            if self.writer:
+                self.native.beat("sigterm")
+            else:
+                self.run.spool.stream("heartbeats").write(self.heartbeat_record("sigterm"))
             self.drain_native("interrupted: the process received SIGTERM while waiting")
             for token in list(self.inflight):
                 self.finish(token, False, "interrupted: the process received SIGTERM while waiting")
@@ -407,8 +454,13 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
                 group = cap.group_name(arg(args, kwargs, group_pos, "group"))
                 tensors = arg(args, kwargs, payload_pos, payload)
             native = cap.native
-            if native is not None and not p2p:  # recorded in C++: its sequence counter and in-flight table
-                token = native.begin_call(op, group, tensors, is_async, "call")
+            if native is not None:  # recorded in C++: its sequence counters and in-flight table
+                if p2p:
+                    peer = arg(args, kwargs, peer_pos, peer_param)
+                    token = native.begin_call(op, group, tensors, is_async, "call",
+                                              int(peer) if isinstance(peer, int) else None)
+                else:
+                    token = native.begin_call(op, group, tensors, is_async, "call")
                 finish = native.finish_call
             else:
                 nbytes, dtype = _nbytes(tensors)
@@ -484,11 +536,16 @@ def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
         if cap is None or _local.busy or not cap.ready():
             return fn(p2p_op_list)
         tokens = []
+        native = cap.native
+        finish = native.finish_call if native is not None else cap.finish
         try:
             for p2p in p2p_op_list:
                 name = getattr(p2p.op, "__name__", "p2p")
                 op = "isend" if "send" in name else "irecv"
                 group = cap.group_name(p2p.group)
+                if native is not None:
+                    tokens.append(native.begin_call(op, group, p2p.tensor, True, "batch", int(p2p.peer)))
+                    continue
                 nbytes, dtype = _nbytes(p2p.tensor)
                 seq = cap.next_seq(group, int(p2p.peer), "send" if op == "isend" else "recv")
                 tokens.append(cap.begin(op, group, seq, nbytes, dtype, int(p2p.peer), True, "batch"))
@@ -499,16 +556,16 @@ def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
             works = fn(p2p_op_list)
         except Exception as exc:
             for token in tokens:
-                cap.finish(token, False, f"{type(exc).__name__}: {exc}")
+                finish(token, False, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             _local.busy = False
         if tokens and works and len(works) == len(tokens):
             for token, work in zip(tokens, works):
-                _on_completion(cap.finish, token, work)
+                _on_completion(finish, token, work)
         elif works:
             for token in tokens:
-                _on_completion(cap.finish, token, works[-1])
+                _on_completion(finish, token, works[-1])
         return works
 
     batch_isend_irecv.__tracekit_original__ = fn  # type: ignore[attr-defined]
@@ -718,7 +775,7 @@ def _patch_optimizer_and_backward(torch: Any) -> None:
     def recorded_backward(self: Any, *args: Any, **kwargs: Any) -> Any:
         cap = _cap
         if cap is not None and self.numel() == 1:
-            cap.loss = self.detach()
+            cap.loss = self  # read when the step closes (no detach: a tensor allocation per step)
         return backward(self, *args, **kwargs)
 
     functools.update_wrapper(recorded_backward, backward)

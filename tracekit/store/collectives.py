@@ -22,7 +22,7 @@ SELECT rank, world_size, round, src, dst, bytes, ts_ns, dur_ns, step FROM probes
 """
 
 _HEARTBEATS_SQL = """
-SELECT rank, ts_ns, step, last_seq, inflight_op, inflight_seq, inflight_since_ns, state, sched_lag_ns
+SELECT rank, ts_ns, step, last_seq, inflight_op, inflight_seq, inflight_since_ns, state, sched_lag_ns, lag_step
 FROM heartbeats WHERE run_id = $run
 """
 

@@ -76,6 +76,9 @@ MIGRATIONS: list[Migration] = [
     Migration(11, "training: scheduling lag in rank heartbeats (CPU starvation)", """
     ALTER TABLE heartbeats ADD COLUMN sched_lag_ns BIGINT;
     """),
+    Migration(12, "training: the step in progress at a heartbeat's worst wake-up", """
+    ALTER TABLE heartbeats ADD COLUMN lag_step BIGINT;
+    """),
     Migration(30, "fault-injection campaigns", """
     CREATE TABLE campaigns (
         campaign_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, strategy VARCHAR, budget INTEGER,

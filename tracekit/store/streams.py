@@ -108,7 +108,7 @@ HEARTBEATS = register(StreamSpec(  # a rank's liveness and in-flight collective,
     pa.schema([
         ("rank", pa.int32()), ("ts_ns", pa.int64()), ("step", pa.int64()), ("last_seq", pa.int64()),
         ("inflight_op", pa.string()), ("inflight_seq", pa.int64()), ("inflight_since_ns", pa.int64()),
-        ("state", pa.string()), ("sched_lag_ns", pa.int64()),
+        ("state", pa.string()), ("sched_lag_ns", pa.int64()), ("lag_step", pa.int64()),
     ]),
     required=("rank", "ts_ns"),
 ))

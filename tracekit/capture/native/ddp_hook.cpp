@@ -23,7 +23,15 @@
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #include <pybind11/stl.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <thread>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
@@ -53,11 +61,19 @@ struct Record {
   int64_t exit_ns = 0;
   int64_t step = 0;
   int64_t bytes = 0;
+  int64_t peer = -1;  // point-to-point calls: the other rank; -1 otherwise
   std::optional<std::string> dtype;
   bool async_op = true;
   bool ok = true;
   std::optional<bool> nonfinite;  // checked buckets only
   std::string error;
+};
+
+// One ``steps`` record as close_step took it; formatted when drained.
+struct StepRow {
+  int64_t step, start_ns, end_ns;
+  std::optional<double> loss, grad_norm;
+  std::optional<bool> nonfinite;
 };
 
 // Process-wide state shared by every hooked model and by Python.
@@ -73,8 +89,7 @@ struct State {
   std::atomic<int64_t> world{-1};
   double grad_sqsum = 0.0;         // squared L2 norm of the local buckets measured since the last take
   bool grad_any = false;
-  std::string steps;               // ``steps`` records formatted by close_step, not yet drained
-  int64_t steps_count = 0;
+  std::vector<StepRow> steps;      // closed by close_step, formatted when drained (off the training thread)
 };
 
 State& state() {
@@ -146,7 +161,12 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   } else {
     out += "null";
   }
-  out += ",\"peer\":null";  // point-to-point calls are recorded in Python (sequences per peer)
+  if (r.peer >= 0) {
+    std::snprintf(buf, sizeof buf, ",\"peer\":%" PRId64, r.peer);
+    out += buf;
+  } else {
+    out += ",\"peer\":null";
+  }
   out += r.async_op ? ",\"async_op\":true,\"source\":" : ",\"async_op\":false,\"source\":";
   json_string(out, r.source);
   std::snprintf(buf, sizeof buf, ",\"nonfinite\":%s,\"exit_ns\":%" PRId64 ",\"ok\":%s",
@@ -290,35 +310,91 @@ void register_hook(py::object reducer, const c10::intrusive_ptr<c10d::ProcessGro
   r.register_comm_hook(std::make_unique<RecordingAllReduceHook>(group, name, check_finite));
 }
 
-// Completed records (and, with `interrupted`, the in-flight ones, marked failed with that reason) as
-// (JSON lines, how many).
-py::tuple drain(const std::string& interrupted) {
+// Completed records (and, with `interrupted`, the in-flight ones, marked failed with that reason),
+// taken out of the state.
+std::vector<Record> take_done(const std::string& interrupted) {
   std::vector<Record> out;
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  out.swap(s.done);
+  if (!interrupted.empty()) {
+    int64_t now = now_ns();
+    for (auto& [token, record] : s.inflight) {
+      record.exit_ns = now;
+      record.ok = false;
+      record.error = interrupted;
+      out.push_back(std::move(record));
+    }
+    s.inflight.clear();
+  }
+  return out;
+}
+
+std::string format_records(const std::vector<Record>& records) {
+  std::string text;
+  text.reserve(records.size() * 330);
+  int64_t rank = state().rank.load(), world = state().world.load();
+  for (const auto& r : records) {
+    json_line(text, r, rank, world);
+  }
+  return text;
+}
+
+void json_number(std::string& out, std::optional<double> value) {
+  if (!value || !std::isfinite(*value)) {
+    out += "null";
+    return;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", *value);
+  out += buf;
+}
+
+void json_optional(std::string& out, std::optional<int64_t> value) {
+  if (!value) {
+    out += "null";
+    return;
+  }
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%" PRId64, *value);
+  out += buf;
+}
+
+// The step records close_step took, as JSON lines of the ``steps`` stream; how many.
+std::string take_steps(int64_t& count) {
+  std::vector<StepRow> rows;
   {
     auto& s = state();
     std::lock_guard<std::mutex> lock(s.mu);
-    out.swap(s.done);
-    if (!interrupted.empty()) {
-      int64_t now = now_ns();
-      for (auto& [token, record] : s.inflight) {
-        record.exit_ns = now;
-        record.ok = false;
-        record.error = interrupted;
-        out.push_back(std::move(record));
-      }
-      s.inflight.clear();
-    }
+    rows.swap(s.steps);
   }
+  count = static_cast<int64_t>(rows.size());
   std::string text;
-  text.reserve(out.size() * 330);
-  int64_t rank = state().rank.load(), world = state().world.load();
-  for (const auto& r : out) {
-    json_line(text, r, rank, world);
+  const int64_t rank = state().rank.load();
+  char buf[160];
+  for (const StepRow& row : rows) {
+    std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"step\":%" PRId64 ",\"start_ns\":%" PRId64
+                  ",\"end_ns\":%" PRId64 ",\"loss\":", rank, row.step, row.start_ns, row.end_ns);
+    text += buf;
+    json_number(text, row.loss);
+    text += ",\"grad_norm\":";
+    json_number(text, row.grad_norm);
+    text += row.nonfinite ? (*row.nonfinite ? ",\"nonfinite\":true}\n" : ",\"nonfinite\":false}\n")
+                          : ",\"nonfinite\":null}\n";
   }
+  return text;
+}
+
+py::str decoded(const std::string& text) {
   // "replace": an error message from the transport is not guaranteed to be valid UTF-8
-  auto lines = py::reinterpret_steal<py::str>(
+  return py::reinterpret_steal<py::str>(
       PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "replace"));
-  return py::make_tuple(lines, static_cast<int64_t>(out.size()));
+}
+
+// Completed records (and, with `interrupted`, the in-flight ones) as (JSON lines, how many).
+py::tuple drain(const std::string& interrupted) {
+  std::vector<Record> out = take_done(interrupted);
+  return py::make_tuple(decoded(format_records(out)), static_cast<int64_t>(out.size()));
 }
 
 // The oldest in-flight call or bucket all-reduce as (group, seq, enter_ns, op), or None.
@@ -339,9 +415,14 @@ struct StepTake {
   int flag;    // -1 no bucket checked, 0 all finite, 1 some not
   bool any;    // some bucket's norm was measured
   double sum;  // their squared L2 norms
-  py::tuple as_tuple() const {
-    return py::make_tuple(flag < 0 ? py::object(py::none()) : py::object(py::bool_(flag == 1)),
-                          any ? py::object(py::float_(sum)) : py::object(py::none()));
+  PyObject* as_tuple() const {
+    PyObject* nonfinite = flag < 0 ? Py_None : (flag == 1 ? Py_True : Py_False);
+    Py_INCREF(nonfinite);
+    PyObject* sqsum = any ? PyFloat_FromDouble(sum) : (Py_INCREF(Py_None), Py_None);
+    PyObject* tuple = PyTuple_New(2);
+    PyTuple_SET_ITEM(tuple, 0, nonfinite);
+    PyTuple_SET_ITEM(tuple, 1, sqsum);
+    return tuple;
   }
 };
 
@@ -356,126 +437,438 @@ StepTake take_step(int64_t next_step) {
   return take;
 }
 
-py::tuple end_step(int64_t next_step) {
-  return take_step(next_step).as_tuple();
+py::object end_step(int64_t next_step) {
+  return py::reinterpret_steal<py::object>(take_step(next_step).as_tuple());
 }
 
 // Bytes and dtype (the first tensor's) of a call's payload: a tensor, a list or tuple of them, or None.
-void add_payload(py::handle payload, Record& record) {
-  if (THPVariable_Check(payload.ptr())) {
-    const at::Tensor& tensor = THPVariable_Unpack(payload.ptr());
+void add_payload(PyObject* payload, Record& record) {
+  if (THPVariable_Check(payload)) {
+    const at::Tensor& tensor = THPVariable_Unpack(payload);
     record.bytes += static_cast<int64_t>(tensor.numel()) * static_cast<int64_t>(tensor.element_size());
     if (!record.dtype) {
       record.dtype = dtype_name(tensor.scalar_type());
     }
-  } else if (py::isinstance<py::list>(payload) || py::isinstance<py::tuple>(payload)) {
-    for (py::handle item : payload) {
-      add_payload(item, record);
+  } else if (PyList_Check(payload) || PyTuple_Check(payload)) {
+    PyObject* items = PySequence_Fast(payload, "");
+    if (items == nullptr) {
+      PyErr_Clear();
+      return;
     }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      add_payload(PySequence_Fast_GET_ITEM(items, i), record);
+    }
+    Py_DECREF(items);
   }
 }
 
-// Open the record of one call (not point-to-point) made through tracekit's Python wrappers (enter: now;
-// step: the current one; seq: the group's next); returns its token for finish_call.
-int64_t begin_call(const std::string& op, const std::string& group, py::handle payload, bool async_op,
-                   const std::string& source) {
+// --- the hot entry points, as plain CPython fast calls --------------------------------------------
+// These run on the training thread every step; pybind11's dispatcher (overload resolution, type
+// casters) costs more than the work, measured at ~3 us a call with cold caches mid-step.
+
+bool utf8(PyObject* value, std::string& out) {
+  Py_ssize_t size = 0;
+  const char* text = PyUnicode_AsUTF8AndSize(value, &size);
+  if (text == nullptr) {
+    return false;
+  }
+  out.assign(text, static_cast<size_t>(size));
+  return true;
+}
+
+PyObject* bad_args(const char* what) {
+  PyErr_SetString(PyExc_TypeError, what);
+  return nullptr;
+}
+
+// begin_call(op, group, payload, async_op, source, peer=None) -> token: open the record of one call
+// made through tracekit's Python wrappers (enter: now; step: the current one; seq: the group's next,
+// or for a point-to-point call with `peer`, the next of that group, direction and peer).
+PyObject* begin_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 5 || nargs > 6) {
+    return bad_args("begin_call(op, group, payload, async_op, source, peer=None)");
+  }
   Record record;
   record.enter_ns = now_ns();
-  record.op = op;
-  record.group = group;
-  add_payload(payload, record);
-  record.async_op = async_op;
-  record.source = source;
+  if (!utf8(args[0], record.op) || !utf8(args[1], record.group) || !utf8(args[4], record.source)) {
+    return nullptr;
+  }
+  add_payload(args[2], record);
+  record.async_op = PyObject_IsTrue(args[3]) == 1;
+  std::string key = record.group;
+  if (nargs == 6 && args[5] != Py_None) {
+    record.peer = PyLong_AsLongLong(args[5]);
+    if (record.peer == -1 && PyErr_Occurred()) {
+      return nullptr;
+    }
+    const bool sends = record.op == "send" || record.op == "isend";
+    key += sends ? "\x1fsend\x1f" : "\x1frecv\x1f";
+    key += std::to_string(record.peer);
+  }
   auto& s = state();
   record.step = s.step.load();
-  std::lock_guard<std::mutex> lock(s.mu);
-  record.seq = s.seq[group]++;
-  int64_t token = s.next_token++;
-  s.inflight.emplace(token, std::move(record));
-  return token;
-}
-
-void json_number(std::string& out, std::optional<double> value) {
-  if (!value || !std::isfinite(*value)) {
-    out += "null";
-    return;
+  int64_t token;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    record.seq = s.seq[key]++;
+    token = s.next_token++;
+    s.inflight.emplace(token, std::move(record));
   }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.17g", *value);
-  out += buf;
+  return PyLong_FromLongLong(token);
 }
 
-// Close a training step and format its ``steps`` record here, for the common case: the hooked buckets
-// measured the gradient norm, and the loss is a float or a one-element CPU tensor. Takes what the
-// buckets measured since the last call, as end_step does; the buckets from now on belong to step + 1.
-// Returns None when the record was written, else end_step's (nonfinite, squared norm) for Python to
-// write the record itself (no bucket was measured: the norm comes from the optimizer; a loss on a GPU).
-py::object close_step(int64_t step, int64_t start_ns, int64_t end_ns, py::handle loss,
-                      std::optional<bool> nonfinite) {
-  std::optional<double> value;
+// finish_call(token, ok, error="")
+PyObject* finish_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 2 || nargs > 3) {
+    return bad_args("finish_call(token, ok, error='')");
+  }
+  const int64_t token = PyLong_AsLongLong(args[0]);
+  if (token == -1 && PyErr_Occurred()) {
+    return nullptr;
+  }
+  std::string error;
+  if (nargs == 3 && args[2] != Py_None && !utf8(args[2], error)) {
+    return nullptr;
+  }
+  RecordingAllReduceHook::finish(token, PyObject_IsTrue(args[1]) == 1, error);
+  Py_RETURN_NONE;
+}
+
+// close_step(step, start_ns, end_ns, loss, nonfinite): close a training step and keep its ``steps``
+// record (formatted when drained, off this thread), for the common case: the hooked buckets measured
+// the gradient norm, and the loss is a float or a one-element CPU tensor. Takes what the buckets
+// measured since the last call, as end_step does; the buckets from now on belong to step + 1. Returns
+// None when the record was kept, else end_step's (nonfinite, squared norm) for Python to write the
+// record itself (no bucket was measured: the norm comes from the optimizer; a loss on a GPU).
+PyObject* close_step(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 5) {
+    return bad_args("close_step(step, start_ns, end_ns, loss, nonfinite)");
+  }
+  StepRow row;
+  row.step = PyLong_AsLongLong(args[0]);
+  row.start_ns = PyLong_AsLongLong(args[1]);
+  row.end_ns = PyLong_AsLongLong(args[2]);
+  if (PyErr_Occurred()) {
+    return nullptr;
+  }
+  PyObject* loss = args[3];
   bool usable = true;
-  if (THPVariable_Check(loss.ptr())) {
-    const at::Tensor& tensor = THPVariable_Unpack(loss.ptr());
+  if (THPVariable_Check(loss)) {
+    const at::Tensor& tensor = THPVariable_Unpack(loss);
     if (tensor.is_cpu() && tensor.numel() == 1 && tensor.scalar_type() == at::kFloat) {
-      value = static_cast<double>(*tensor.data_ptr<float>());
+      row.loss = static_cast<double>(*tensor.data_ptr<float>());
     } else if (tensor.is_cpu() && tensor.numel() == 1 && tensor.scalar_type() == at::kDouble) {
-      value = *tensor.data_ptr<double>();
+      row.loss = *tensor.data_ptr<double>();
     } else {
       usable = false;
     }
-  } else if (PyFloat_Check(loss.ptr())) {
-    value = PyFloat_AS_DOUBLE(loss.ptr());
-  } else if (!loss.is_none()) {
+  } else if (PyFloat_Check(loss)) {
+    row.loss = PyFloat_AS_DOUBLE(loss);
+  } else if (loss != Py_None) {
     usable = false;
   }
-  const StepTake take = take_step(step + 1);
+  if (args[4] != Py_None) {
+    row.nonfinite = PyObject_IsTrue(args[4]) == 1;
+  }
+  const StepTake take = take_step(row.step + 1);
   if (!take.any || !usable) {
     return take.as_tuple();
   }
   if (take.flag >= 0) {
-    nonfinite = nonfinite.value_or(false) || take.flag == 1;
-  } else if (!nonfinite && value) {
-    nonfinite = !std::isfinite(*value);
+    row.nonfinite = row.nonfinite.value_or(false) || take.flag == 1;
+  } else if (!row.nonfinite && row.loss) {
+    row.nonfinite = !std::isfinite(*row.loss);
+  }
+  if (std::isfinite(take.sum)) {
+    row.grad_norm = std::sqrt(take.sum);
   }
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"step\":%" PRId64 ",\"start_ns\":%" PRId64 ",\"end_ns\":%" PRId64
-                ",\"loss\":", s.rank.load(), step, start_ns, end_ns);
-  s.steps += buf;
-  json_number(s.steps, value);
-  s.steps += ",\"grad_norm\":";
-  json_number(s.steps, std::isfinite(take.sum) ? std::optional<double>(std::sqrt(take.sum)) : std::nullopt);
-  s.steps += nonfinite ? (*nonfinite ? ",\"nonfinite\":true}\n" : ",\"nonfinite\":false}\n") : ",\"nonfinite\":null}\n";
-  s.steps_count += 1;
-  return py::none();
+  s.steps.push_back(row);
+  Py_RETURN_NONE;
 }
 
-// The step records close_step formatted, as (JSON lines, how many).
+// The step records close_step kept, as (JSON lines, how many).
 py::tuple drain_steps() {
-  std::string text;
-  int64_t count;
-  {
-    auto& s = state();
-    std::lock_guard<std::mutex> lock(s.mu);
-    text.swap(s.steps);
-    count = s.steps_count;
-    s.steps_count = 0;
-  }
+  int64_t count = 0;
+  std::string text = take_steps(count);
   return py::make_tuple(py::str(text), count);
 }
 
-int64_t last_seq(const std::string& group) {
+int64_t last_seq_locked(const std::string& group) {
   auto& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
   auto it = s.seq.find(group);
   return it == s.seq.end() ? -1 : it->second - 1;
 }
 
+int64_t last_seq(const std::string& group) {
+  std::lock_guard<std::mutex> lock(state().mu);
+  return last_seq_locked(group);
+}
+
+// --- the writer: one native thread that samples scheduling lag, beats and writes -------------------
+// With it, a rank's capture needs no Python thread waking up: it wakes every ~tick (jittered 0.5x to
+// 1.5x, so never phase-locked to a periodic stall) and keeps the worst lateness of its wake-ups (a
+// process starved of CPU wakes late; a busy one does not), writes a heartbeat every `beat`, and every
+// `flush` appends the completed calls, bucket all-reduces, steps and heartbeats to the spool files
+// Python opened (their headers and footers stay Python's). A native thread's wake-up costs about half
+// a Python thread's (~60 vs ~120 us of CPU on a VM), and no GIL hand-off interrupts the training thread.
+
+enum { kCollectives = 0, kSteps = 1, kHeartbeats = 2, kStreams = 3 };
+
+struct Writer {
+  std::mutex mu;             // guards everything below, and one writer of the files at a time
+  std::condition_variable cv;
+  std::thread* thread = nullptr;  // leaked in a forked child (the thread is not there)
+  bool stop = false;
+  int fds[kStreams] = {-1, -1, -1};
+  int64_t written[kStreams] = {0, 0, 0};  // records written since Python last asked
+  int64_t dropped[kStreams] = {0, 0, 0};
+  std::string error[kStreams];
+  std::string beats;             // heartbeats not yet written
+  int64_t beats_count = 0;
+  int64_t worst_late_ns = 0;     // since the last beat
+  int64_t worst_step = -1;       // the step in progress at that wake-up
+  int64_t tick_ns = 100000000, beat_ns = 500000000, flush_ns = 200000000;
+};
+
+Writer& writer() {
+  static Writer* w = new Writer();
+  return *w;
+}
+
+// Append `text` (`count` records) to stream `i`'s file; a failure drops them and is reported to Python.
+void write_locked(Writer& w, int i, const std::string& text, int64_t count) {
+  if (count == 0) {
+    return;
+  }
+  if (w.fds[i] < 0) {
+    w.dropped[i] += count;
+    return;
+  }
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(w.fds[i], text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      // a short write may have landed some whole records before the error
+      int64_t landed = 0;
+      for (size_t k = 0; k < done; ++k) {
+        landed += text[k] == '\n';
+      }
+      w.written[i] += landed;
+      w.dropped[i] += count - landed;
+      w.error[i] = std::strerror(errno);
+      ::close(w.fds[i]);
+      w.fds[i] = -1;
+      return;
+    }
+    done += static_cast<size_t>(n);
+  }
+  w.written[i] += count;
+}
+
+void beat_locked(Writer& w, const char* what) {
+  auto& s = state();
+  int64_t step, last, since = 0, seq = 0;
+  std::string op;
+  bool inflight;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    step = s.step.load();
+    last = last_seq_locked("default");
+    inflight = !s.inflight.empty();
+    if (inflight) {
+      const Record& r = s.inflight.begin()->second;
+      op = r.op;
+      seq = r.seq;
+      since = r.enter_ns;
+    }
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"ts_ns\":%" PRId64 ",\"step\":%" PRId64 ",\"last_seq\":%" PRId64
+                ",\"inflight_op\":", s.rank.load(), now_ns(), step, last);
+  w.beats += buf;
+  if (inflight) {
+    json_string(w.beats, op);
+  } else {
+    w.beats += "null";
+  }
+  w.beats += ",\"inflight_seq\":";
+  json_optional(w.beats, inflight ? std::optional<int64_t>(seq) : std::nullopt);
+  w.beats += ",\"inflight_since_ns\":";
+  json_optional(w.beats, inflight ? std::optional<int64_t>(since) : std::nullopt);
+  w.beats += ",\"state\":";
+  json_string(w.beats, what);
+  std::snprintf(buf, sizeof buf, ",\"sched_lag_ns\":%" PRId64 ",\"lag_step\":", w.worst_late_ns);
+  w.beats += buf;
+  json_optional(w.beats, w.worst_step >= 0 ? std::optional<int64_t>(w.worst_step) : std::nullopt);
+  w.beats += "}\n";
+  w.beats_count += 1;
+  w.worst_late_ns = 0;
+  w.worst_step = -1;
+}
+
+// Write everything pending (with `interrupted`: the in-flight calls too, marked failed).
+void flush_locked(Writer& w, const std::string& interrupted) {
+  std::vector<Record> done = take_done(interrupted);
+  write_locked(w, kCollectives, format_records(done), static_cast<int64_t>(done.size()));
+  int64_t count = 0;
+  std::string steps = take_steps(count);
+  write_locked(w, kSteps, steps, count);
+  write_locked(w, kHeartbeats, w.beats, w.beats_count);
+  w.beats.clear();
+  w.beats_count = 0;
+}
+
+void run_writer() {
+  Writer& w = writer();
+  using clock = std::chrono::steady_clock;
+  uint64_t rng = static_cast<uint64_t>(now_ns()) | 1;
+  auto next_beat = clock::now();
+  auto next_flush = clock::now() + std::chrono::nanoseconds(w.flush_ns);
+  std::unique_lock<std::mutex> lock(w.mu);
+  while (!w.stop) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    const double jitter = 0.5 + static_cast<double>(rng >> 11) / 9007199254740992.0;  // 0.5 .. 1.5
+    auto deadline = clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(jitter * w.tick_ns));
+    if (next_flush < deadline) {
+      deadline = next_flush;
+    }
+    if (w.cv.wait_until(lock, deadline, [&w] { return w.stop; })) {
+      break;
+    }
+    const auto now = clock::now();
+    const int64_t late = std::chrono::duration_cast<std::chrono::nanoseconds>(now - deadline).count();
+    if (late > w.worst_late_ns || w.worst_step < 0) {
+      w.worst_late_ns = std::max<int64_t>(late, w.worst_late_ns);
+      w.worst_step = state().step.load();
+    }
+    if (now >= next_beat) {
+      beat_locked(w, "alive");
+      next_beat = now + std::chrono::nanoseconds(w.beat_ns);
+    }
+    if (now >= next_flush) {
+      flush_locked(w, "");
+      next_flush = now + std::chrono::nanoseconds(w.flush_ns);
+    }
+  }
+}
+
+// start_writer(collectives_fd, steps_fd, heartbeats_fd, tick_s, beat_s, flush_s): the writer owns
+// these (duplicated) descriptors until stop_writer. A no-op when it runs already.
+void start_writer(int collectives_fd, int steps_fd, int heartbeats_fd, double tick_s, double beat_s,
+                  double flush_s) {
+  Writer& w = writer();
+  std::lock_guard<std::mutex> lock(w.mu);
+  if (w.thread != nullptr) {
+    return;
+  }
+  const int fds[kStreams] = {collectives_fd, steps_fd, heartbeats_fd};
+  for (int i = 0; i < kStreams; ++i) {
+    w.fds[i] = fds[i] >= 0 ? ::dup(fds[i]) : -1;
+  }
+  w.tick_ns = static_cast<int64_t>(tick_s * 1e9);
+  w.beat_ns = static_cast<int64_t>(beat_s * 1e9);
+  w.flush_ns = static_cast<int64_t>(flush_s * 1e9);
+  w.stop = false;
+  w.worst_late_ns = 0;
+  w.worst_step = -1;
+  w.thread = new std::thread(run_writer);
+}
+
+// Records written and dropped per stream since the last call, and the first write error of each:
+// ((written, dropped, error) for collectives, steps, heartbeats).
+py::tuple counts_locked(Writer& w) {
+  py::tuple out(static_cast<size_t>(kStreams));
+  for (int i = 0; i < kStreams; ++i) {
+    out[i] = py::make_tuple(w.written[i], w.dropped[i], w.error[i]);
+    w.written[i] = w.dropped[i] = 0;
+  }
+  return out;
+}
+
+// Write everything pending now, from the calling thread (an explicit flush; SIGTERM, with
+// `interrupted`: the in-flight calls too); returns the counts.
+py::tuple flush_writer(const std::string& interrupted) {
+  Writer& w = writer();
+  std::unique_lock<std::mutex> lock(w.mu, std::defer_lock);
+  {
+    py::gil_scoped_release release;
+    lock.lock();
+  }
+  flush_locked(w, interrupted);
+  return counts_locked(w);
+}
+
+// Append a heartbeat in state `what` (e.g. "sigterm") to be written at the next flush.
+void beat(const std::string& what) {
+  Writer& w = writer();
+  py::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(w.mu);
+  beat_locked(w, what.c_str());
+}
+
+// Stop the writer: join it, write everything pending, close its descriptors; returns the counts.
+py::tuple stop_writer() {
+  Writer& w = writer();
+  std::thread* thread;
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    thread = w.thread;
+    w.thread = nullptr;
+    w.stop = true;
+  }
+  w.cv.notify_all();
+  std::unique_lock<std::mutex> lock(w.mu, std::defer_lock);
+  {
+    py::gil_scoped_release release;
+    if (thread != nullptr) {
+      thread->join();
+      delete thread;
+    }
+    lock.lock();
+  }
+  flush_locked(w, "");
+  for (int& fd : w.fds) {
+    if (fd >= 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  return counts_locked(w);
+}
+
+bool writer_running() {
+  Writer& w = writer();
+  std::lock_guard<std::mutex> lock(w.mu);
+  return w.thread != nullptr;
+}
+
+// A forked child has no writer thread (and may have been forked while one held a lock): start afresh.
+void writer_after_fork_in_child() {
+  new (&writer()) Writer();  // the parent's Writer (its thread, its mutex) is abandoned, not destroyed
+}
+
+PyMethodDef kFastCalls[] = {
+    {"begin_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(begin_call)), METH_FASTCALL,
+     "begin_call(op, group, payload, async_op, source, peer=None) -> token"},
+    {"finish_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(finish_call)), METH_FASTCALL,
+     "finish_call(token, ok, error='')"},
+    {"close_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(close_step)), METH_FASTCALL,
+     "close_step(step, start_ns, end_ns, loss, nonfinite) -> None | (nonfinite, squared norm)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "tracekit's native DDP all-reduce hook: records each gradient bucket without the GIL";
+  m.doc() = "tracekit's native capture: the DDP all-reduce hook, call and step records, the writer thread";
   m.def("register_hook", &register_hook, py::arg("reducer"), py::arg("group"), py::arg("name"),
         py::arg("check_finite") = true);
   m.def("next_seq", &next_seq, py::arg("group"));
@@ -489,12 +882,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("rank"), py::arg("world_size"));
   m.def("end_step", &end_step, py::arg("next_step"));
-  m.def("close_step", &close_step, py::arg("step"), py::arg("start_ns"), py::arg("end_ns"), py::arg("loss"),
-        py::arg("nonfinite"));
   m.def("drain_steps", &drain_steps);
   m.def("drain", &drain, py::arg("interrupted") = "");
-  m.def("begin_call", &begin_call, py::arg("op"), py::arg("group"), py::arg("payload"), py::arg("async_op"),
-        py::arg("source"));
-  m.def("finish_call", &RecordingAllReduceHook::finish, py::arg("token"), py::arg("ok"), py::arg("error") = "");
   m.def("oldest_inflight", &oldest_inflight);
+  m.def("start_writer", &start_writer, py::arg("collectives_fd"), py::arg("steps_fd"), py::arg("heartbeats_fd"),
+        py::arg("tick_s"), py::arg("beat_s"), py::arg("flush_s"));
+  m.def("flush_writer", &flush_writer, py::arg("interrupted") = "");
+  m.def("stop_writer", &stop_writer);
+  m.def("writer_running", &writer_running);
+  m.def("beat", &beat, py::arg("state"));
+  for (PyMethodDef* def = kFastCalls; def->ml_name != nullptr; ++def) {
+    m.add_object(def->ml_name, py::reinterpret_steal<py::object>(PyCFunction_NewEx(def, nullptr, m.attr("__name__").ptr())));
+  }
+  pthread_atfork(nullptr, nullptr, writer_after_fork_in_child);
 }
