@@ -122,13 +122,24 @@ dist.destroy_process_group()
     assert all(c["rank"] == 0 and c["world_size"] == 1 and c["exit_ns"] >= c["enter_ns"] for c in coll)
 
 
-def _ddp_hooks_job(tmp_path: Path, port: int, **env: str) -> tuple[dict[int, dict], str]:
+def _ddp_hooks_job(tmp_path: Path, port: int, nproc: int = 2, **env: str) -> tuple[dict[int, dict], str]:
     tmp_path.mkdir()
     proc = subprocess.run(
-        ["torchrun", "--nproc-per-node", "2", "--master-port", str(port), str(ALL_OPS.with_name("ddp_hooks.py"))],
+        ["torchrun", "--nproc-per-node", str(nproc), "--master-port", str(port), str(ALL_OPS.with_name("ddp_hooks.py"))],
         cwd=tmp_path, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return {rank: json.loads((tmp_path / f"ddp_hooks.{rank}.json").read_text()) for rank in (0, 1)}, proc.stderr
+    return {rank: json.loads((tmp_path / f"ddp_hooks.{rank}.json").read_text()) for rank in range(nproc)}, proc.stderr
+
+
+@pytest.mark.slow
+def test_native_hook_averages_bit_identically_to_plain_ddp_at_three_ranks(tmp_path: Path) -> None:
+    """With a group size that is not a power of two, x / 3 and x * float(1 / 3) differ in the last bit:
+    the native hook scales as DDP does without a comm hook, so training is unchanged bit for bit."""
+    plain, _ = _ddp_hooks_job(tmp_path / "plain", 29845, nproc=3, TRACEKIT_DISABLED="1")
+    captured, stderr = _ddp_hooks_job(tmp_path / "cap", 29846, nproc=3)
+    for rank in range(3):
+        assert captured[rank]["native"] is True, stderr[-2000:]
+        assert captured[rank]["checksum"] == plain[rank]["checksum"]
 
 
 @pytest.mark.slow
