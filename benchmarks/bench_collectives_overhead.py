@@ -18,9 +18,9 @@ from step to step, so no pairing removes it; a +-0.5 % interval takes ~12,000 st
 arm's overhead is the ratio of its 10 %-trimmed mean step time to plain's, minus one; the 95 %
 intervals resample whole epochs. CPU time per step is reported too, for the whole process and for
 the training thread alone (the steadiest figure: what capture itself costs the training loop), and
-the CPU time of the process's other Python threads (tracekit's spool flusher, which encodes and
-writes the records, beats, and exports spans), per second and as a share of the process's CPU: work
-no arm's step time contains.
+the CPU time of tracekit's own threads (the native writer, which samples scheduling lag, beats and
+writes the records; the spool's Python flusher, asleep while no Python record waits), per second and
+as a share of the process's CPU: work no arm's step time contains.
 Then ``torch.profiler`` (CPU activities), which cannot start and stop around one step for free, runs
 the plain model in blocks of steps against unprofiled blocks, in a random order. Also measures the
 cost of one recorded collective in isolation (a 1-rank gloo group, 4-byte all_reduce, with vs without

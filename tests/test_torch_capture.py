@@ -41,13 +41,17 @@ def test_instrument_records_every_op_on_every_rank(tmp_path: Path) -> None:
     for rank in (0, 1):
         mine = [r for r in rows if r["rank"] == rank]
         calls = [r for r in mine if r["source"] == "call"]
-        ops = [r["op"] for r in calls if r["peer"] is None]
+        point_to_point = ("send", "recv", "isend", "irecv")
+        ops = [r["op"] for r in calls if r["op"] not in point_to_point]
         assert ops == ["all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
                        "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "barrier", "all_reduce"]
-        assert [r["seq"] for r in calls if r["peer"] is None] == list(range(10))  # one sequence per group
-        p2p = [(r["op"], r["peer"], r["seq"]) for r in calls if r["peer"] is not None]
+        assert [r["seq"] for r in calls if r["op"] not in point_to_point] == list(range(10))  # one per group
+        p2p = [(r["op"], r["peer"], r["seq"]) for r in calls if r["op"] in point_to_point]
         sends = ("send", "recv") if rank == 0 else ("recv", "send")
-        assert p2p == [(sends[0], 1 - rank, 0), (sends[1], 1 - rank, 0), ("isend", 1 - rank, 1), ("irecv", 1 - rank, 1)]
+        # sequences per peer and direction; a receive from any source (peer null) has its own
+        last = ("send", 1, 2) if rank == 0 else ("recv", None, 0)
+        assert p2p == [(sends[0], 1 - rank, 0), (sends[1], 1 - rank, 0), ("isend", 1 - rank, 1), ("irecv", 1 - rank, 1),
+                       last]
         by_op = {r["op"]: r for r in reversed(calls)}  # the first call of each op
         assert by_op["all_reduce"]["bytes"] == 16 and by_op["all_reduce"]["dtype"] == "float32"
         assert by_op["reduce_scatter_tensor"]["bytes"] == 32

@@ -11,10 +11,11 @@ process exits cleanly. A file without a footer belongs to a process that was kil
 without its newline is a torn record that ingest skips and reports.
 
 Records sit in memory for at most one flush interval (200 ms by default) before ``os.write`` hands
-them to the operating system, so a SIGKILL loses at most that interval. The flusher is the one timer
-thread of a process's capture: other periodic work (the training heartbeat, span export) rides on
-its wake-ups as tickers or ``before_flush`` hooks instead of waking a thread of its own (each
-wake-up costs ~0.1 ms of CPU on a VM). Hot paths (a collective, a
+them to the operating system, so a SIGKILL loses at most that interval. The flusher is the one Python
+timer thread of a process's capture: other periodic work (span export; the training heartbeat when
+torch capture's native writer thread is not there) rides on its wake-ups as tickers or
+``before_flush`` hooks instead of waking a thread of its own (each wake-up costs ~0.1 ms of CPU on a
+VM), and with no ticker it sleeps while no record waits. Hot paths (a collective, a
 training step) hand over a tuple of values with ``write_row``; it is encoded to JSON at the flush, in
 a batch, on the flusher thread rather than the caller's. Writing never raises into
 user code: a disk or permission error is counted, warned about once, and the records are dropped.
@@ -248,8 +249,9 @@ class Spool:
         self._flush_lock = threading.RLock()
         self._tickers: list[Callable[[int], None]] = []
         self.tick_s = 0.0
-        # With no ticker, the flusher sleeps after a flush until a record arrives (appends wake it): a process whose records all go another way (the native writer
-        # thread of torch capture) has no Python thread waking up at all.
+        # With no ticker, the flusher sleeps after a flush until a record arrives (appends wake it): a
+        # process whose records all go another way (torch capture's native writer thread) has no Python
+        # thread waking up at all.
         self._idle = False
         self._wake = threading.Event()
         self._watched: list[collections.deque[Any]] = []  # queues besides the streams' whose items await a flush

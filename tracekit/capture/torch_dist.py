@@ -9,14 +9,16 @@ op, bytes, dtype, enter/exit ns, step, ok) -- not one OpenTelemetry span per cal
 * DistributedDataParallel is patched so every wrapped model gets a communication hook that records
   each gradient-bucket all-reduce and measures the *local* bucket before the reduction, in one pass:
   its norm (summed into the rank's gradient norm) and whether it holds a NaN or inf. The hook is native
-  (``tracekit.capture.native``: no GIL per bucket, records drained at every spool flush) when its
-  prebuilt library loads, else ``_ddp_allreduce_hook`` in Python;
+  (``tracekit.capture.native``: no GIL per bucket) when its prebuilt library loads, else
+  ``_ddp_allreduce_hook`` in Python. The native module also keeps the wrapped calls' and the steps'
+  records, and its writer thread appends them to the spool files;
 * the optimizer's step (global post hook) closes a training step (stream ``steps``: start, end,
   loss of the last ``backward()``, gradient norm, local non-finite flag), unless the script calls
   ``tracekit.torch.step(...)`` itself;
-* a heartbeat thread writes each rank's liveness and in-flight collective (stream ``heartbeats``),
-  and on SIGTERM (torchrun stopping a failed job) it records in-flight collectives as interrupted
-  and flushes the spool, even while the main thread is blocked inside gloo;
+* a heartbeat (the native writer thread's, else a ticker on the spool's flusher) writes each rank's
+  liveness, in-flight collective and scheduling lag (stream ``heartbeats``); on SIGTERM (torchrun
+  stopping a failed job) a watcher thread records in-flight collectives as interrupted and flushes
+  the spool, even while the main thread is blocked inside gloo;
 * ``probe_links()`` is the active pairwise send/recv probe (C4-style) that names a slow link.
 
 Nothing here imports torch until ``instrument()`` runs, and nothing raises into the training script.
@@ -458,7 +460,7 @@ def _wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
                 if p2p:
                     peer = arg(args, kwargs, peer_pos, peer_param)
                     token = native.begin_call(op, group, tensors, is_async, "call",
-                                              int(peer) if isinstance(peer, int) else None)
+                                              int(peer) if isinstance(peer, int) else -1)  # -1: any source
                 else:
                     token = native.begin_call(op, group, tensors, is_async, "call")
                 finish = native.finish_call
@@ -820,6 +822,16 @@ def instrument() -> bool:
         run.spool.before_close.append(_cap.close)
         _cap.ready()
     return True
+
+
+def _after_fork_in_child() -> None:
+    # a forked child (a DataLoader worker) has no native writer thread: its records, if any, go
+    # through the spool
+    if _cap is not None:
+        _cap.writer = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ensure_run() -> Any:

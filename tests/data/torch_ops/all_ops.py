@@ -33,6 +33,10 @@ else:
 reqs = [dist.isend(torch.ones(16), peer), dist.irecv(torch.zeros(16), peer)]
 for req in reqs:
     req.wait()
+if rank == 0:  # a receive from any source: numbered apart from the group's collectives
+    dist.send(torch.ones(3), peer)
+else:
+    dist.recv(torch.zeros(3))
 work = dist.all_reduce(torch.ones(1000), async_op=True)
 work.wait()
 model = DDP(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)), bucket_cap_mb=0.01)

@@ -502,7 +502,8 @@ PyObject* bad_args(const char* what) {
 
 // begin_call(op, group, payload, async_op, source, peer=None) -> token: open the record of one call
 // made through tracekit's Python wrappers (enter: now; step: the current one; seq: the group's next,
-// or for a point-to-point call with `peer`, the next of that group, direction and peer).
+// or for a point-to-point call, given `peer` (-1: any source), the next of that group, direction and
+// peer, so point-to-point traffic never shifts the group's collective sequence).
 PyObject* begin_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs < 5 || nargs > 6) {
     return bad_args("begin_call(op, group, payload, async_op, source, peer=None)");
@@ -522,7 +523,8 @@ PyObject* begin_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     const bool sends = record.op == "send" || record.op == "isend";
     key += sends ? "\x1fsend\x1f" : "\x1frecv\x1f";
-    key += std::to_string(record.peer);
+    key += record.peer >= 0 ? std::to_string(record.peer) : std::string("any");
+    record.peer = std::max<int64_t>(record.peer, -1);
   }
   auto& s = state();
   record.step = s.step.load();
@@ -818,10 +820,10 @@ py::tuple flush_writer(const std::string& interrupted) {
   Writer& w = writer();
   std::unique_lock<std::mutex> lock(w.mu, std::defer_lock);
   {
-    py::gil_scoped_release release;
+    py::gil_scoped_release release;  // formatting and writing touch no Python object
     lock.lock();
+    flush_locked(w, interrupted);
   }
-  flush_locked(w, interrupted);
   return counts_locked(w);
 }
 
@@ -852,12 +854,12 @@ py::tuple stop_writer() {
       delete thread;
     }
     lock.lock();
-  }
-  flush_locked(w, "");
-  for (int& fd : w.fds) {
-    if (fd >= 0) {
-      ::close(fd);
-      fd = -1;
+    flush_locked(w, "");
+    for (int& fd : w.fds) {
+      if (fd >= 0) {
+        ::close(fd);
+        fd = -1;
+      }
     }
   }
   return counts_locked(w);
