@@ -94,6 +94,18 @@ def test_throttle_found_from_scheduling_lag_when_late_arrivals_are_intermittent(
     assert top.evidence["peers_sched_lag_ms"] == 2.0 and 0.5 < top.confidence <= 1
 
 
+def test_throttle_onset_is_the_step_in_progress_at_the_late_wakeup_not_at_the_beat() -> None:
+    """A starved rank's steps crawl, so the beat after its first late wake-up can come steps later:
+    the onset is the beat's lag_step (the step in progress at its latest wake-up) when capture wrote it."""
+    frames = build(steps=60, late={1: (99, 0)}, sched_lag={1: (12, 70)})
+    hb = frames.heartbeats.with_columns(lag_step=(pl.col("step") - 4).clip(0))
+    findings = detect(RunFrames(collectives=frames.collectives, steps=frames.steps, heartbeats=hb))
+    assert [(f.kind, f.subject) for f in findings] == [("throttle", "rank:1")]
+    assert findings[0].first_step == 11  # the first starved beat is at step 15; its late wake-up was in step 11
+    without = detect(RunFrames(collectives=frames.collectives, steps=frames.steps, heartbeats=frames.heartbeats))
+    assert without[0].first_step == 15  # files from before lag_step: the step at the beat
+
+
 def test_one_slow_wakeup_or_a_machine_wide_stall_is_not_a_throttle() -> None:
     frames = build(steps=60)
     hb = frames.heartbeats

@@ -356,7 +356,7 @@ class Spool:
                 self.tick_s = 0.0
 
     def _run_flusher(self) -> None:
-        due = time.monotonic_ns() + int(self.flush_interval * 1e9)
+        due = self._next_flush(time.monotonic_ns())
         while not self._closed:
             asleep = time.monotonic_ns()
             pause = due - asleep
@@ -377,7 +377,16 @@ class Spool:
                 self.flush()
                 if not self._tickers:
                     self._idle_until_woken()
-                due = time.monotonic_ns() + int(self.flush_interval * 1e9)
+                due = self._next_flush(time.monotonic_ns())
+
+    def _next_flush(self, now: int) -> int:
+        """When the next flush is due: one interval from now, less a random 0 .. tick/2 when tickers sample
+        scheduling lag, so no wake-up is phase-locked to a periodic stall (after a stop/continue cycle
+        wakes this thread at the continue, a flush due exactly 200 ms later falls on a continue again)."""
+        due = now + int(self.flush_interval * 1e9)
+        if self.tick_s:
+            due -= int(random.uniform(0.0, 0.5 * min(self.tick_s, self.flush_interval)) * 1e9)
+        return due
 
     def _idle_until_woken(self) -> None:
         """Sleep until a record waits (or a ticker arrives, or the spool closes); then the next flush is

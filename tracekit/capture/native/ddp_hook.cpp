@@ -748,16 +748,26 @@ void run_writer() {
   pthread_setname_np(pthread_self(), "tracekit-writer");
   Writer& w = writer();
   using clock = std::chrono::steady_clock;
+  using ns = std::chrono::nanoseconds;
   uint64_t rng = static_cast<uint64_t>(now_ns()) | 1;
-  auto next_beat = clock::now();
-  auto next_flush = clock::now() + std::chrono::nanoseconds(w.flush_ns);
-  std::unique_lock<std::mutex> lock(w.mu);
-  while (!w.stop) {
+  auto uniform = [&rng]() {  // xorshift64: 0 .. 1
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
-    const double jitter = 0.5 + static_cast<double>(rng >> 11) / 9007199254740992.0;  // 0.5 .. 1.5
-    auto deadline = clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(jitter * w.tick_ns));
+    return static_cast<double>(rng >> 11) / 9007199254740992.0;
+  };
+  // Every wake-up is due at a random phase. A wake-up due a fixed time after the last one is
+  // phase-locked to a periodic stall: after a stop/continue cycle wakes the thread (late) at the
+  // continue, a flush due exactly 200 ms later falls on a continue again and never sees the stop.
+  // So the flush comes a random 0 .. tick/2 before its interval is up, and ticks are 0.5x .. 1.5x.
+  auto flush_due = [&w, &uniform](clock::time_point from) {
+    return from + ns(w.flush_ns) - ns(static_cast<int64_t>(uniform() * 0.5 * static_cast<double>(std::min(w.tick_ns, w.flush_ns))));
+  };
+  auto next_beat = clock::now();
+  auto next_flush = flush_due(clock::now());
+  std::unique_lock<std::mutex> lock(w.mu);
+  while (!w.stop) {
+    auto deadline = clock::now() + ns(static_cast<int64_t>((0.5 + uniform()) * static_cast<double>(w.tick_ns)));
     if (next_flush < deadline) {
       deadline = next_flush;
     }
@@ -765,18 +775,18 @@ void run_writer() {
       break;
     }
     const auto now = clock::now();
-    const int64_t late = std::chrono::duration_cast<std::chrono::nanoseconds>(now - deadline).count();
+    const int64_t late = std::chrono::duration_cast<ns>(now - deadline).count();
     if (late > w.worst_late_ns || w.worst_step < 0) {
       w.worst_late_ns = std::max<int64_t>(late, w.worst_late_ns);
       w.worst_step = state().step.load();
     }
     if (now >= next_beat) {
       beat_locked(w, "alive");
-      next_beat = now + std::chrono::nanoseconds(w.beat_ns);
+      next_beat = now + ns(w.beat_ns);
     }
     if (now >= next_flush) {
       flush_locked(w, "");
-      next_flush = now + std::chrono::nanoseconds(w.flush_ns);
+      next_flush = flush_due(now);
     }
   }
 }
