@@ -249,6 +249,52 @@ def test_native_writer_on_a_full_disk_counts_and_warns_and_training_goes_on(tmp_
     assert files["collectives"][-1]["dropped"] >= 20 and len(files["collectives"]) == 2  # header and footer
 
 
+FORK_JOB = """
+import os, sys, time, torch, torch.distributed as dist, tracekit
+import tracekit.capture.torch_dist as td
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29700 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+assert tracekit.torch.instrument()
+native = td._cap.native
+td._cap._count_native(native.stop_writer())  # restart the writer flushing every millisecond: it holds
+devnull = os.open(os.devnull, os.O_WRONLY)  # its locks much of the time, as a fork may catch it
+native.start_writer(devnull, devnull, devnull, tick_s=0.001, beat_s=0.001, flush_s=0.001)
+t = torch.ones(1)
+hung = failed = 0
+for i in range(40):
+    for _ in range(20):
+        dist.all_reduce(t)
+    pid = os.fork()
+    if pid == 0:  # what a forked worker does at exit: stop a writer (it has none) and flush
+        native.finish_call(native.begin_call("barrier", "default", None, False, "call"), True)
+        counts = native.stop_writer()
+        os._exit(0 if not native.writer_running() and counts[0][1] >= 1 else 3)  # no file: dropped
+    deadline = time.monotonic() + 10
+    while (status := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.005)
+    else:
+        failed += status[1] != 0
+print("hung", hung, "failed", failed, "parent writer", native.writer_running())
+td._cap._count_native(native.stop_writer())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_child_forked_while_the_native_writer_runs_has_no_writer_and_never_hangs(tmp_path: Path) -> None:
+    """fork() keeps only the calling thread: the child must not join the parent's writer thread, write
+    to its files, or inherit a lock held by it. It records, stops and exits; the parent's writer runs on."""
+    proc = subprocess.run([sys.executable, "-c", FORK_JOB], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "hung 0 failed 0 parent writer True"
+
+
 def test_native_hook_is_built_and_loads(tmp_path: Path) -> None:
     """install.sh builds the native DDP hook for this torch and Python; a job only loads it (never compiles)."""
     out = subprocess.run([sys.executable, "-m", "tracekit.capture.native", "--format", "json"], cwd=tmp_path,

@@ -813,28 +813,46 @@ void start_writer(int collectives_fd, int steps_fd, int heartbeats_fd, double ti
   w.thread = new std::thread(run_writer);
 }
 
-// Records written and dropped per stream since the last call, and the first write error of each:
-// ((written, dropped, error) for collectives, steps, heartbeats).
-py::tuple counts_locked(Writer& w) {
+// Records written and dropped per stream since the last call, and the first write error of each.
+struct Counts {
+  int64_t written[kStreams], dropped[kStreams];
+  std::string error[kStreams];
+};
+
+Counts take_counts_locked(Writer& w) {
+  Counts c;
+  for (int i = 0; i < kStreams; ++i) {
+    c.written[i] = w.written[i];
+    c.dropped[i] = w.dropped[i];
+    c.error[i] = w.error[i];
+    w.written[i] = w.dropped[i] = 0;
+  }
+  return c;
+}
+
+// ((written, dropped, error) for collectives, steps, heartbeats)
+py::tuple as_tuple(const Counts& c) {
   py::tuple out(static_cast<size_t>(kStreams));
   for (int i = 0; i < kStreams; ++i) {
-    out[i] = py::make_tuple(w.written[i], w.dropped[i], w.error[i]);
-    w.written[i] = w.dropped[i] = 0;
+    out[i] = py::make_tuple(c.written[i], c.dropped[i], c.error[i]);
   }
   return out;
 }
 
 // Write everything pending now, from the calling thread (an explicit flush; SIGTERM, with
-// `interrupted`: the in-flight calls too); returns the counts.
+// `interrupted`: the in-flight calls too); returns the counts. The GIL is released throughout, and
+// the writer's lock is never held while taking the GIL back (a thread holding the GIL may be forking,
+// and the fork handler takes that lock).
 py::tuple flush_writer(const std::string& interrupted) {
   Writer& w = writer();
-  std::unique_lock<std::mutex> lock(w.mu, std::defer_lock);
+  Counts counts;
   {
     py::gil_scoped_release release;  // formatting and writing touch no Python object
-    lock.lock();
+    std::lock_guard<std::mutex> lock(w.mu);
     flush_locked(w, interrupted);
+    counts = take_counts_locked(w);
   }
-  return counts_locked(w);
+  return as_tuple(counts);
 }
 
 // Append a heartbeat in state `what` (e.g. "sigterm") to be written at the next flush.
@@ -848,22 +866,22 @@ void beat(const std::string& what) {
 // Stop the writer: join it, write everything pending, close its descriptors; returns the counts.
 py::tuple stop_writer() {
   Writer& w = writer();
-  std::thread* thread;
-  {
-    std::lock_guard<std::mutex> lock(w.mu);
-    thread = w.thread;
-    w.thread = nullptr;
-    w.stop = true;
-  }
-  w.cv.notify_all();
-  std::unique_lock<std::mutex> lock(w.mu, std::defer_lock);
+  Counts counts;
   {
     py::gil_scoped_release release;
+    std::thread* thread;
+    {
+      std::lock_guard<std::mutex> lock(w.mu);
+      thread = w.thread;
+      w.thread = nullptr;
+      w.stop = true;
+    }
+    w.cv.notify_all();
     if (thread != nullptr) {
       thread->join();
       delete thread;
     }
-    lock.lock();
+    std::lock_guard<std::mutex> lock(w.mu);
     flush_locked(w, "");
     for (int& fd : w.fds) {
       if (fd >= 0) {
@@ -871,8 +889,9 @@ py::tuple stop_writer() {
         fd = -1;
       }
     }
+    counts = take_counts_locked(w);
   }
-  return counts_locked(w);
+  return as_tuple(counts);
 }
 
 bool writer_running() {
@@ -881,9 +900,22 @@ bool writer_running() {
   return w.thread != nullptr;
 }
 
-// A forked child has no writer thread (and may have been forked while one held a lock): start afresh.
-void writer_after_fork_in_child() {
-  new (&writer()) Writer();  // the parent's Writer (its thread, its mutex) is abandoned, not destroyed
+// fork() keeps only the calling thread. The state's lock (held for moments, never across I/O) is held
+// across it, so the child never inherits it held by a thread it does not have (a DataLoader worker
+// closing its spool at exit would wait for it forever). The writer's lock may be held across a slow
+// write, so a fork does not wait for it: the child, which has no writer thread, starts with a fresh,
+// stopped Writer instead (joining the parent's thread there would never return).
+void before_fork() {
+  state().mu.lock();
+}
+
+void after_fork_in_parent() {
+  state().mu.unlock();
+}
+
+void after_fork_in_child() {
+  state().mu.unlock();
+  new (&writer()) Writer();  // the parent's Writer (its thread, its descriptors) is abandoned, not destroyed
 }
 
 PyMethodDef kFastCalls[] = {
@@ -925,5 +957,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   for (PyMethodDef* def = kFastCalls; def->ml_name != nullptr; ++def) {
     m.add_object(def->ml_name, py::reinterpret_steal<py::object>(PyCFunction_NewEx(def, nullptr, m.attr("__name__").ptr())));
   }
-  pthread_atfork(nullptr, nullptr, writer_after_fork_in_child);
+  pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
