@@ -178,8 +178,8 @@ class SpoolSpanProcessor(SpanProcessor):
         spool = self.exporter.spool
         if spool._flusher is None:
             spool._ensure_flusher()
-        elif spool._idle:
-            spool._wake.set()
+        else:
+            spool.notify()  # an idle flusher wakes
 
     def _export_queued(self) -> None:
         """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""
