@@ -175,11 +175,7 @@ class SpoolSpanProcessor(SpanProcessor):
             self.exporter.spool.stream("spans")._drop(1, f"more than {self.max_queue_size} spans waited for a flush")
             return
         self._queue.append(span)
-        spool = self.exporter.spool
-        if spool._flusher is None:
-            spool._ensure_flusher()
-        else:
-            spool.notify()  # an idle flusher wakes
+        self.exporter.spool.notify()
 
     def _export_queued(self) -> None:
         """The spool's before_flush hook: runs under its flush lock, so a close waits for it."""

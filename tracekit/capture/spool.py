@@ -170,11 +170,7 @@ class SpoolStream:
             self._drop(item[1] if type(item[0]) is str else 1, "the spool was already closed")
             return
         self._queue.append(item)
-        spool = self.spool
-        if spool._flusher is None:
-            spool._ensure_flusher()
-        elif spool._idle:
-            spool._wake.set()
+        self.spool.notify()
 
     def flush(self) -> None:
         # one writer at a time (the flusher thread, an exit hook), so chunks land in buffer order
@@ -344,8 +340,10 @@ class Spool:
         self._watched.append(queue)
 
     def notify(self) -> None:
-        """Records wait in a watched queue: wake the flusher if it idles."""
-        if self._idle:
+        """Records wait (in a stream or a watched queue): start the flusher, or wake it if it idles."""
+        if self._flusher is None:
+            self._ensure_flusher()
+        elif self._idle:
             self._wake.set()
 
     def remove_ticker(self, tick: Callable[[int], None]) -> None:
