@@ -22,7 +22,6 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
-#include <pybind11/stl.h>
 
 #include <pthread.h>
 #include <unistd.h>
@@ -613,7 +612,7 @@ PyObject* close_step(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 py::tuple drain_steps() {
   int64_t count = 0;
   std::string text = take_steps(count);
-  return py::make_tuple(py::str(text), count);
+  return py::make_tuple(decoded(text), count);
 }
 
 int64_t last_seq_locked(const std::string& group) {
@@ -914,7 +913,13 @@ void after_fork_in_parent() {
 }
 
 void after_fork_in_child() {
-  state().mu.unlock();
+  auto& s = state();
+  // the parent's completed, in-flight and step records are the parent's to write: written here too,
+  // they would land twice
+  s.done.clear();
+  s.inflight.clear();
+  s.steps.clear();
+  s.mu.unlock();
   new (&writer()) Writer();  // the parent's Writer (its thread, its descriptors) is abandoned, not destroyed
 }
 
