@@ -28,6 +28,18 @@ ROLE = "tracekit.agent.role"
 STEP_KIND = "tracekit.agent.kind"  # step, message, tool_call, tool_result
 TOOL = "tracekit.agent.tool"
 TOOL_CALL_ID = "tracekit.agent.tool_call_id"
+# general step signals an importer or capture derives from what its format says (the attribution
+# method reads only these, the IDG and plain text): role is task|orchestrator|worker|tool|verifier;
+# judgment is progress|no_progress|loop (an orchestrator's view of the step it received); verdict
+# is pass|fail (a verifier's); exit_code/error describe a tool or code execution; final_answer is
+# the answer a step states
+SIGNAL_ROLE = "tracekit.agent.signal.role"
+SIGNAL_JUDGMENT = "tracekit.agent.signal.judgment"
+SIGNAL_VERDICT = "tracekit.agent.signal.verdict"
+SIGNAL_EXIT_CODE = "tracekit.agent.signal.exit_code"
+SIGNAL_ERROR = "tracekit.agent.signal.error"
+SIGNAL_FINAL_ANSWER = "tracekit.agent.signal.final_answer"
+SIGNALS = (SIGNAL_ROLE, SIGNAL_JUDGMENT, SIGNAL_VERDICT, SIGNAL_EXIT_CODE, SIGNAL_ERROR, SIGNAL_FINAL_ANSWER)
 RUN_ATTR_KEYS = ("question", "ground_truth", "final_answer", "mistake_agent", "mistake_step", "mistake_reason")
 
 # fault injection
