@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.analysis.causality import Consequence, Edge, FaultNode, RunObservation, consequence_node, fca, welch_greater
-from tracekit.graph.propagation import build_graph, find_chains, find_cycles, to_names
+from tracekit.analysis.causality import CausalityParams, RunObservation, fca, report_findings, welch_greater
+from tracekit.graph.propagation import (Consequence, Edge, FaultNode, build_graph, consequence_node, find_chains,
+                                       find_cycles, to_names)
 from tracekit.inject.budget import ThreePhase, UniformRandom, Exhaustive, cluster_points, jaccard_distance
 from tracekit.inject.campaign import Experiment, PointInfo, primary_fault
 
@@ -112,3 +113,49 @@ def test_allocators_respect_slots_and_never_repeat():
         assert set(outcomes) == set(cands)
     first = ThreePhase(cands, {p: "delay" for p in "abcd"}).next_batch({}, 10)
     assert sorted((e.point, e.fault) for e in first) == [(p, "delay") for p in "abcd"]
+
+
+# --- the parameter object (issue #15: every knob in one dataclass) -------------------------------
+
+
+def _rise(n_injected: int) -> tuple[list[RunObservation], list[RunObservation]]:
+    profile = [obs(f"p{i}", BASE, {("a", "b"): c}) for i, c in enumerate((1, 2, 1))]
+    injected = [obs(f"i{i}", BASE, {("a", "b"): c}) for i, c in enumerate((4, 5, 4)[:n_injected])]
+    return profile, injected
+
+
+def test_alpha_and_min_repeats_come_from_the_params():
+    profile, injected = _rise(3)
+    assert [c.kind for c in fca(profile, injected)] == ["S+"]
+    assert fca(profile, injected, params=CausalityParams(alpha=1e-9)) == []  # the rise is not that significant
+    assert fca(profile, injected, params=CausalityParams(min_repeats=4)) == []  # too few repeats to compare
+
+
+def _ring(n: int) -> list[Edge]:
+    nodes = [FaultNode(f"p{i}", "raise", "E", None) for i in range(n)]
+    c = Consequence("E", "x", "error:E", None)
+    return [Edge(nodes[i], nodes[(i + 1) % n], "E", "c", "t", (f"r{i}",), ("p",), c) for i in range(n)]
+
+
+def test_graph_search_bounds_are_keyword_arguments_unbounded_by_default():
+    g = build_graph(_ring(4))
+    assert len(find_cycles(g)) == 1
+    assert find_cycles(g, length_bound=3) == []
+    assert len(find_cycles(g, length_bound=CausalityParams().max_cycle_length)) == 1
+
+
+def test_report_findings_rank_cycles_above_chains_with_the_params_scores():
+    report = {"cycle_evidence": [{"faults": ["a:raise", "b:raise"], "links": []}],
+              "chain_evidence": [{"faults": ["x:raise", "y:raise", "z:raise"], "links": []}]}
+    found = report_findings(report, CausalityParams(cycle_score=0.9, chain_score=0.1))
+    assert [(f["kind"], f["subject"], f["score"]) for f in found] == [
+        ("cycle", "a:raise -> b:raise", 0.9), ("chain", "x:raise -> y:raise -> z:raise", 0.1)]
+
+
+def test_the_graph_owns_the_propagation_types():
+    import tracekit.analysis.causality as causality
+    import tracekit.graph.propagation as propagation
+
+    for name in ("FaultNode", "Consequence", "Edge", "consequence_node"):
+        assert getattr(causality, name) is getattr(propagation, name)
+        assert getattr(propagation, name).__module__ == "tracekit.graph.propagation"

@@ -24,25 +24,33 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-ALPHA = 0.1
+from tracekit.faults import resolve_exception
+from tracekit.graph.propagation import Consequence, Edge, FaultNode, consequence_node
+
+__all__ = [
+    "CausalityParams", "RunObservation", "FaultNode", "Consequence", "Edge", "consequence_node", "welch_greater",
+    "fca", "injection_nodes", "ExperimentResult", "CampaignAnalysis", "observations", "analyze_experiments",
+    "analyze_campaign", "report_findings", "analyze_run",
+]
 
 
-@dataclass(frozen=True, order=True)
-class FaultNode:
-    """A fault at a point in a call context: what an injection does, or what a consequence amounts to."""
+@dataclass(frozen=True)
+class CausalityParams:
+    """Every knob of fault causality analysis and causal stitching, with its meaning.
 
-    point: str
-    fault: str
-    variant: str = ""  # exception type for raise, injected/observed return for error_return
-    context: str | None = None  # the parent operation (local compatibility check)
+    The defaults are what the campaign benchmark (benchmarks/bench_campaign.py) was measured with.
+    """
 
-    @property
-    def name(self) -> str:
-        return f"{self.point}:{self.fault}"
+    alpha: float = 0.1            # an S+ edge needs a one-sided Welch p-value below this
+    min_repeats: int = 2          # FCA compares at least this many profile and this many fired injection repeats
+    max_cycle_length: int = 8     # cycles of more faults than this are not searched for
+    max_chain_length: int = 6     # chains are searched up to this many links
+    max_chains: int = 500         # the chain search stops after this many distinct paths
+    cycle_score: float = 1.0      # a stored cycle finding's score (a self-sustaining cascade) ...
+    chain_score: float = 0.5      # ... ranks above a stored chain finding's
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "point": self.point, "fault": self.fault, "variant": self.variant,
-                "context": self.context}
+
+DEFAULTS = CausalityParams()
 
 
 @dataclass(frozen=True)
@@ -52,46 +60,6 @@ class RunObservation:
     run_id: str
     signatures: frozenset[tuple[str, str, str | None]]
     counts: dict[tuple[str | None, str], int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Consequence:
-    kind: str  # E | S+
-    op: str
-    outcome: str
-    parent: str | None
-    p_value: float | None = None
-    profile_mean: float | None = None
-    injection_mean: float | None = None
-
-    def node(self) -> FaultNode:
-        return consequence_node(self)
-
-
-@dataclass(frozen=True)
-class Edge:
-    """One fault-propagation edge with the runs that prove it."""
-
-    src: FaultNode
-    dst: FaultNode
-    kind: str
-    campaign: str
-    test: str
-    evidence_runs: tuple[str, ...]
-    profile_runs: tuple[str, ...]
-    consequence: Consequence
-
-    def to_dict(self) -> dict[str, Any]:
-        c = self.consequence
-        return {
-            "src": self.src.name, "dst": self.dst.name, "kind": self.kind,
-            "evidence_runs": list(self.evidence_runs), "profile_runs": list(self.profile_runs),
-            "campaign": self.campaign, "test": self.test,
-            "src_context": self.src.context, "dst_context": self.dst.context,
-            "src_variant": self.src.variant, "dst_variant": self.dst.variant,
-            "signature": {"op": c.op, "outcome": c.outcome, "parent": c.parent},
-            "p_value": c.p_value, "profile_mean": c.profile_mean, "injection_mean": c.injection_mean,
-        }
 
 
 def welch_greater(injected: list[int], profile: list[int]) -> float:
@@ -118,13 +86,20 @@ def welch_greater(injected: list[int], profile: list[int]) -> float:
     return p
 
 
-def fca(profile: list[RunObservation], injected: list[RunObservation], *, alpha: float = ALPHA) -> list[Consequence]:
+def fca(profile: list[RunObservation], injected: list[RunObservation], *,
+        params: CausalityParams = DEFAULTS) -> list[Consequence]:
     """Consequences of one injection: E signatures and S+ count rises against the profile runs.
 
     Noise seen in any profile repeat never makes an edge: an E signature must be absent from every
     profile repeat, and an S+ count must exceed every profile repeat's count as well as pass the test.
+
+    >>> prof = [RunObservation(f"p{i}", frozenset({("get", "ok", "h")}), {("h", "get"): 1}) for i in range(2)]
+    >>> inj = [RunObservation(f"i{i}", frozenset({("get", "error:TimeoutError", "h")}), {("h", "get"): 3})
+    ...        for i in range(2)]
+    >>> [(c.kind, c.node().name) for c in fca(prof, inj)]
+    [('E', 'get:raise'), ('S+', 'get:delay')]
     """
-    if len(profile) < 2 or len(injected) < 2:
+    if len(profile) < params.min_repeats or len(injected) < params.min_repeats:
         return []
     seen_in_profile = frozenset().union(*(r.signatures for r in profile))
     in_every_injection = frozenset.intersection(*(r.signatures for r in injected))
@@ -137,30 +112,14 @@ def fca(profile: list[RunObservation], injected: list[RunObservation], *, alpha:
         if min(inj) <= max(prof):
             continue
         p = welch_greater(inj, prof)
-        if p < alpha:
+        if p < params.alpha:
             parent, op = key
             out.append(Consequence("S+", op, "count", parent, p, sum(prof) / len(prof), sum(inj) / len(inj)))
     return out
 
 
-def consequence_node(c: Consequence) -> FaultNode:
-    """The fault that a consequence amounts to (the stitching key)."""
-    if c.kind == "S+":
-        return FaultNode(c.op, "delay", "", c.parent)
-    kind, _, detail = c.outcome.partition(":")
-    if kind == "error":
-        return FaultNode(c.op, "raise", detail, c.parent)
-    if kind == "ret":
-        return FaultNode(c.op, "error_return", detail.lower(), c.parent)
-    if kind == "fault":
-        return FaultNode(c.op, detail, "", c.parent)
-    return FaultNode(c.op, "call", "", c.parent)
-
-
 def injection_nodes(point: str, fault: str, injected_rows: list[dict[str, Any]]) -> list[FaultNode]:
     """The injected fault in each call context it fired in (rows of store.campaigns.injected_faults)."""
-    from tracekit.inject.runtime import resolve_exception
-
     nodes = set()
     for row in injected_rows:
         if fault == "raise":
@@ -213,7 +172,7 @@ def observations(con: Any, run_ids: list[str]) -> dict[str, RunObservation]:
     return {rid: RunObservation(rid, frozenset(sigs.get(rid, ())), counts.get(rid, {})) for rid in run_ids}
 
 
-def analyze_experiments(con: Any, campaign_ids: list[str], *, alpha: float = ALPHA) -> CampaignAnalysis:
+def analyze_experiments(con: Any, campaign_ids: list[str], *, params: CausalityParams = DEFAULTS) -> CampaignAnalysis:
     """FCA over every experiment of the campaigns (reads the store through `con`, never opens it)."""
     from tracekit.store.campaigns import campaign_runs, injected_faults
 
@@ -237,7 +196,7 @@ def analyze_experiments(con: Any, campaign_ids: list[str], *, alpha: float = ALP
         run_ids = [m["run_id"] for m in members]
         fired = [rid for rid in run_ids if injected.get(rid)]
         prof_ids = profiles.get((campaign, test), [])
-        consequences = fca([obs[p] for p in prof_ids], [obs[f] for f in fired], alpha=alpha) if len(fired) >= 2 else []
+        consequences = fca([obs[p] for p in prof_ids], [obs[f] for f in fired], params=params)
         sources = injection_nodes(a["point"], a["fault"], [row for f in fired for row in injected[f]])
         experiments.append(ExperimentResult(campaign, test, label, a["point"], a["fault"], run_ids, fired,
                                             sources, consequences))
@@ -247,21 +206,20 @@ def analyze_experiments(con: Any, campaign_ids: list[str], *, alpha: float = ALP
     return CampaignAnalysis(list(campaign_ids), experiments, edges, dict(profiles))
 
 
-def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, alpha: float = ALPHA) -> dict[str, Any]:
+def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, params: CausalityParams = DEFAULTS) -> dict[str, Any]:
     """The causality report of one or more campaigns: edges, stitched chains, cycles (with evidence).
 
     Edges of several campaigns (and of every test in them) are stitched together, so a consequence
     seen in one campaign joins an injection made in another.
     """
     from tracekit.graph.propagation import build_graph, find_chains, find_cycles, to_names
-
     from tracekit.store.campaigns import campaign_ids_for
 
     ids = campaign_ids_for(con, [campaign_ids] if isinstance(campaign_ids, str) else list(campaign_ids))
-    result = analyze_experiments(con, ids, alpha=alpha)
+    result = analyze_experiments(con, ids, params=params)
     graph = build_graph(result.edges)
-    cycles = find_cycles(graph)
-    chains = find_chains(graph)
+    cycles = find_cycles(graph, length_bound=params.max_cycle_length)
+    chains = find_chains(graph, cutoff=params.max_chain_length, limit=params.max_chains)
     return {
         "campaigns": ids,
         "experiments": [
@@ -275,3 +233,26 @@ def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, alpha: float = 
         "chain_evidence": chains,
         "cycle_evidence": cycles,
     }
+
+
+def report_findings(report: dict[str, Any], params: CausalityParams = DEFAULTS) -> list[dict[str, Any]]:
+    """A causality report as findings rows: one per cycle (ranked first), then one per chain."""
+    out: list[dict[str, Any]] = []
+    for cyc in report.get("cycle_evidence", []):
+        out.append({"kind": "cycle", "subject": " -> ".join(cyc["faults"]), "score": params.cycle_score, **cyc})
+    for chain in report.get("chain_evidence", []):
+        out.append({"kind": "chain", "subject": " -> ".join(chain["faults"]), "score": params.chain_score, **chain})
+    return out
+
+
+def analyze_run(con: Any, run_id: str, params: CausalityParams = DEFAULTS, *, store: bool = True) -> list[dict[str, Any]]:
+    """The registered entry point: analyse the campaign of a campaign run (or a campaign id) and store
+    its cycles and chains as findings of that campaign (a writable `con`)."""
+    from tracekit.store.campaigns import campaign_ids_for
+    from tracekit.store.findings import write_findings
+
+    campaign_id = campaign_ids_for(con, [run_id])[0]
+    found = report_findings(analyze_campaign(con, [campaign_id], params=params), params)
+    if store:
+        write_findings(con, campaign_id, "causality", found)
+    return found

@@ -1,23 +1,103 @@
-"""The fault-propagation graph: FCA edges stitched across tests and campaigns; its cycles and chains.
+"""The fault-propagation graph: its node and edge types, FCA edges stitched across tests and campaigns, its cycles and chains.
 
 Nodes are faults in a call context (`FaultNode`: point, fault type, variant, parent operation), so
 an edge ``a → b`` joins an edge ``b → c`` only when the consequence ``b`` observed in one run is the
 same fault — same point, same fault kind and variant, same calling operation — as the ``b`` that
 was injected in another run (the local compatibility check). A cycle is a self-sustaining
 cascading-failure candidate; a chain is a path of two or more stitched links.
+
+This module owns the graph's types (`FaultNode`, `Consequence`, `Edge`); the causality analysis
+(tracekit.analysis.causality) produces them and imports them from here, never the other way round.
+Search bounds are plain keyword arguments (``None``: unbounded, as in networkx); the analysis passes
+its own from `CausalityParams`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import networkx as nx
 
-from tracekit.analysis.causality import Edge, FaultNode
 
-MAX_CYCLE_LENGTH = 8
-MAX_CHAIN_LENGTH = 6
-MAX_CHAINS = 500
+@dataclass(frozen=True, order=True)
+class FaultNode:
+    """A fault at a point in a call context: what an injection does, or what a consequence amounts to."""
+
+    point: str
+    fault: str
+    variant: str = ""  # exception type for raise, injected/observed return for error_return
+    context: str | None = None  # the parent operation (local compatibility check)
+
+    @property
+    def name(self) -> str:
+        return f"{self.point}:{self.fault}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "point": self.point, "fault": self.fault, "variant": self.variant,
+                "context": self.context}
+
+
+@dataclass(frozen=True)
+class Consequence:
+    """What one injection caused: a new span signature (``E``) or a significant rise in a count (``S+``)."""
+
+    kind: str  # E | S+
+    op: str
+    outcome: str
+    parent: str | None
+    p_value: float | None = None
+    profile_mean: float | None = None
+    injection_mean: float | None = None
+
+    def node(self) -> FaultNode:
+        return consequence_node(self)
+
+
+def consequence_node(c: Consequence) -> FaultNode:
+    """The fault that a consequence amounts to (the stitching key).
+
+    >>> consequence_node(Consequence("E", "db.get", "error:TimeoutError", "handler")).name
+    'db.get:raise'
+    >>> consequence_node(Consequence("S+", "retry", "count", "handler")).name
+    'retry:delay'
+    """
+    if c.kind == "S+":
+        return FaultNode(c.op, "delay", "", c.parent)
+    kind, _, detail = c.outcome.partition(":")
+    if kind == "error":
+        return FaultNode(c.op, "raise", detail, c.parent)
+    if kind == "ret":
+        return FaultNode(c.op, "error_return", detail.lower(), c.parent)
+    if kind == "fault":
+        return FaultNode(c.op, detail, "", c.parent)
+    return FaultNode(c.op, "call", "", c.parent)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One fault-propagation edge with the runs that prove it."""
+
+    src: FaultNode
+    dst: FaultNode
+    kind: str
+    campaign: str
+    test: str
+    evidence_runs: tuple[str, ...]
+    profile_runs: tuple[str, ...]
+    consequence: Consequence
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.consequence
+        return {
+            "src": self.src.name, "dst": self.dst.name, "kind": self.kind,
+            "evidence_runs": list(self.evidence_runs), "profile_runs": list(self.profile_runs),
+            "campaign": self.campaign, "test": self.test,
+            "src_context": self.src.context, "dst_context": self.dst.context,
+            "src_variant": self.src.variant, "dst_variant": self.dst.variant,
+            "signature": {"op": c.op, "outcome": c.outcome, "parent": c.parent},
+            "p_value": c.p_value, "profile_mean": c.profile_mean, "injection_mean": c.injection_mean,
+        }
 
 
 def build_graph(edges: Iterable[Edge]) -> nx.DiGraph:
@@ -51,10 +131,10 @@ def _links(graph: nx.DiGraph, path: list[FaultNode]) -> list[dict[str, Any]]:
     return out
 
 
-def find_cycles(graph: nx.DiGraph, *, length_bound: int = MAX_CYCLE_LENGTH) -> list[dict[str, Any]]:
-    """Every elementary cycle, as fault names (rotation-deduplicated) with the evidence of each link.
+def find_cycles(graph: nx.DiGraph, *, length_bound: int | None = None) -> list[dict[str, Any]]:
+    """Every elementary cycle of at most `length_bound` faults, as fault names (rotation-deduplicated)
+    with the evidence of each link.
 
-    >>> from tracekit.analysis.causality import Consequence
     >>> a, b = FaultNode("x", "delay", "", None), FaultNode("y", "raise", "TimeoutError", None)
     >>> c = Consequence("E", "y", "error:TimeoutError", None)
     >>> g = build_graph([Edge(a, b, "E", "c1", "t", ("r1",), ("p1",), c), Edge(b, a, "S+", "c1", "t", ("r2",), ("p1",), c)])
@@ -73,10 +153,17 @@ def find_cycles(graph: nx.DiGraph, *, length_bound: int = MAX_CYCLE_LENGTH) -> l
     return sorted(found.values(), key=lambda c: (len(c["faults"]), c["faults"]))
 
 
-def find_chains(graph: nx.DiGraph, *, cutoff: int = MAX_CHAIN_LENGTH) -> list[dict[str, Any]]:
-    """Maximal stitched paths of two or more links from a fault nothing else causes.
+def find_chains(graph: nx.DiGraph, *, cutoff: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Maximal stitched paths of two or more links (and at most `cutoff`) from a fault nothing else causes.
 
     A chain ends where nothing follows, or where it enters a cycle (the cycle is reported on its own).
+    The search stops after `limit` distinct paths.
+
+    >>> x, y, z = (FaultNode(p, "raise", "E", None) for p in "xyz")
+    >>> c = Consequence("E", "y", "error:E", None)
+    >>> g = build_graph([Edge(x, y, "E", "c1", "t", ("r1",), ("p1",), c), Edge(y, z, "E", "c1", "t", ("r2",), ("p1",), c)])
+    >>> [chain["faults"] for chain in find_chains(g)]
+    [['x:raise', 'y:raise', 'z:raise']]
     """
     cyclic = {n for scc in nx.strongly_connected_components(graph) if len(scc) > 1 for n in scc}
     cyclic |= {n for n in graph if graph.has_edge(n, n)}
@@ -92,7 +179,7 @@ def find_chains(graph: nx.DiGraph, *, cutoff: int = MAX_CHAIN_LENGTH) -> list[di
             names = tuple(n.name for n in path)
             if names not in found:
                 found[names] = {"faults": list(names), "links": _links(graph, path)}
-            if len(found) >= MAX_CHAINS:
+            if limit is not None and len(found) >= limit:
                 break
     # keep maximal chains: drop one that is a contiguous part of a longer one
     keys = sorted(found, key=len, reverse=True)
@@ -109,4 +196,5 @@ def _contains(longer: tuple[str, ...], part: tuple[str, ...]) -> bool:
 
 
 def to_names(items: list[dict[str, Any]]) -> list[list[str]]:
+    """The fault names of each cycle or chain."""
     return [list(i["faults"]) for i in items]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from tracekit.capture.setup import new_id
 from tracekit.config import db_path, spool_root
 from tracekit.errors import ConfigError
-from tracekit.inject.budget import Outcomes, make_allocator
+from tracekit.inject.budget import Observed, Outcomes, make_allocator
 from tracekit.inject.campaign import Campaign, Experiment, PointInfo, candidate_experiments, primary_fault
 from tracekit.inject.execute import Executor, RunResult, RunSpec, make_executor, materialize
 from tracekit.inject.runtime import Plan
@@ -38,6 +38,7 @@ class CampaignResult:
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     report: dict[str, Any] = field(default_factory=dict)
     trajectory: list[dict[str, Any]] = field(default_factory=list)  # runs spent -> cycles found, per batch
+    plan: dict[str, Any] = field(default_factory=dict)  # points found by the profile runs, experiments, budgets
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class CampaignResult:
             "outcomes": dict(self.outcomes), "edges": len(self.report.get("edges", [])),
             "chains": self.report.get("chains", []), "cycles": self.report.get("cycles", []),
             "trajectory": self.trajectory, "seconds": round(self.seconds, 3),
+            "experiments_possible": self.plan.get("experiments"), "exhaustive_budget": self.plan.get("exhaustive_budget"),
         }
 
 
@@ -88,37 +90,113 @@ def _label(outcome: RunResult) -> str:
     return f"{outcome.run_id[:8]} {outcome.outcome}"
 
 
-def _points(con: Any, run_ids: list[str]) -> list[PointInfo]:
+def _points(con: Any, run_ids: list[str], campaign: Campaign | None = None) -> list[PointInfo]:
+    """The points the profile runs `run_ids` reached, with their profile signals (and, for points of
+    `[points] modules`, the exception and boolean-ness read from the source)."""
+    from dataclasses import replace
+
+    from tracekit.inject.profile import point_infos
     from tracekit.store.campaigns import reached_points, run_counts
 
-    calls: dict[tuple[str | None, str], int] = defaultdict(int)
-    totals: dict[str, int] = defaultdict(int)
-    for r in run_counts(con, run_ids):
-        calls[(r["parent"], r["op"])] += int(r["n"])
-        totals[r["op"]] += int(r["n"])
-    loops = {op for (parent, op), n in calls.items() if parent is not None and n > totals.get(parent, 0)}
-    return [
-        PointInfo(r["point"], r["kind"], tuple(r["parents"] or ()), r["returns"], r["raises"], r["point"] in loops)
-        for r in reached_points(con, run_ids)
-    ]
+    infos = point_infos(reached_points(con, run_ids), run_counts(con, run_ids), len(run_ids))
+    if campaign is None or not campaign.modules:
+        return infos
+    from tracekit.inject.modules import static_points
+
+    static = static_points(campaign.modules, [campaign.root])
+    out = []
+    for info in infos:
+        known = static.get(info.point)
+        if known is not None:
+            info = replace(info, raises=info.raises or known.exception,
+                           returns=info.returns or ("bool" if known.boolean else None))
+        out.append(info)
+    return out
+
+
+@dataclass
+class Discovery:
+    """What profile runs found: candidate experiments, each point's primary fault and breadth priority."""
+
+    points: list[PointInfo]
+    candidates: list[Experiment]
+    primary: dict[str, str]
+    priority: dict[str, float]
+
+
+def plan_experiments(con: Any, campaign: Campaign, campaign_id: str, seed: int) -> Discovery:
+    from tracekit.inject.profile import priorities
+    from tracekit.store.campaigns import campaign_runs
+
+    runs = campaign_runs(con, [campaign_id])
+    infos_all: list[PointInfo] = []
+    candidates: list[Experiment] = []
+    primary: dict[str, str] = {}
+    for w in campaign.workloads:
+        ids = [r["run_id"] for r in runs
+               if r["attributes"].get("test") == w.name and r["attributes"].get("mode") == "profile"]
+        infos = _points(con, ids, campaign)
+        infos_all.extend(infos)
+        candidates.extend(candidate_experiments(campaign, w.name, infos))
+        for info in infos:
+            primary.setdefault(info.point, primary_fault(info))
+    wanted = [i for i in infos_all if campaign.wants(i.point)]
+    return Discovery(wanted, candidates, primary, priorities(wanted, seed=seed))
+
+
+def observed(con: Any, analysis: Any) -> dict[str, Observed]:
+    """Per experiment label: consequences in every repeat (FCA) and those in some repeats only.
+
+    A partial consequence is a signature absent from every profile repeat and present in at least
+    one but not all injection repeats, or a count above every profile repeat's in some repeats only.
+    """
+    from tracekit.analysis.causality import Consequence, consequence_node, observations
+
+    run_ids = sorted({r for x in analysis.experiments for r in x.fired_runs}
+                     | {r for ids in analysis.profile_runs.values() for r in ids})
+    obs = observations(con, run_ids)
+    out: dict[str, Observed] = {}
+    for x in analysis.experiments:
+        caused = x.consequence_names()
+        prof = [obs[r] for r in analysis.profile_runs.get((x.campaign, x.test), []) if r in obs]
+        fired = [obs[r] for r in x.fired_runs if r in obs]
+        partial: set[str] = set()
+        if prof and fired:
+            base = frozenset().union(*(r.signatures for r in prof))
+            for sig in frozenset().union(*(r.signatures for r in fired)) - base:
+                op, outcome, parent = sig
+                partial.add(consequence_node(Consequence("E", op, outcome, parent)).name)
+            for key in set().union(*(r.counts for r in fired)):
+                top = max(r.counts.get(key, 0) for r in prof)
+                if any(r.counts.get(key, 0) > top for r in fired):
+                    partial.add(consequence_node(Consequence("S+", key[1], "count", key[0])).name)
+        out[x.experiment] = Observed(caused, frozenset(partial - caused))
+    return out
 
 
 def run_campaign(
     campaign: Campaign, *, budget: int | None = None, workers: int = 1, executor: str = "local",
     address: str | None = None, strategy: str | None = None, db: str | Path | None = None,
     spool_dir: str | Path | None = None, progress: Progress | None = None, seed: int | None = None,
+    dry_run: bool = False,
 ) -> CampaignResult:
-    """Run a campaign end to end and return its summary and report (also stored in the store)."""
-    from tracekit.analysis.causality import analyze_campaign, analyze_experiments
-    from tracekit.store.campaigns import campaign_runs, finish_campaign, insert_campaign
+    """Run a campaign end to end and return its summary and report (also stored in the store).
+
+    With `dry_run`, only the profile runs execute: the result's `plan` lists the points they found
+    (with their breadth priority), the number of experiments and the exhaustive budget.
+    """
+    from tracekit.analysis.causality import analyze_campaign, analyze_experiments, report_findings
+    from tracekit.graph.propagation import build_graph, find_cycles, to_names
+    from tracekit.store.campaigns import finish_campaign, insert_campaign
     from tracekit.store.db import connect
     from tracekit.store.findings import write_findings
 
     budget = campaign.budget if budget is None else budget
     strategy = strategy or campaign.strategy
+    seed = campaign.seed if seed is None else seed
     repeats = campaign.injection_repeats
     profile_cost = campaign.profile_repeats * len(campaign.workloads)
-    if budget < profile_cost + repeats:
+    if not dry_run and budget < profile_cost + repeats:
         raise ConfigError(
             f"budget {budget} runs is too small: the profile runs alone take {profile_cost} and one "
             f"experiment {repeats}; give --budget {profile_cost + repeats} or more"
@@ -127,14 +205,15 @@ def run_campaign(
     root = spool_root(spool_dir)
     campaign_id = new_id()
     started = time.perf_counter()
-    result = CampaignResult(campaign_id, campaign.name, strategy, budget)
+    result = CampaignResult(campaign_id, campaign.name, "dry-run" if dry_run else strategy, budget)
     with connect(store) as con:
         insert_campaign(con, {
-            "campaign_id": campaign_id, "name": campaign.name, "file": str(campaign.path), "strategy": strategy,
-            "budget": budget, "executor": executor, "started_ns": time.time_ns(), "config": campaign.config(),
+            "campaign_id": campaign_id, "name": campaign.name, "file": str(campaign.path),
+            "strategy": result.strategy, "budget": budget, "executor": executor, "started_ns": time.time_ns(),
+            "config": campaign.config(),
         })
     pool = make_executor(executor, workers, address)
-    session = _Session(campaign, campaign_id, pool, store, root, progress, budget)
+    session = _Session(campaign, campaign_id, pool, store, root, progress, profile_cost if dry_run else budget)
     status = "failed"
     try:
         session.execute([
@@ -142,17 +221,13 @@ def run_campaign(
             for w in campaign.workloads for i in range(campaign.profile_repeats)
         ], result)
         result.profile_runs = result.runs
-        candidates: list[Experiment] = []
-        primary: dict[str, str] = {}
         with connect(store, read_only=True) as con:
-            runs = campaign_runs(con, [campaign_id])
-            for w in campaign.workloads:
-                ids = [r["run_id"] for r in runs if r["attributes"].get("test") == w.name]
-                infos = _points(con, ids)
-                candidates.extend(candidate_experiments(campaign, w.name, infos))
-                for info in infos:
-                    primary.setdefault(info.point, primary_fault(info))
-        allocator = make_allocator(strategy, candidates, primary, campaign.seed if seed is None else seed)
+            found = plan_experiments(con, campaign, campaign_id, seed)
+        result.plan = _plan_summary(found, campaign, profile_cost)
+        if dry_run:
+            status = "dry-run"
+            return result
+        allocator = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=workers)
         outcomes: Outcomes = {}
         while True:
             slots = (budget - result.runs) // repeats
@@ -165,12 +240,12 @@ def run_campaign(
             result.experiments += len(batch)
             with connect(store, read_only=True) as con:
                 analysis = analyze_experiments(con, [campaign_id])
-                report = analyze_campaign(con, [campaign_id])
-            by_label = {x.experiment: x.consequence_names() for x in analysis.experiments}
+                seen = observed(con, analysis)
             for e in batch:
-                outcomes[e] = by_label.get(e.label, frozenset())
-            result.trajectory.append({"runs": result.runs, "experiments": result.experiments,
-                                      "cycles": report["cycles"], "chains": report["chains"]})
+                outcomes[e] = seen.get(e.label, Observed())
+            cycles = to_names(find_cycles(build_graph(analysis.edges)))
+            result.trajectory.append({"runs": result.runs, "experiments": result.experiments, "cycles": cycles,
+                                      "batch": [e.label for e in batch]})
         with connect(store, read_only=True) as con:
             result.report = analyze_campaign(con, [campaign_id])
         status = "done"
@@ -180,14 +255,20 @@ def run_campaign(
         with connect(store) as con:
             finish_campaign(con, campaign_id, status=status, ended_ns=time.time_ns(), summary=result.summary())
             if result.report:
-                write_findings(con, campaign_id, "causality", _findings(result.report))
+                write_findings(con, campaign_id, "causality", report_findings(result.report))
     return result
 
 
-def _findings(report: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for cyc in report.get("cycle_evidence", []):
-        out.append({"kind": "cycle", "subject": " -> ".join(cyc["faults"]), "score": 1.0, **cyc})
-    for chain in report.get("chain_evidence", []):
-        out.append({"kind": "chain", "subject": " -> ".join(chain["faults"]), "score": 0.5, **chain})
-    return out
+def _plan_summary(found: Discovery, campaign: Campaign, profile_cost: int) -> dict[str, Any]:
+    from tracekit.inject.profile import tie_break
+
+    order = sorted(found.points, key=lambda i: (-found.priority.get(i.point, 0.0), tie_break(i.point)))
+    return {
+        "points": [{"point": i.point, "kind": i.kind, "priority": round(found.priority.get(i.point, 0.0), 3),
+                    "primary": found.primary.get(i.point), "calls_per_run": round(i.calls, 2), "loop": i.loop,
+                    "returns": i.returns, "raises": i.raises, "points_below": i.below, "spread": i.spread}
+                   for i in order],
+        "experiments": len(found.candidates),
+        "exhaustive_budget": profile_cost + len(found.candidates) * campaign.injection_repeats,
+        "one_third_budget": profile_cost + (len(found.candidates) // 3) * campaign.injection_repeats,
+    }

@@ -14,9 +14,7 @@ Nothing here raises into the program except the injected exception itself.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextvars
-import importlib
 import json
 import os
 import threading
@@ -25,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from opentelemetry import trace as otel_trace
+
+from tracekit.faults import resolve_exception  # moved there: the analyses use it too
 
 FAULT_TYPES = ("raise", "delay", "error_return", "drop")
 INJECTED_ATTR = "tracekit.injected"
@@ -57,24 +57,6 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), default=str)
-
-
-def resolve_exception(name: str | None) -> type[BaseException]:
-    """An exception class from a builtin name (``TimeoutError``) or a dotted path (``socket.timeout``)."""
-    if not name:
-        return RuntimeError
-    found = getattr(builtins, name, None)
-    if isinstance(found, type) and issubclass(found, BaseException):
-        return found
-    module, _, attr = name.replace(":", ".").rpartition(".")
-    if module:
-        try:
-            found = getattr(importlib.import_module(module), attr, None)
-        except ImportError:
-            found = None
-        if isinstance(found, type) and issubclass(found, BaseException):
-            return found
-    return RuntimeError
 
 
 class InjectedFault(RuntimeError):
