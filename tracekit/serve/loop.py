@@ -1,0 +1,126 @@
+"""The receiver's background work: ingest the spool into the store every interval, and print progress.
+
+The store keeps one writer: this loop is it while `tracekit serve` runs (it opens the store only
+for the length of one ingest, so readers get in between). Each cycle hands the pending trace
+batches to the ingest pipeline's entry point; batches it loaded are deleted from the spool, those
+it refused whole are moved to ``rejected/``. A batch loaded but not yet deleted when the server
+dies is recognised on the next cycle (ingest remembers each file's content hash) and adds nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tracekit.errors import TracekitError
+from tracekit.serve.batches import Signal
+from tracekit.serve.receiver import Receiver
+
+__all__ = ["IngestLoop", "ingest_entry"]
+
+MAX_FILES_PER_CYCLE = 4096
+
+
+def ingest_entry() -> Callable[..., Any]:
+    """The ingest pipeline's one entry point (``tracekit.ingest.ingest_paths``; older trees: the store's)."""
+    try:
+        from tracekit.ingest import ingest_paths
+    except ImportError:
+        from tracekit.store.ingest import ingest_paths
+    return ingest_paths
+
+
+class IngestLoop:
+    """Runs ingest cycles on a thread (or not, with ``ingest=False``) and prints a progress line."""
+
+    def __init__(
+        self, receiver: Receiver, db: str | None, *, ingest: bool = True, interval_s: float = 1.0,
+        progress_s: float = 2.0, out: TextIO | None = sys.stderr,
+    ) -> None:
+        self.receiver = receiver
+        self.spool = receiver.spool
+        self.db = db
+        self.ingest = ingest
+        self.interval_s = interval_s
+        self.progress_s = progress_s
+        self.out = out
+        self.ingested_spans = 0
+        self.runs: set[str] = set()
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracekit-serve-ingest", daemon=True)
+        self._last_print = (time.monotonic(), 0, 0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after one last cycle, so everything acknowledged so far is ingested."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def run_once(self) -> int:
+        """One ingest cycle over the pending trace batches; returns how many batches it took."""
+        files = self.spool.pending(Signal.traces)[:MAX_FILES_PER_CYCLE]
+        if not files:
+            return 0
+        try:
+            report = ingest_entry()(files, self.db)
+        except TracekitError as exc:  # e.g. the store is locked by a reader or another writer: next cycle
+            self._note_error(str(exc))
+            return 0
+        rejected = dict(report.rejected)
+        for path in files:
+            if str(path) in rejected:
+                self.spool.reject(path, rejected[str(path)])
+        self.spool.done([p for p in files if str(p) not in rejected])
+        self.ingested_spans += report.records
+        self.runs.update(report.runs)
+        return len(files)
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error and self.out is not None:
+            print(f"serve: ingest waits: {message}", file=self.out, flush=True)
+        self.last_error = message
+
+    def _run(self) -> None:
+        next_print = time.monotonic() + self.progress_s
+        while True:
+            stopping = self._stop.wait(self.interval_s)
+            if self.ingest:
+                try:
+                    while self.run_once() >= MAX_FILES_PER_CYCLE and not self._stop.is_set():
+                        pass
+                except Exception as exc:  # a bug in one cycle must not stop the receiver; say it, go on
+                    self._note_error(f"{type(exc).__name__}: {exc}")
+            if time.monotonic() >= next_print or stopping:
+                self.print_progress()
+                next_print = time.monotonic() + self.progress_s
+            if stopping:
+                return
+
+    def print_progress(self) -> None:
+        if self.out is None:
+            return
+        stats = self.receiver.stats
+        now = time.monotonic()
+        then, spans_then, batches_then = self._last_print
+        rate = (stats.spans - spans_then) / max(now - then, 1e-9)
+        self._last_print = (now, stats.spans, stats.batches)
+        if stats.batches == batches_then and then != now and stats.rejected == 0 and not self._stop.is_set():
+            return  # nothing new: stay quiet
+        pending = len(self.spool.pending(Signal.traces))
+        parts = [f"received {stats.spans:,} spans ({rate:,.0f}/s) in {stats.batches:,} batches"]
+        if stats.log_records:
+            parts.append(f"{stats.log_records:,} log records")
+        if self.ingest:
+            parts.append(f"ingested {self.ingested_spans:,} spans into {len(self.runs)} run(s)")
+        parts.append(f"{pending} batch(es) pending")
+        if stats.rejected or stats.retry_later or stats.unauthorized:
+            parts.append(f"refused {stats.rejected} malformed/oversized, {stats.unauthorized} unauthorized, "
+                         f"{stats.retry_later} told to retry")
+        print("serve: " + "; ".join(parts), file=self.out, flush=True)
