@@ -256,3 +256,25 @@ def test_naive_baseline_always_blames_someone() -> None:
     assert len(naive_slowest_rank(build())) == 1
     assert detect_missing_rank(build(), Thresholds()) == []
     assert detect_stragglers(RunFrames(collectives=build().collectives.head(0)), Thresholds()) == []
+
+
+def test_thresholds_drive_the_detectors() -> None:
+    """Every knob lives in Thresholds (issue #15): changing one changes what the detectors report."""
+    late = build(late={2: (10, 40)})
+    assert [f.subject for f in detect(late)] == ["rank:2"]
+    assert detect(late, thresholds=Thresholds(floor_ns=200 * MS)) == []  # 40 ms late is under a 200 ms floor
+    assert detect(late, thresholds=Thresholds(margin=50.0)) == []  # nobody is that far ahead of the second-latest
+    starved = build(sched_lag={1: (10, 80)})
+    assert [f.kind for f in detect(starved)] == ["throttle"]
+    assert detect(starved, thresholds=Thresholds(warmup_steps=10_000)) == []  # every beat counts as warm-up
+
+
+def test_every_threshold_is_documented_where_it_is_declared() -> None:
+    import inspect
+
+    from dataclasses import fields
+
+    source = inspect.getsource(Thresholds)
+    for f in fields(Thresholds):
+        line = next(l for l in source.splitlines() if l.strip().startswith(f"{f.name}:"))
+        assert "#" in line, f"Thresholds.{f.name} has no comment saying what it means"

@@ -23,8 +23,12 @@ slow_link      the pairwise probe (``tracekit.torch.probe_links``) measured one 
 =============  ==========================================================================================
 
 Every detector is a plain function ``f(frames, thresholds) -> list[Finding]``; :func:`detect` runs an
-injectable list of them (HTA's habit) and returns findings most certain first. Everything is
-vectorised with polars: 8 M collective rows (1,024 ranks x 1,000 steps x 8) take a few seconds.
+injectable list of them (HTA's habit) and returns findings most certain first; every knob is a field of
+:class:`Thresholds`. Everything is vectorised with polars: 8 M collective rows (1,024 ranks x 1,000
+steps x 8) take a few seconds.
+
+Over 600 lines because it answers one question with six detectors that share the frames, the arrival
+matrix and the finding merge; split by detector they would each import the same private helpers.
 """
 
 from __future__ import annotations
@@ -91,24 +95,27 @@ class Finding:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The detectors' knobs; the defaults are what the accuracy benchmark was measured with."""
+    """The detectors' knobs (the collectives analysis's parameter object); the defaults are what the
+    accuracy benchmark (benchmarks/bench_collectives_accuracy.py) was measured with."""
 
     noise_k: float = 3.5              # a late arrival must exceed k robust standard deviations of arrival lag
     floor_ns: int = 5 * MS            # ... and this absolute floor
+    margin: float = 0.5               # ... and the second-latest rank by this fraction of the threshold
     window: int = 5                   # a straggler is late in `min_in_window` of `window` consecutive steps
-    min_in_window: int = 4
+    min_in_window: int = 4            # (also: a throttle's scheduling lag, heartbeat by heartbeat)
     min_fraction: float = 0.5         # ... and in at least this fraction of all steps since its onset
     throttle_ratio: float = 5.0       # a throttled rank's threads wake this many times later than its peers' ...
     throttle_lag_ns: int = 40 * MS    # ... and this late: 8 GIL switch intervals, more than a busy process causes
     probe_ratio: float = 4.0          # a probed direction this many times the round's median ...
     probe_excess_ns: int = 10 * MS    # ... and this much slower is a slow link
-    probe_min_rounds: int = 2
+    probe_min_rounds: int = 2         # a slow link is slow in at least this many probe rounds ...
+    probe_min_fraction: float = 0.6   # ... and in this fraction of the rounds from its onset on
+    warmup_steps: int = 2             # late wake-ups before this step are warm-up (lazy init, DDP's bucket rebuild)
     hang_alive_ns: int = 1_000 * MS   # a missing rank alive this long after the others entered is hung
 
 
 Detector = Callable[[RunFrames, Thresholds], list[Finding]]
-HEARTBEAT_BIN_NS = 500 * MS  # capture's heartbeat period: one beat per rank per bin
-WARMUP_STEPS = 2
+HEARTBEAT_BIN_NS = 500 * MS  # capture's heartbeat period (a fact of capture, not a knob): one beat per rank per bin
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +253,7 @@ def detect_stragglers(frames: RunFrames, th: Thresholds) -> list[Finding]:
     lag = filled[np.arange(len(steps)), ranks]
     second = np.partition(filled, -2, axis=1)[:, -2]
     margin = lag - np.where(np.isfinite(second), second, 0.0)
-    flagged = (lag > threshold) & (margin > threshold / 2)
+    flagged = (lag > threshold) & (margin > threshold * th.margin)
     n = len(steps)
     hits = np.zeros(n, dtype=int)
     for d in range(min(th.window, n)):
@@ -344,7 +351,7 @@ def detect_starved_ranks(frames: RunFrames, th: Thresholds) -> list[Finding]:
         return []
     # steps 0 and 1 are warm-up (lazy initialization; DDP rebuilds its buckets after step 0): a rank's
     # threads may wake late then without being starved
-    hb = hb.filter(pl.col("sched_lag_ns").is_not_null() & (pl.col("step") >= WARMUP_STEPS))
+    hb = hb.filter(pl.col("sched_lag_ns").is_not_null() & (pl.col("step") >= th.warmup_steps))
     if hb.height == 0:
         return []
     t0 = int(hb["ts_ns"].min())
@@ -582,7 +589,7 @@ def detect_slow_links(frames: RunFrames, th: Thresholds) -> list[Finding]:
         flags[[round_index[r] for r in rows["round"].to_list()]] = True
         suffix_hits = np.cumsum(flags[::-1])[::-1]
         suffix_len = np.arange(len(flags), 0, -1)
-        ok = flags & (suffix_hits >= th.probe_min_rounds) & (suffix_hits >= 0.6 * suffix_len)
+        ok = flags & (suffix_hits >= th.probe_min_rounds) & (suffix_hits >= th.probe_min_fraction * suffix_len)
         if ok.any():
             persistent[(int(a), int(b))] = (int(np.argmax(ok)), float((rows["dur"] / rows["med"]).median()))
     # a rank slow with two or more peers alike is a slow rank (throttle), not a link; a weaker slow pair
@@ -660,9 +667,11 @@ def detect(
     return sorted(findings, key=lambda f: (-f.confidence, KINDS.index(f.kind), f.subject))
 
 
-def detect_run(con: Any, run_id: str, *, detectors: Sequence[Detector] = DEFAULT_DETECTORS,
-               thresholds: Thresholds | None = None, store: bool = True) -> list[dict[str, Any]]:
-    """Detect anomalies in a stored run; store them in the findings table (a writable `con`) and return them."""
+def detect_run(con: Any, run_id: str, thresholds: Thresholds | None = None, *,
+               detectors: Sequence[Detector] = DEFAULT_DETECTORS, store: bool = True) -> list[dict[str, Any]]:
+    """Detect anomalies in a stored run; store them in the findings table (a writable `con`) and return them.
+
+    The registered entry point of the ``collectives`` analysis (``fn(con, run_id, params)``)."""
     from tracekit.store.findings import write_findings
 
     found = [f.to_dict() for f in detect(frames_from_store(con, run_id), detectors=detectors, thresholds=thresholds)]
