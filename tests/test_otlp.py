@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from foundation_helpers import assert_one_line_error, cli, counts, query
-from tracekit.importers import conventions as conv
+from tracekit import conventions as conv
 from tracekit.importers.otlp import read_otlp
 from tracekit.store.ingest import ingest_paths
 
@@ -246,10 +246,20 @@ def test_read_otlp_gives_reusable_resource_records(tmp_path):
     assert charge.events[0].attributes["exception.type"] == "ValueError"
 
 
-def test_conventions_match_what_capture_writes():
-    from tracekit.capture import otel
+def test_capture_reads_node_and_run_id_by_the_one_convention():
+    from tracekit.capture.otel import span_record
 
-    assert conv.NODE == otel.NODE_ATTR and conv.RUN_ID == otel.RUN_ID_ATTR
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({conv.NODE: "service:billing"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("charge", attributes={conv.RUN_ID: "r" * 32, "amount": 3}):
+        pass
+    with tracer.start_as_current_span("refund", attributes={conv.NODE: "agent:Refunder"}):
+        pass
+    charge, refund = (span_record(s, "fallback") for s in memory.get_finished_spans())
+    assert charge["node"] == "service:billing" and json.loads(charge["attributes"]) == {"amount": 3}
+    assert refund["node"] == "agent:Refunder" and json.loads(refund["attributes"]) == {}
 
 
 def test_a_directory_holding_spool_and_otlp_files_loads_both(tmp_path):

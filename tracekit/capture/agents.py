@@ -8,7 +8,7 @@ Three ways to record what a step used:
   the call it answers);
 * **inferred** edges are not made here: the IDG builder infers them for runs without any.
 
-Steps are OpenTelemetry spans on the tracer of `current_run()` with the attributes named below; edges
+Steps are OpenTelemetry spans on the tracer of `current_run()` with the ``tracekit.conventions`` attributes; edges
 go to the spool's ``links`` stream. Like all capture code, nothing here raises into user code.
 """
 
@@ -24,25 +24,12 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from opentelemetry import trace as otel_trace
 
+from tracekit import conventions as conv
 from tracekit.capture import setup
-from tracekit.capture.otel import NODE_ATTR
 
-__all__ = [
-    "agent_step", "message", "tool_call", "tool_result", "AGENT_ATTR", "STEP_ATTR", "CONTENT_ATTR",
-    "ROLE_ATTR", "TOOL_ATTR", "TOOL_CALL_ID_ATTR", "STEP_KIND_ATTR", "RUN_ATTR_KEYS",
-]
+__all__ = ["agent_step", "message", "tool_call", "tool_result"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-AGENT_ATTR = "tracekit.agent"
-STEP_ATTR = "tracekit.agent.step"
-CONTENT_ATTR = "tracekit.agent.content"
-INPUT_ATTR = "tracekit.agent.input"
-ROLE_ATTR = "tracekit.agent.role"
-STEP_KIND_ATTR = "tracekit.agent.kind"  # step, message, tool_call, tool_result
-TOOL_ATTR = "tracekit.agent.tool"
-TOOL_CALL_ID_ATTR = "tracekit.agent.tool_call_id"
-RUN_ATTR_KEYS = ("question", "ground_truth", "final_answer", "mistake_agent", "mistake_step", "mistake_reason")
 
 MAX_CONTENT = 16_384  # characters of content kept on a span
 MIN_FINGERPRINT_TEXT = 12  # shorter texts are too common to prove a flow by containment
@@ -167,7 +154,7 @@ def _observe_inputs(values: list[Any], dst: str) -> None:
 
 def _step_attributes(agent: str, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     attrs: dict[str, Any] = {
-        AGENT_ATTR: agent, STEP_ATTR: next(_flow.counter), STEP_KIND_ATTR: kind, NODE_ATTR: f"agent:{agent}",
+        conv.AGENT: agent, conv.STEP: next(_flow.counter), conv.STEP_KIND: kind, conv.NODE: f"agent:{agent}",
     }
     for key, value in (extra or {}).items():
         if value is not None:
@@ -196,11 +183,11 @@ def agent_step(
         kind = "tool_result" if tool else "step"
 
         def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[otel_trace.Span, str]:
-            span = _tracer().start_span(span_name, attributes=_step_attributes(agent, kind, {TOOL_ATTR: tool}))
+            span = _tracer().start_span(span_name, attributes=_step_attributes(agent, kind, {conv.TOOL: tool}))
             sid = _span_id(span)
             try:
                 inputs = [*args, *kwargs.values()]
-                span.set_attribute(INPUT_ATTR, _text(inputs if len(inputs) != 1 else inputs[0]))
+                span.set_attribute(conv.INPUT, _text(inputs if len(inputs) != 1 else inputs[0]))
                 _observe_inputs(inputs, sid)
             except Exception:  # noqa: BLE001 - capture never raises
                 pass
@@ -208,7 +195,7 @@ def agent_step(
 
         def finish(span: otel_trace.Span, sid: str, result: Any) -> None:
             try:
-                span.set_attribute(CONTENT_ATTR, _text(result))
+                span.set_attribute(conv.CONTENT, _text(result))
                 _flow.remember(result, sid)
             except Exception:  # noqa: BLE001
                 pass
@@ -254,7 +241,7 @@ def message(
         span = _tracer().start_span(
             f"message:{agent}",
             attributes=_step_attributes(agent, kind, {
-                CONTENT_ATTR: _text(content), ROLE_ATTR: role, TOOL_CALL_ID_ATTR: tool_call_id,
+                conv.CONTENT: _text(content), conv.ROLE: role, conv.TOOL_CALL_ID: tool_call_id,
             }),
         )
         sid = _span_id(span)
@@ -282,7 +269,7 @@ def tool_call(
         span = _tracer().start_span(
             f"tool_call:{tool}",
             attributes=_step_attributes(agent, "tool_call", {
-                TOOL_ATTR: tool, TOOL_CALL_ID_ATTR: call_id, CONTENT_ATTR: _text(arguments),
+                conv.TOOL: tool, conv.TOOL_CALL_ID: call_id, conv.CONTENT: _text(arguments),
             }),
         )
         sid = _span_id(span)

@@ -11,7 +11,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from tracekit.capture import setup
-from tracekit.capture.otel import NODE_ATTR
+from tracekit.conventions import NODE as NODE_ATTR
 from tracekit.inject import points as _inject
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -14,10 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from tracekit import conventions as conv
 from tracekit.capture.spool import Spool, drain
-
-NODE_ATTR = "tracekit.node"
-RUN_ID_ATTR = "tracekit.run_id"
 
 _KIND = {
     SpanKind.INTERNAL: "internal",
@@ -41,13 +39,13 @@ def _attrs_json(attributes: Any) -> str:
 
 
 def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
-    """Convert one finished SDK span into the spool's span record (see store/streams.py)."""
+    """Convert one finished SDK span into the spool's span record (``conventions.SPANS``)."""
     ctx = span.context
     attributes = dict(span.attributes or {})
-    node = attributes.pop(NODE_ATTR, None)
+    node = attributes.pop(conv.NODE, None)
     if node is None and span.resource is not None:
-        node = span.resource.attributes.get(NODE_ATTR)
-    attributes.pop(RUN_ID_ATTR, None)
+        node = span.resource.attributes.get(conv.NODE)
+    attributes.pop(conv.RUN_ID, None)
     parent = span.parent
     status = span.status
     record: dict[str, Any] = {

@@ -156,13 +156,14 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from tracekit.capture.otel import NODE_ATTR, RUN_ID_ATTR, SpoolSpanExporter, SpoolSpanProcessor
+    from tracekit import conventions as conv
+    from tracekit.capture.otel import SpoolSpanExporter, SpoolSpanProcessor
 
     provider = otel_trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider(
             resource=Resource.create({
-                "service.name": state.name, RUN_ID_ATTR: state.run_id, NODE_ATTR: state.node,
+                conv.SERVICE_NAME: state.name, conv.RUN_ID: state.run_id, conv.NODE: state.node,
             })
         )
         otel_trace.set_tracer_provider(provider)

@@ -39,11 +39,9 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-SPOOL_VERSION = 2  # 2: every stream is flat (span events have a stream of their own); 1: events nested
-READABLE_VERSIONS = (1, 2)
+from tracekit import conventions as conv
+
 _IDLE_MAX_S = 5.0  # an idle flusher still looks every 5 s (a producer that did not notify loses no record)
-HEADER_KEY = "tracekit_spool"
-FOOTER_KEY = "tracekit_end"
 
 
 class CaptureWarning(RuntimeWarning):
@@ -128,7 +126,7 @@ class SpoolStream:
         self._failed = False
         self._closed = False
         header = {
-            HEADER_KEY: SPOOL_VERSION,
+            conv.HEADER_KEY: conv.SPOOL_VERSION,
             "stream": stream,
             "run_id": spool.run_id,
             "file_id": self.file_id,
@@ -193,7 +191,7 @@ class SpoolStream:
             if self._closed:
                 return
             self.flush()
-            footer = {FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
+            footer = {conv.FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
             self._write_now(_dumps(footer) + "\n", 0)
             self._closed = True
             if self._fd is not None:

@@ -23,9 +23,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tracekit.capture.agents import (
-    AGENT_ATTR, CONTENT_ATTR, INPUT_ATTR, ROLE_ATTR, STEP_KIND_ATTR, TOOL_ATTR, TOOL_CALL_ID_ATTR,
-)
+from tracekit import conventions as conv
 
 __all__ = ["agent_step_of", "select_steps", "derive_links", "text_of"]
 
@@ -142,12 +140,12 @@ def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
     True
     """
     attrs = span.get("attributes") or {}
-    if AGENT_ATTR in attrs:
+    if conv.AGENT in attrs:
         return {
-            "agent": str(attrs[AGENT_ATTR]), "content": str(attrs.get(CONTENT_ATTR) or ""),
-            "input": str(attrs.get(INPUT_ATTR) or ""), "kind": str(attrs.get(STEP_KIND_ATTR) or "step"),
-            "role": str(attrs.get(ROLE_ATTR) or ""), "tool_call_id": str(attrs.get(TOOL_CALL_ID_ATTR) or ""),
-            "tool": str(attrs.get(TOOL_ATTR) or ""),
+            "agent": str(attrs[conv.AGENT]), "content": str(attrs.get(conv.CONTENT) or ""),
+            "input": str(attrs.get(conv.INPUT) or ""), "kind": str(attrs.get(conv.STEP_KIND) or "step"),
+            "role": str(attrs.get(conv.ROLE) or ""), "tool_call_id": str(attrs.get(conv.TOOL_CALL_ID) or ""),
+            "tool": str(attrs.get(conv.TOOL) or ""),
         }
     op = attrs.get(GENAI_OPERATION)
     if op is not None:
@@ -233,11 +231,11 @@ def select_steps(spans: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], 
     owner: dict[str, str] = {}
     for span in spans:
         info = found[span["span_id"]]
-        if info is None or info["kind"] not in ("model", "tool_result") or AGENT_ATTR in (span.get("attributes") or {}):
+        if info is None or info["kind"] not in ("model", "tool_result") or conv.AGENT in (span.get("attributes") or {}):
             continue
         for parent in ancestors(span):
             pinfo = found.get(parent)
-            if pinfo is not None and pinfo["kind"] == "step" and AGENT_ATTR not in (by_id[parent].get("attributes") or {}):
+            if pinfo is not None and pinfo["kind"] == "step" and conv.AGENT not in (by_id[parent].get("attributes") or {}):
                 containers.add(parent)
                 owner.setdefault(span["span_id"], pinfo["agent"])
     chosen = []
@@ -334,7 +332,7 @@ def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             _end, _seq, src, lines = heapq.heappop(finished)
             for line in lines:
                 producer[line] = src
-        if AGENT_ATTR in (s.get("attributes") or {}):
+        if conv.AGENT in (s.get("attributes") or {}):
             continue  # tracekit's own capture records its observed edges itself
         sources = {producer[line] for line in _lines(info.get("input") or "") if line in producer}
         for src in sorted(sources):

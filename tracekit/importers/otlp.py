@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracekit.errors import SpoolError
-from tracekit.importers import conventions as conv
+from tracekit import conventions as conv
 
 if TYPE_CHECKING:
     import duckdb

@@ -24,11 +24,10 @@ from typing import Any, Callable
 
 from opentelemetry import trace as otel_trace
 
+from tracekit.conventions import INJECTED as INJECTED_ATTR, RETURN as RETURN_ATTR
 from tracekit.faults import resolve_exception  # moved there: the analyses use it too
 
 FAULT_TYPES = ("raise", "delay", "error_return", "drop")
-INJECTED_ATTR = "tracekit.injected"
-RETURN_ATTR = "tracekit.return"
 PLAN_ENV = "TRACEKIT_INJECT"
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import duckdb
 
+from tracekit import conventions as conv
 from tracekit.errors import NotFoundError
 from tracekit.store.queries import rows
 
@@ -98,16 +99,21 @@ def campaign_runs(con: duckdb.DuckDBPyConnection, campaign_ids: list[str]) -> li
     return found
 
 
+def _path(attribute: str) -> str:
+    """The JSON path of one span attribute (its name holds dots, so it is quoted)."""
+    return f'$."{attribute}"'
+
+
 _SIGNATURES = """
 SELECT DISTINCT s.run_id, s.name AS op,
     CASE WHEN s.status = 'error'
               THEN 'error:' || coalesce(nullif(split_part(s.status_message, ':', 1), ''), 'error')
-         WHEN json_extract(s.attributes, '$."tracekit.return"') IS NOT NULL
-              THEN 'ret:' || json_extract_string(s.attributes, '$."tracekit.return"')
+         WHEN json_extract(s.attributes, $returned) IS NOT NULL
+              THEN 'ret:' || json_extract_string(s.attributes, $returned)
          ELSE 'ok' END AS outcome,
     p.name AS parent
 FROM spans s LEFT JOIN spans p ON p.run_id = s.run_id AND p.span_id = s.parent_id
-WHERE list_contains($ids, s.run_id) AND json_extract(s.attributes, '$."tracekit.injected"') IS NULL
+WHERE list_contains($ids, s.run_id) AND json_extract(s.attributes, $injected) IS NULL
 UNION
 SELECT DISTINCT run_id, point AS op, 'fault:' || fault_type AS outcome,
     json_extract_string(detail, '$.parent') AS parent
@@ -122,7 +128,7 @@ def run_signatures(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[d
     outcome is ``error:<ExceptionType>``, ``ret:true|false`` for a boolean check, ``ok``, or
     ``fault:<type>`` for a fault the program reported (a retry, a crash or hang of the workload).
     """
-    return rows(con, _SIGNATURES, {"ids": run_ids})
+    return rows(con, _SIGNATURES, {"ids": run_ids, "returned": _path(conv.RETURN), "injected": _path(conv.INJECTED)})
 
 
 def run_counts(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -141,11 +147,11 @@ def injected_faults(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[
         SELECT f.run_id, f.point, f.fault_type, f.ts_ns, f.span_id,
                json_extract_string(f.detail, '$.parent') AS parent,
                json_extract_string(f.detail, '$.exception') AS exception,
-               json_extract_string(s.attributes, '$."tracekit.return"') AS returned
+               json_extract_string(s.attributes, $returned) AS returned
         FROM faults f LEFT JOIN spans s ON s.run_id = f.run_id AND s.span_id = f.span_id
         WHERE list_contains($ids, f.run_id) AND f.injected
         ORDER BY f.ts_ns
-    """, {"ids": run_ids})
+    """, {"ids": run_ids, "returned": _path(conv.RETURN)})
 
 
 def observed_faults(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[dict[str, Any]]:

@@ -21,14 +21,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from tracekit.capture.spool import FOOTER_KEY, HEADER_KEY, READABLE_VERSIONS, SPOOL_VERSION
+from tracekit import conventions as conv
 from tracekit.store.sql import one
 from tracekit.errors import SpoolError, TracekitError
 from tracekit.store.db import connect
 from tracekit.store.streams import STREAMS, StreamSpec
 
 Progress = Callable[[int, int, str], None]
-_FOOTER_PREFIX = b'{"' + FOOTER_KEY.encode() + b'"'
+_FOOTER_PREFIX = b'{"' + conv.FOOTER_KEY.encode() + b'"'
 _OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp", ".pb", ".binpb", ".otlp.pb")
 
 
@@ -83,7 +83,7 @@ class Sources:
 def _looks_like_spool(path: Path) -> bool:
     try:
         with path.open("rb") as fh:
-            return fh.read(len(HEADER_KEY) + 3).startswith(b'{"' + HEADER_KEY.encode())
+            return fh.read(len(conv.HEADER_KEY) + 3).startswith(b'{"' + conv.HEADER_KEY.encode())
     except OSError:
         return False
 
@@ -273,13 +273,13 @@ def _declared_spec(path: Path, header: Any) -> StreamSpec:
     """The record stream a spool file's header declares, as its format version writes it.
 
     Raises SpoolError saying what is wrong with the header."""
-    if not isinstance(header, dict) or HEADER_KEY not in header:
+    if not isinstance(header, dict) or conv.HEADER_KEY not in header:
         raise SpoolError(f"{path}: no tracekit spool header; this is not a tracekit spool file")
-    version = header[HEADER_KEY]
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
+    version = header[conv.HEADER_KEY]
+    if version not in conv.READABLE_VERSIONS or isinstance(version, bool):
         raise SpoolError(
             f"{path}: written in spool format version {version!r}, but this tracekit reads versions "
-            f"{READABLE_VERSIONS[0]} to {SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
+            f"{conv.READABLE_VERSIONS[0]} to {conv.SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
         )
     spec = STREAMS.get(str(header.get("stream")))
     if spec is None:
@@ -436,7 +436,7 @@ def _remember_files(
         params += [
             header["file_id"], str(header["run_id"]), spec.name, str(path.absolute()),
             header.get("pid"), header.get("host"), header.get("node"), header.get("started_ns"),
-            footer.get(FOOTER_KEY) if footer else None, offset, records, torn, now,
+            footer.get(conv.FOOTER_KEY) if footer else None, offset, records, torn, now,
         ]
     row = "(" + ", ".join("?" * 13) + ")"
     con.execute(f"INSERT OR REPLACE INTO spool_files VALUES {', '.join([row] * len(files))}", params)
@@ -518,7 +518,7 @@ def _peek_closed(path: Path) -> _Closed | None:
         header, footer = json.loads(first), json.loads(tail[start:-1])
     except ValueError:
         return None
-    if not isinstance(footer, dict) or FOOTER_KEY not in footer:
+    if not isinstance(footer, dict) or conv.FOOTER_KEY not in footer:
         return None
     try:
         spec = _declared_spec(path, header)
@@ -556,8 +556,8 @@ def _load_closed(con: duckdb.DuckDBPyConnection, files: list[_Closed], report: I
     the careful way, which names and quarantines the bad records.
     """
     spec = files[0].spec
-    columns = {HEADER_KEY: "JSON", FOOTER_KEY: "JSON"}
-    checks = [f"{HEADER_KEY} IS NULL", f"{FOOTER_KEY} IS NULL"]  # the header and footer lines
+    columns = {conv.HEADER_KEY: "JSON", conv.FOOTER_KEY: "JSON"}
+    checks = [f"{conv.HEADER_KEY} IS NULL", f"{conv.FOOTER_KEY} IS NULL"]  # the header and footer lines
     for fld in spec.schema:
         columns[fld.name] = _DUCK_TYPES.get(fld.type, "VARCHAR")
         if fld.name in spec.required:
