@@ -19,7 +19,7 @@ __all__ = ["build_app", "status_body", "GRPC_CODES"]
 
 # google.rpc.Code numbers of the statuses the receiver answers with
 GRPC_CODES = {"INVALID_ARGUMENT": 3, "RESOURCE_EXHAUSTED": 8, "UNAUTHENTICATED": 16, "UNAVAILABLE": 14, "INTERNAL": 13}
-_DRAIN_LIMIT_FACTOR = 4  # an oversized body is read and dropped up to 4x the limit, then the connection closes
+_DRAIN_BYTES = 256 << 20  # an oversized body is read and dropped up to this (so the client reads the 413), then cut
 RETRY_AFTER_S = 2
 
 
@@ -49,7 +49,7 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            if size > limit * _DRAIN_LIMIT_FACTOR:
+            if size > max(limit * 4, _DRAIN_BYTES):
                 return None
             continue  # keep draining so the client can read our 413 instead of a reset
         chunks.append(chunk)
@@ -79,12 +79,7 @@ def build_app(receiver: Receiver) -> Any:
                 return failure(exc.http_status, exc.grpc_code, exc.message, Encoding.protobuf)
             if not receiver.authorized(request.headers.get("authorization")):
                 return failure(401, "UNAUTHENTICATED", "missing or wrong token in the Authorization header", encoding)
-            declared = request.headers.get("content-length")
             limit = receiver.max_bytes
-            if declared and declared.isdigit() and int(declared) > limit * _DRAIN_LIMIT_FACTOR:
-                receiver.count_failure("request too large", retry=False)
-                return failure(413, "RESOURCE_EXHAUSTED", f"the body has {declared} bytes, over the limit of {limit}",
-                               encoding, connection="close")
             body = await _read_body(request, limit)
             if body is None:
                 receiver.count_failure("request too large", retry=False)

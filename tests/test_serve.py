@@ -1,0 +1,358 @@
+"""`tracekit serve`: real OTLP exporters in other processes, a SIGKILLed server, and bad requests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("grpc")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
+
+# An ordinary OpenTelemetry app: the SDK, a BatchSpanProcessor and the stock OTLP exporter, configured
+# only by the OTEL_* environment. The one addition: with ACK_FILE set, a thin wrapper writes the span
+# ids of every batch the exporter reported as exported (i.e. the server acknowledged) to that file.
+APP = r'''
+import os, sys, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
+
+if sys.argv[1] == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+traces, children, pause = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+exporter = OTLPSpanExporter()
+ack_path = os.environ.get("ACK_FILE")
+if ack_path:
+    class Acked:
+        def __init__(self, inner):
+            self.inner, self.out = inner, open(ack_path, "a")
+        def export(self, spans):
+            result = self.inner.export(spans)
+            if result is SpanExportResult.SUCCESS:
+                self.out.write("".join(format(s.context.span_id, "016x") + "\n" for s in spans))
+                self.out.flush()
+            return result
+        def shutdown(self):
+            self.inner.shutdown()
+        def force_flush(self, timeout_millis=30000):
+            return True
+    exporter = Acked(exporter)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50, max_export_batch_size=100))
+trace.set_tracer_provider(provider)
+tracer = trace.get_tracer("shop")
+for t in range(traces):
+    with tracer.start_as_current_span("checkout", attributes={"order.id": t}) as root:
+        for c in range(children):
+            with tracer.start_as_current_span("charge" if c == 0 else "db.query", attributes={"step": c}) as child:
+                if t == 0 and c == 0:
+                    child.set_status(Status(StatusCode.ERROR, "card declined"))
+    if pause:
+        time.sleep(pause)
+provider.shutdown()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A `tracekit serve` subprocess; its stderr is collected by a thread."""
+
+    proc: subprocess.Popen[str]
+    http_port: int
+    grpc_port: int
+    spool: Path
+    db: Path
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+def start_server(tmp: Path, *args: str, http_port: int = 0, grpc_port: int = 0) -> Server:
+    spool, db = tmp / "spool", tmp / "store.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracekit", "serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+         "--spool", str(spool), "--db", str(db), "--interval", "0.3", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    server = Server(proc, 0, 0, spool, db)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            server.lines.append(line)
+            if "OTLP/HTTP on" in line:
+                ports = [int(p.split(" ")[0].rstrip(";")) for p in line.split("127.0.0.1:")[1:]]
+                server.http_port, server.grpc_port = ports[0], ports[1]
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not ready.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server did not start:\n" + "".join(server.lines))
+    return server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path)
+    yield srv
+    if srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait()
+
+
+def run_app(tmp: Path, protocol: str, endpoint: str, traces: int = 3, children: int = 2, pause: float = 0.0,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    app = tmp / "app.py"
+    app.write_text(APP)
+    environ = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "shop", **env}
+    environ.pop("TRACEKIT_RECORD", None)
+    return subprocess.run([sys.executable, str(app), protocol, str(traces), str(children), str(pause)],
+                          env=environ, capture_output=True, text=True, timeout=120)
+
+
+def query(db: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    from tracekit.store.db import connect
+
+    with connect(db, read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def post(url: str, body: bytes, content_type: str | None = "application/x-protobuf",
+         **headers: str) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    for key, value in headers.items():
+        request.add_header(key.replace("_", "-"), value)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def export_request(n: int = 2, seed: int = 1) -> bytes:
+    """A valid ExportTraceServiceRequest of `n` spans in one trace."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "handmade"
+    scope = rs.scope_spans.add()
+    for i in range(n):
+        scope.spans.add(name=f"op{i}", trace_id=bytes([seed]) * 16, span_id=bytes([seed, i + 1]) * 4,
+                        start_time_unix_nano=1_700_000_000_000_000_000 + i, end_time_unix_nano=1_700_000_001_000_000_000)
+    return request.SerializeToString()
+
+
+def rpc_status(body: bytes) -> tuple[int, str]:
+    from google.rpc.status_pb2 import Status
+
+    status = Status()
+    status.ParseFromString(body)
+    return status.code, status.message
+
+
+# ---------------------------------------------------------------------------------------------
+# unmodified apps
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unmodified_app_lands_in_the_store(server: Server, tmp_path: Path, protocol: str) -> None:
+    endpoint = server.http if protocol == "http" else f"http://127.0.0.1:{server.grpc_port}"
+    done = run_app(tmp_path, protocol, endpoint, traces=3, children=2, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
+    assert done.returncode == 0, done.stderr
+    summary = server.stop()
+    assert "received 9 spans" in summary, summary
+    rows = query(server.db, "SELECT trace_id, span_id, parent_id, name, node, status, status_message, attributes "
+                            "FROM spans ORDER BY start_ns")
+    assert len(rows) == 9
+    by_id = {r[1]: r for r in rows}
+    roots = [r for r in rows if r[2] is None]
+    assert sorted(json.loads(r[7])["order.id"] for r in roots) == [0, 1, 2]
+    for r in rows:
+        assert r[4] == "service:shop"
+        if r[2] is not None:  # every child hangs under a root of its own trace
+            assert by_id[r[2]][3] == "checkout" and by_id[r[2]][0] == r[0]
+    errors = [(r[3], r[6]) for r in rows if r[5] == "error"]
+    assert errors == [("charge", "card declined")]
+    assert not list((server.spool / "traces").iterdir()), "ingested batches stay in the spool"
+
+
+def test_json_over_http_and_logs(server: Server) -> None:
+    doc = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "js"}}]},
+                              "scopeSpans": [{"spans": [{
+                                  "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+                                  "name": "GET /cart", "kind": 2, "startTimeUnixNano": "1700000000000000000",
+                                  "endTimeUnixNano": "1700000000500000000"}]}]}]}
+    status, body, headers = post(server.http + "/v1/traces", gzip.compress(json.dumps(doc).encode()),
+                                 "application/json", Content_Encoding="gzip")
+    assert (status, json.loads(body)) == (200, {})
+    logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "1700000000100000000",
+                                                              "eventName": "gen_ai.user.message",
+                                                              "body": {"stringValue": "hi"}}]}]}]}
+    status, body, _ = post(server.http + "/v1/logs", json.dumps(logs).encode(), "application/json")
+    assert status == 200
+    server.stop()
+    assert query(server.db, "SELECT name, node FROM spans") == [("GET /cart", "service:js")]
+    assert len(list((server.spool / "logs").iterdir())) == 1  # kept for the log-record importer
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_requests_get_otlp_errors_and_the_server_keeps_serving(server: Server) -> None:
+    url = server.http + "/v1/traces"
+    good = export_request(3, seed=7)
+    cases = {
+        "garbage": (b"\xff\xfe this is not protobuf \x00\x01" * 10, "application/x-protobuf", {}, 400),
+        "truncated": (good[: len(good) - 7], "application/x-protobuf", {}, 400),
+        "wrong type": (good, "text/plain", {}, 415),
+        "no type": (good, None, {}, 415),
+        "bad json": (b'{"resourceSpans": [', "application/json", {}, 400),
+        "json not otlp": (b'{"hello": 1}', "application/json", {}, 400),
+        "bad gzip": (b"\x1f\x8b\x08\x00garbage", "application/x-protobuf", {"Content_Encoding": "gzip"}, 400),
+        "unknown encoding": (good, "application/x-protobuf", {"Content_Encoding": "br"}, 415),
+    }
+    for what, (body, ctype, headers, expected) in cases.items():
+        status, reply, _ = post(url, body, ctype, **headers)
+        assert status == expected, what
+        code, message = rpc_status(reply) if ctype != "application/json" else (json.loads(reply)["code"], "")
+        assert code == 3, what  # google.rpc.Code INVALID_ARGUMENT
+    # 100 MB: over the 64 MB default limit -> 413, and a gzip bomb that inflates past it too
+    status, reply, _ = post(url, b"\x0a" * (100 << 20))
+    assert status == 413 and rpc_status(reply)[0] == 8  # RESOURCE_EXHAUSTED
+    status, _, _ = post(url, gzip.compress(b"\x00" * (70 << 20)), Content_Encoding="gzip")
+    assert status == 413
+    status, reply, _ = post(url, good)  # still serving
+    assert status == 200
+    server.stop()
+    assert query(server.db, "SELECT count(*) FROM spans")[0][0] == 3  # only the good request
+    assert not list((server.spool / "tmp").iterdir()) and not list((server.spool / "rejected").iterdir())
+
+
+def test_grpc_bad_input_and_oversize(tmp_path: Path) -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    srv = start_server(tmp_path, "--max-mb", "1")
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}",
+                                        options=[("grpc.max_send_message_length", 64 << 20)])
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                     response_deserializer=ExportTraceServiceResponse.FromString)
+        for body, code in ((b"\xff\xfe garbage", grpc.StatusCode.INVALID_ARGUMENT),
+                           (b"\x0a" * (2 << 20), grpc.StatusCode.RESOURCE_EXHAUSTED)):
+            with pytest.raises(grpc.RpcError) as err:
+                export(body, timeout=30)
+            assert err.value.code() == code
+        assert isinstance(export(export_request(2, seed=9), timeout=30), ExportTraceServiceResponse)
+        channel.close()
+    finally:
+        srv.stop()
+    assert query(srv.db, "SELECT count(*) FROM spans")[0][0] == 2
+
+
+def test_token_required_off_loopback_and_checked(tmp_path: Path) -> None:
+    refused = subprocess.run([sys.executable, "-m", "tracekit", "serve", "--host", "0.0.0.0", "--http-port", "0",
+                              "--grpc-port", "0", "--spool", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "token" in refused.stderr and "Traceback" not in refused.stderr
+    srv = start_server(tmp_path, "--token", "s3cret")
+    try:
+        status, reply, _ = post(srv.http + "/v1/traces", export_request(), Authorization="Bearer wrong")
+        assert status == 401 and rpc_status(reply)[0] == 16  # UNAUTHENTICATED
+        status, _, _ = post(srv.http + "/v1/traces", export_request())
+        assert status == 401
+        for protocol, endpoint in (("http", srv.http), ("grpc", f"http://127.0.0.1:{srv.grpc_port}")):
+            bad = run_app(tmp_path, protocol, endpoint, traces=1, children=0,
+                          OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20nope")
+            assert bad.returncode == 0
+            ok = run_app(tmp_path, protocol, endpoint, traces=1, children=1,
+                         OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20s3cret")
+            assert ok.returncode == 0, ok.stderr
+    finally:
+        srv.stop()
+    assert query(srv.db, "SELECT count(*) FROM spans")[0][0] == 4  # two apps x (root + child) with the token
+
+
+def test_full_spool_answers_retry_later(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--no-ingest", "--max-spool-mb", "0.001")
+    try:
+        first = export_request(2, seed=3)
+        assert post(srv.http + "/v1/traces", first)[0] == 200
+        status, reply, headers = post(srv.http + "/v1/traces", export_request(50, seed=4))
+        assert status == 503 and rpc_status(reply)[0] == 14 and "retry" in rpc_status(reply)[1]
+        assert int(headers["retry-after"]) > 0
+    finally:
+        srv.stop()
+    assert len(list((srv.spool / "traces").iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# durability
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_sigkill_loses_nothing_acknowledged_and_retries_do_not_duplicate(tmp_path: Path, protocol: str) -> None:
+    http_port, grpc_port = _free_port(), _free_port()
+    srv = start_server(tmp_path, http_port=http_port, grpc_port=grpc_port)
+    endpoint = srv.http if protocol == "http" else f"http://127.0.0.1:{grpc_port}"
+    acks = tmp_path / "acked.txt"
+    app = threading.Thread(target=lambda: setattr(app, "result", run_app(
+        tmp_path, protocol, endpoint, traces=150, children=3, pause=0.01, ACK_FILE=str(acks))))
+    app.start()
+    deadline = time.monotonic() + 60
+    while (not acks.exists() or len(acks.read_text().split()) < 100) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    srv.proc.send_signal(signal.SIGKILL)  # mid-stream: the exporter is still sending
+    srv.proc.wait()
+    time.sleep(0.5)
+    srv = start_server(tmp_path, http_port=http_port, grpc_port=grpc_port)  # same spool, same store
+    app.join(timeout=120)
+    assert app.result.returncode == 0, app.result.stderr  # type: ignore[attr-defined]
+    srv.stop()
+    acked = set(acks.read_text().split())
+    stored = query(srv.db, "SELECT span_id, count(*) FROM spans GROUP BY span_id")
+    assert all(n == 1 for _sid, n in stored), "a retried batch was stored twice"
+    missing = acked - {sid for sid, _n in stored}
+    assert not missing, f"{len(missing)} acknowledged spans are not in the store"
+    assert len(acked) > 100
