@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import tracekit
-    import tracekit.capture.torch_dist as td
+    from tracekit.capture.torch import state
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -60,7 +60,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    capture = td._cap
+    capture = state.current
 
     def make(arm: str) -> tuple[DDP, torch.optim.Optimizer, bool]:
         """One arm's model, optimizer and whether capture is on while it steps."""
@@ -68,12 +68,12 @@ def worker(args: argparse.Namespace) -> None:
         h = 256
         model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                               nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 8))
-        td._cap = capture if arm == "capture" else None  # DDP is built with capture on only for its arm
+        state.current = capture if arm == "capture" else None  # DDP is built with capture on only for its arm
         ddp = DDP(model, bucket_cap_mb=0.2)
         if arm != "capture":
             ddp.__dict__["_tracekit_hooked"] = True  # no tracekit hook: DDP's built-in all-reduce ...
         if arm == "python_hook":  # ... or PyTorch's Python hook, registered past tracekit's wrapper
-            td._originals[("DDP", "register_comm_hook")](ddp, ddp.process_group, allreduce_hook)
+            state.originals[("DDP", "register_comm_hook")](ddp, ddp.process_group, allreduce_hook)
         return ddp, torch.optim.SGD(ddp.parameters(), lr=0.01), arm == "capture"
 
     gen = torch.Generator().manual_seed(rank)
@@ -117,13 +117,13 @@ def worker(args: argparse.Namespace) -> None:
         arms = {name: make(name) for name in names}
         for _ in range(3):  # warm up
             for model, opt, on in arms.values():
-                td._cap = capture if on else None
+                state.current = capture if on else None
                 one_step(model, opt)
         for _round in range(args.rounds):
             order.shuffle(names)
             for name in names:
                 model, opt, on = arms[name]
-                td._cap = capture if on else None
+                state.current = capture if on else None
                 rounds[name].append(one_step(model, opt, name))
         del arms
     background = {"cpu_s": background_cpu() - background0, "process_cpu_s": time.process_time() - process0,
@@ -133,7 +133,7 @@ def worker(args: argparse.Namespace) -> None:
     # profiled or not, in a random order; the first step of each block is not counted
     from torch.profiler import ProfilerActivity, profile
 
-    td._cap = None
+    state.current = None
     blocks: dict[str, list[list[float]]] = {"plain": [], "profiler": []}
     for _cycle in range(args.cycles):
         names = list(blocks)
@@ -142,7 +142,7 @@ def worker(args: argparse.Namespace) -> None:
             with profile(activities=[ProfilerActivity.CPU]) if name == "profiler" else contextlib.nullcontext():
                 one_step(plain, plain_opt)
                 blocks[name].append([one_step(plain, plain_opt) for _ in range(args.block)])
-    td._cap = capture
+    state.current = capture
     recorded = recorded_so_far() - before
     if rank == 0:
         hook = "native" if capture is not None and capture.native is not None else "python"
@@ -214,30 +214,31 @@ def per_call_cost(n: int = 20000, reps: int = 10) -> dict[str, float]:
     code = f"""
 import os, time, json, torch, torch.distributed as dist
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29750 + os.getpid() % 200), RANK="0", WORLD_SIZE="1")
-import tracekit, tracekit.capture.torch_dist as td
+import tracekit
+from tracekit.capture.torch import patching, state
 dist.init_process_group("gloo")
 tracekit.torch.instrument()
-cap = td._cap
+cap = state.current
 t = torch.zeros(1)
 
 def nothing(tensor, op=None, group=None, async_op=False):
     return None
 
-wrapped = td._wrap("all_reduce", nothing)
+wrapped = patching.wrap("all_reduce", nothing)
 res = {{"plain": [], "capture": [], "gloo_call": []}}
 for rep in range({reps}):
     for mode in (("plain", "capture") if rep % 2 else ("capture", "plain")):
-        td._cap = cap if mode == "capture" else None
+        state.current = cap if mode == "capture" else None
         t0 = time.thread_time_ns()
         for _ in range({n}):
             wrapped(t)
         res[mode].append((time.thread_time_ns() - t0) / {n} / 1000)
-    td._cap = None
+    state.current = None
     t0 = time.thread_time_ns()
     for _ in range(1000):
         dist.all_reduce(t)
     res["gloo_call"].append((time.thread_time_ns() - t0) / 1000 / 1000)
-td._cap = cap
+state.current = cap
 print(json.dumps({{k: sorted(v)[len(v) // 2] for k, v in res.items()}}))
 dist.destroy_process_group()
 """

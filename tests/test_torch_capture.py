@@ -86,7 +86,7 @@ def test_cli_and_plain_processes_never_import_torch(tmp_path: Path) -> None:
 
 
 def test_import_hook_wraps_torch_distributed_only_when_imported(tmp_path: Path) -> None:
-    code = ("import sys; from tracekit.capture.torch_dist import install_import_hook; install_import_hook(); "
+    code = ("import sys; from tracekit.capture.torch import install_import_hook; install_import_hook(); "
             "assert 'torch' not in sys.modules; import torch.distributed as d; "
             "print(hasattr(d.all_reduce, '__tracekit_original__'), hasattr(d.init_process_group, '__tracekit_original__'))")
     out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, check=True)
@@ -182,15 +182,15 @@ def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook
 
 WRITER_JOB = """
 import json, os, threading, time, torch, torch.distributed as dist, tracekit
-import tracekit.capture.torch_dist as td
+from tracekit.capture.torch import state
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29600 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
 assert tracekit.torch.instrument()
-cap = td._cap
+cap = state.current
 if os.environ.get("FULL_DISK"):  # the writer's files are on a full disk from now on
-    cap._count_native(cap.native.stop_writer())
+    cap.count_native(cap.native.stop_writer())
     full = os.open("/dev/full", os.O_WRONLY)
     cap.native.start_writer(full, full, full, tick_s=0.05, beat_s=0.1, flush_s=0.05)
 model = DDP(nn.Linear(8, 4))
@@ -251,12 +251,12 @@ def test_native_writer_on_a_full_disk_counts_and_warns_and_training_goes_on(tmp_
 
 FORK_JOB = """
 import os, sys, time, torch, torch.distributed as dist, tracekit
-import tracekit.capture.torch_dist as td
+from tracekit.capture.torch import state
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29700 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
 dist.init_process_group("gloo")
 assert tracekit.torch.instrument()
-native = td._cap.native
-td._cap._count_native(native.stop_writer())  # restart the writer flushing every millisecond: it holds
+native = state.current.native
+state.current.count_native(native.stop_writer())  # restart the writer flushing every millisecond: it holds
 devnull = os.open(os.devnull, os.O_WRONLY)  # its locks much of the time, as a fork may catch it
 native.start_writer(devnull, devnull, devnull, tick_s=0.001, beat_s=0.001, flush_s=0.001)
 t = torch.ones(1)
@@ -281,7 +281,7 @@ for i in range(40):
     else:
         failed += status[1] != 0
 print("hung", hung, "failed", failed, "parent writer", native.writer_running())
-td._cap._count_native(native.stop_writer())
+state.current.count_native(native.stop_writer())
 dist.destroy_process_group()
 """
 

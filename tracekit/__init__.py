@@ -29,7 +29,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "fault_point": ("tracekit.inject.points", "fault_point"),
     "observe_fault": ("tracekit.inject.points", "observe_fault"),
 }
-_SUBMODULES = {"torch": "tracekit.capture.torch_dist"}
+_SUBMODULES = {"torch": "tracekit.capture.torch"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

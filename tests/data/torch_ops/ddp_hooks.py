@@ -18,10 +18,10 @@ dist.init_process_group("gloo")
 native = None
 if os.environ.get("TRACEKIT_DISABLED") != "1":
     import tracekit
-    import tracekit.capture.torch_dist as td
+    from tracekit.capture.torch import state
 
     tracekit.torch.instrument()
-    native = td._cap.native is not None
+    native = state.current.native is not None
 rank = dist.get_rank()
 torch.manual_seed(0)
 model = DDP(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)),

@@ -5,7 +5,7 @@ try:
 
     if _tk_init_from_env() is not None:
         # torch.distributed is instrumented when (and only if) this process imports it
-        from tracekit.capture.torch_dist import install_import_hook as _tk_torch_hook
+        from tracekit.capture.torch import install_import_hook as _tk_torch_hook
 
         _tk_torch_hook()
 except Exception as _tk_exc:  # capture must never stop the recorded program
