@@ -25,7 +25,7 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported.
 from tracekit.cli import core  # noqa: E402,F401
 
-for _optional in ("training", "agents", "campaign", "dashboard", "serve"):
+for _optional in ("training", "agents", "campaign", "dashboard", "serve", "analyze"):
     try:
         __import__(f"tracekit.cli.{_optional}")
     except ModuleNotFoundError as _exc:

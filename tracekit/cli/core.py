@@ -20,7 +20,7 @@ def runs(
     db: Optional[Path] = DB_OPTION,
     fmt: Format = FORMAT_OPTION,
 ) -> None:
-    """List runs: id, name, kind, start, duration, spans, errors, status."""
+    """List runs: id, name, kind, start, duration, spans, errors, status, stored findings and the top one."""
     from tracekit.store.db import connect
     from tracekit.store.queries import list_runs
 
@@ -29,7 +29,7 @@ def runs(
     view = [{**r, "run_id": r["run_id"][:12], "start": fmt_ns(r["started_ns"]),
              "duration": f"{r['duration_ms'] / 1000:.2f}s" if r["duration_ms"] is not None else ""} for r in records]
     emit(records, fmt, title="runs", table_view=view if fmt is Format.table else None,
-         columns=["run_id", "name", "kind", "start", "duration", "spans", "errors", "status", "top_finding"]
+         columns=["run_id", "name", "kind", "start", "duration", "spans", "errors", "status", "findings", "top_finding"]
          if fmt is Format.table else None)
 
 

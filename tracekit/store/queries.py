@@ -39,12 +39,13 @@ WITH counts AS (
     SELECT run_id, count(*) AS spans, count(*) FILTER (WHERE status = 'error') AS errors
     FROM spans GROUP BY run_id
 ), top AS (
-    SELECT run_id, arg_min(kind || ' ' || subject, rank_order) AS top_finding
+    SELECT run_id, arg_min(kind || ' ' || subject, rank_order) AS top_finding, count(*) AS findings
     FROM findings GROUP BY run_id
 )
 SELECT r.run_id, r.name, r.kind, r.status, r.started_ns, r.ended_ns,
        (r.ended_ns - r.started_ns) // 1000000 AS duration_ms,
-       coalesce(c.spans, 0) AS spans, coalesce(c.errors, 0) AS errors, t.top_finding
+       coalesce(c.spans, 0) AS spans, coalesce(c.errors, 0) AS errors, coalesce(t.findings, 0) AS findings,
+       t.top_finding
 FROM runs r LEFT JOIN counts c USING (run_id) LEFT JOIN top t USING (run_id)
 WHERE ($kind IS NULL OR r.kind = $kind)
 ORDER BY r.started_ns DESC NULLS LAST
