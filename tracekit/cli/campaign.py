@@ -21,20 +21,30 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Runs executed at the same time."),
     executor: str = typer.Option("local", "--executor", help="local (process groups on this machine) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [default: a local Ray instance]."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="three-phase, random or exhaustive [default: the file's]."),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="three-phase, breadth, random or exhaustive [default: the file's]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Store the campaign under this name [default: the file's]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only the profile runs: print the points found, the "
+                                 "number of experiments and the exhaustive budget."),
+    fail_on_cycle: bool = typer.Option(False, "--fail-on-cycle", help="Exit with status 1 when a cycle is found (CI)."),
     db: Optional[Path] = DB_OPTION,
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Run a campaign: profile runs, then one injected fault per experiment, within the budget."""
-    from tracekit.cli.campaign_view import progress_bar, summary_rows
+    from tracekit.cli.campaign_view import plan_rows, progress_bar, summary_rows
     from tracekit.inject.campaign import load_campaign
     from tracekit.inject.runner import run_campaign
 
-    campaign = load_campaign(file)
+    campaign = load_campaign(file, name=name, strategy=strategy)
     with progress_bar(campaign.name, quiet=fmt is not Format.table) as advance:
         result = run_campaign(campaign, budget=budget, workers=workers, executor=executor, address=address,
-                              strategy=strategy, db=db, progress=advance)
+                              db=db, progress=advance, dry_run=dry_run)
+    if dry_run:
+        plan_rows(result.plan, fmt)
+        return
     emit_object(summary_rows(result.summary()), fmt)
+    if fail_on_cycle and result.report.get("cycles"):
+        raise typer.Exit(1)
 
 
 @campaign_app.command("report")
@@ -46,11 +56,11 @@ def report(
     """Fault-propagation edges, stitched chains and cycles, each with the runs that prove it."""
     from tracekit.analysis.causality import analyze_campaign
     from tracekit.cli.campaign_view import print_report
-    from tracekit.store.campaigns import resolve_campaign
+    from tracekit.inject.runner import resolve_unambiguous
     from tracekit.store.db import connect
 
     with connect(db, read_only=True) as con:
-        result = analyze_campaign(con, [resolve_campaign(con, c) for c in campaigns])
+        result = analyze_campaign(con, [resolve_unambiguous(con, c) for c in campaigns])
     if fmt is Format.json:
         emit_object(result, fmt)
     else:

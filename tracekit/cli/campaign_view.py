@@ -50,3 +50,16 @@ def print_report(report: dict[str, Any], fmt: Format) -> None:
                              "kinds": ",".join(link["kinds"]), "tests": ",".join(link["tests"]),
                              "evidence_runs": " ".join(r[:8] for r in link["evidence_runs"])})
         emit(rows, fmt, title=title, columns=["faults", "link", "kinds", "tests", "evidence_runs"])
+
+
+def plan_rows(plan: dict[str, Any], fmt: Format) -> None:
+    """`campaign run --dry-run`: the points profile runs found (highest breadth priority first) and the budgets."""
+    from tracekit.cli.output import emit_object
+
+    if fmt is not Format.table:
+        emit_object(plan, fmt)
+        return
+    emit(plan["points"], fmt, title="injection points found by the profile runs (breadth order)",
+         columns=["point", "priority", "primary", "calls_per_run", "loop", "returns", "raises", "points_below"])
+    print(f"experiments: {plan['experiments']}   exhaustive budget: {plan['exhaustive_budget']} runs   "
+          f"one third: {plan['one_third_budget']} runs")

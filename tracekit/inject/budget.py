@@ -1,28 +1,48 @@
-"""Budget allocation over candidate experiments: CSnake's three phases, uniform random, and exhaustive.
+"""Budget allocation over candidate experiments: steered three-phase, breadth-only, uniform random, exhaustive.
 
 An allocator hands out batches of experiments; after each batch the runner tells it what each
-experiment caused (the names of its consequences), so later phases can spend where new chains are
-likely. Budgets count runs: an experiment costs ``injection_repeats`` runs.
+experiment caused (`Observed`: consequences seen in every repeat, and those seen in some repeats
+only), so later batches spend where new chains are likely. Budgets count runs: an experiment costs
+``injection_repeats`` runs.
 
-* **breadth** — every point once, with its primary fault (negate a check, delay a loop, else raise);
-* **uniqueness** — cluster points by the Jaccard distance of what they caused and give every cluster
-  the same share, so a point with consequences nobody else has is not drowned by many look-alikes;
-  clusters and faults that were observed as a consequence somewhere but not injected yet come
-  first (injecting them is what lets causal stitching extend a chain), then fault types not yet
-  tried at a point before more variants (durations) of one already tried;
-* **diversity** — points whose consequences changed with the workload, or that caused something and
-  were reached by another workload, get their remaining faults there.
+**three-phase** (CSnake's breadth, uniqueness, diversity — steered from the first results on):
+
+1. *breadth* — every point once with its primary fault, in the order of the profile priority
+   (tracekit.inject.profile: hot path, loop feeders, call-graph position, timing slack; ties by a
+   seeded hash, never by name). The first batch is small, so fault causality analysis steers
+   from the first results on;
+2. *uniqueness* — before more breadth, a fault that some experiment caused and nobody injected yet
+   is injected (that is what lets causal stitching extend a chain or close a cycle), the faults
+   caused by more experiments first; an injectable consequence seen in some but not all repeats
+   "needs more repeats": its experiment is run once more (`Experiment.attempt`) instead of being
+   dropped;
+3. *diversity* — then the other fault types and variants of points that caused something (points
+   whose consequences nobody else has first), then of the rest, by priority.
+
+**breadth** is phase 1 alone, in priority order, then the rest by priority: no steering. It is the
+baseline that shows what steering buys.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tracekit.inject.campaign import Experiment
+from tracekit.inject.profile import tie_break
 
-Outcomes = dict[Experiment, frozenset[str]]
+
+@dataclass(frozen=True)
+class Observed:
+    """What one experiment (one attempt) caused: in every repeat, and in some repeats only."""
+
+    caused: frozenset[str] = frozenset()
+    partial: frozenset[str] = frozenset()
+
+
+Outcomes = dict[Experiment, Observed]
 
 
 class Allocator(Protocol):
@@ -66,7 +86,7 @@ def jaccard_distance(a: frozenset[str], b: frozenset[str]) -> float:
 
 def cluster_points(effects: dict[str, frozenset[str]], threshold: float = 0.5) -> list[list[str]]:
     """Average-linkage clusters of points whose consequence sets are within `threshold` Jaccard distance."""
-    points = sorted(effects)
+    points = sorted(effects, key=tie_break)
     if len(points) <= 1:
         return [points] if points else []
     from scipy.cluster.hierarchy import fcluster, linkage
@@ -78,109 +98,146 @@ def cluster_points(effects: dict[str, frozenset[str]], threshold: float = 0.5) -
     groups: dict[int, list[str]] = defaultdict(list)
     for point, label in zip(points, labels):
         groups[int(label)].append(point)
-    return sorted(groups.values())
+    return sorted(sorted(g) for g in groups.values())
 
 
-class ThreePhase:
-    """Breadth, then uniqueness (Jaccard clusters share the budget), then diversity across workloads."""
+@dataclass(frozen=True)
+class Steering:
+    """How the steered allocator sizes its batches and how often it re-checks a partial edge."""
+
+    batch: int = 2  # experiments per steered batch (one per worker keeps the pool busy)
+    confirmations: int = 1  # extra attempts for an experiment whose injectable consequence was partial
+
+
+class _Ordered:
+    """Shared ordering: a candidate's point priority, then a seeded hash (never the alphabet)."""
+
+    def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float],
+                 seed: int) -> None:
+        self.candidates = list(dict.fromkeys(candidates))
+        self.primary = primary
+        self.priority = priority
+        self.seed = seed
+
+    def key(self, exp: Experiment) -> tuple[float, int, int, int]:
+        primary = exp.fault == self.primary.get(exp.point, exp.fault)
+        return (-self.priority.get(exp.point, 0.0), 0 if primary else 1, -exp.delay_ms,
+                tie_break(exp.label, self.seed))
+
+    def breadth(self, done: set[Experiment]) -> list[Experiment]:
+        """Every point once: its primary fault (or its first allowed one), in priority order."""
+        chosen: dict[str, Experiment] = {}
+        for exp in sorted(self.candidates, key=self.key):
+            chosen.setdefault(exp.point, exp)
+        injected = {e.point for e in done}
+        return [e for e in chosen.values() if e.point not in injected]
+
+
+class Breadth(_Ordered):
+    """Breadth-only: every point's primary fault in priority order, then everything else by priority."""
+
+    name = "breadth"
+
+    def next_batch(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
+        done = set(outcomes)
+        first = self.breadth(done)
+        rest = [e for e in sorted(self.candidates, key=self.key) if e not in done and e not in first]
+        return (first + rest)[:slots]
+
+
+class ThreePhase(_Ordered):
+    """Breadth by profile priority in small batches, each later batch steered by what earlier ones caused."""
 
     name = "three-phase"
 
-    def __init__(self, candidates: list[Experiment], primary: dict[str, str], *, threshold: float = 0.5) -> None:
-        self.candidates = list(dict.fromkeys(candidates))
-        self.primary = primary  # point -> its primary fault type
-        self.threshold = threshold
-        self.phase = 0
+    def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float] | None = None,
+                 *, seed: int = 0, steering: Steering = Steering(), below: dict[str, int] | None = None) -> None:
+        super().__init__(candidates, primary, priority or {}, seed)
+        self.steering = steering
+        self.below = below or {}  # points beneath each point in the profile call graph
+        self.by_fault: dict[str, list[Experiment]] = defaultdict(list)
+        for exp in sorted(self.candidates, key=self.key):
+            self.by_fault[exp.fault_name].append(exp)
+        self.first = steering.batch
+        self.batches = 0
 
-    def _effects(self, outcomes: Outcomes) -> dict[str, frozenset[str]]:
-        effects: dict[str, set[str]] = defaultdict(set)
-        for exp, names in outcomes.items():
-            effects[exp.point] |= names
-        return {p: frozenset(v) for p, v in effects.items()}
+    def _caused(self, outcomes: Outcomes) -> tuple[dict[Experiment, frozenset[str]], dict[Experiment, frozenset[str]]]:
+        caused: dict[Experiment, set[str]] = defaultdict(set)
+        partial: dict[Experiment, set[str]] = defaultdict(set)
+        for exp, seen in outcomes.items():
+            if not isinstance(seen, Observed):  # a bare set of names: what every repeat caused
+                seen = Observed(frozenset(seen))
+            caused[exp.base] |= seen.caused
+            partial[exp.base] |= seen.partial
+        return ({e: frozenset(v) for e, v in caused.items()},
+                {e: frozenset(partial[e] - caused.get(e, set())) for e in partial})
 
-    def _breadth(self, outcomes: Outcomes) -> list[Experiment]:
-        chosen: dict[str, Experiment] = {}
-        for exp in self.candidates:
-            if exp.point not in chosen and exp.fault == self.primary.get(exp.point, exp.fault):
-                chosen[exp.point] = exp
-        for exp in self.candidates:  # a point whose primary fault the campaign does not allow
-            chosen.setdefault(exp.point, exp)
-        return [e for e in chosen.values() if e not in outcomes]
+    def _stitch(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment]) -> list[Experiment]:
+        """Faults caused somewhere and not injected yet, those more experiments caused first."""
+        votes: dict[str, int] = defaultdict(int)
+        for names in caused.values():
+            for name in names:
+                votes[name] += 1
+        injected = {e.fault_name for e in done}
+        out = []
+        for name in sorted(votes, key=lambda n: (-votes[n], tie_break(n, self.seed))):
+            if name in injected:
+                continue
+            options = [e for e in self.by_fault.get(name, []) if e not in done]
+            if options:
+                out.append(options[0])
+        # an exception seen leaving several frames is injected where it starts (the deepest frame) first
+        # new behaviour (an exception, a flipped check) before "more of the same" (more calls: delay);
+        # an exception seen leaving several frames is injected where it starts (the deepest frame) first
+        out.sort(key=lambda e: (e.fault == "delay", -votes[e.fault_name],
+                                self.below.get(e.point, 0) if e.fault == "raise" else 0, self.key(e)))
+        return out
 
-    def _uniqueness(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
-        effects = self._effects(outcomes)
-        # faults observed as a consequence that no experiment has injected yet (under any variant)
-        tried = {e.fault_name for e in outcomes}  # a fault type already injected at a point (any variant)
-        seen = (frozenset().union(*outcomes.values()) if outcomes else frozenset()) - tried
-        clusters = cluster_points(effects, self.threshold)
-        if not clusters:
-            return []
-        share = max(1, slots // len(clusters))
-        batch: list[Experiment] = []
-        def stitchable(cluster: list[str]) -> bool:
-            return any(e.point in cluster and e.fault_name in seen and e not in outcomes for e in self.candidates)
-
-        # clusters holding a fault already seen as a consequence first, then the most consequential
-        order = sorted(clusters, key=lambda c: (not stitchable(c), -max(len(effects[p]) for p in c), c))
-        for members in order:
-            members = sorted(members, key=lambda p: (-len(effects[p]), p))
-            queues = [sorted((e for e in self.candidates if e.point == p and e.workload == self._home(p, outcomes)
-                              and e not in outcomes),
-                             key=lambda e: (e.fault_name not in seen, e.fault_name in tried)) for p in members]
-            picked: list[Experiment] = []
-            while len(picked) < share and any(queues):
-                for q in queues:
-                    if q and len(picked) < share:
-                        picked.append(q.pop(0))
-            batch.extend(picked)
-        return batch[:slots]
-
-    def _home(self, point: str, outcomes: Outcomes) -> str:
+    def _confirm(self, outcomes: Outcomes, partial: dict[Experiment, frozenset[str]]) -> list[Experiment]:
+        """Experiments whose injectable consequence showed in some repeats only: one more attempt."""
+        attempts: dict[Experiment, int] = defaultdict(int)
         for exp in outcomes:
-            if exp.point == point:
-                return exp.workload
-        return next(e.workload for e in self.candidates if e.point == point)
+            attempts[exp.base] = max(attempts[exp.base], exp.attempt)
+        out = []
+        for exp, names in partial.items():
+            useful = [n for n in names if n in self.by_fault]
+            if useful and attempts[exp] < self.steering.confirmations:
+                again = replace(exp, attempt=attempts[exp] + 1)
+                if again not in outcomes:
+                    out.append(again)
+        return sorted(out, key=self.key)
 
-    def _diversity(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
-        by_point_workload: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for exp, names in outcomes.items():
-            by_point_workload[(exp.point, exp.workload)] |= names
-        workloads_of: dict[str, set[str]] = defaultdict(set)
-        for exp in self.candidates:
-            workloads_of[exp.point].add(exp.workload)
-        score: dict[str, int] = {}
-        for point, wls in workloads_of.items():
-            seen = [frozenset(by_point_workload[(point, w)]) for w in wls if (point, w) in by_point_workload]
-            distinct = len(set(seen))
-            caused = len(frozenset().union(*seen)) if seen else 0
-            untried = len([w for w in wls if (point, w) not in by_point_workload])
-            score[point] = (distinct * 2 + (1 if caused else 0)) * (1 if untried or distinct > 1 else 0) + caused
-        tried = {e.fault_name for e in outcomes}
-        ranked = sorted((e for e in self.candidates if e not in outcomes),
-                        key=lambda e: (e.fault_name in tried, -score.get(e.point, 0),
-                                       (e.point, e.workload) in by_point_workload))
-        return ranked[:slots]
+    def _diversity(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment]) -> list[Experiment]:
+        effects: dict[str, frozenset[str]] = defaultdict(frozenset)
+        for exp, names in caused.items():
+            effects[exp.point] |= names
+        # uniqueness: a point in a small cluster of look-alikes has consequences few others have
+        share = {p: len(c) for c in cluster_points({p: v for p, v in effects.items() if v}) for p in c}
+        tried = {e.fault_name for e in done}
+        rest = [e for e in self.candidates if e not in done]
+        return sorted(rest, key=lambda e: (e.point not in share, share.get(e.point, 0), e.fault_name in tried,
+                                           *self.key(e)))
 
     def next_batch(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
         if slots <= 0:
             return []
-        if self.phase == 0:
-            self.phase = 1
-            batch = self._breadth(outcomes)[:slots]
-            if batch:
-                return batch
-        if self.phase == 1:
-            self.phase = 2
-            batch = self._uniqueness(outcomes, max(1, (slots * 2) // 3))
-            if batch:
-                return batch
-        self.phase = 3
-        return self._diversity(outcomes, slots)
+        done = {e.base for e in outcomes}
+        size = self.first if self.batches == 0 else self.steering.batch
+        caused, partial = self._caused(outcomes)
+        order = self._stitch(caused, done) + self._confirm(outcomes, partial) + self.breadth(done)
+        order += self._diversity(caused, done)
+        batch = list(dict.fromkeys(e for e in order if e not in outcomes))[:min(size, slots)]
+        self.batches += 1
+        return batch
 
 
-def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[str, str], seed: int = 0) -> Allocator:
+def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[str, str], seed: int = 0,
+                   priority: dict[str, float] | None = None, batch: int = 2,
+                   below: dict[str, int] | None = None) -> Allocator:
     if strategy == "exhaustive":
         return Exhaustive(candidates)
     if strategy == "random":
         return UniformRandom(candidates, seed)
-    return ThreePhase(candidates, primary)
+    if strategy == "breadth":
+        return Breadth(candidates, primary, priority or {}, seed)
+    return ThreePhase(candidates, primary, priority, seed=seed, steering=Steering(batch=max(2, batch)), below=below)

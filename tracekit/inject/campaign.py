@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tracekit.errors import ConfigError
 from tracekit.inject.runtime import FAULT_TYPES, Plan
 
-STRATEGIES = ("three-phase", "random", "exhaustive")
+STRATEGIES = ("three-phase", "breadth", "random", "exhaustive")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class PointInfo:
     returns: str | None = None
     raises: str | None = None
     loop: bool = False  # called more than once per parent call in a profile run
+    calls: float = 0.0  # mean calls per profile run
+    spread: int = 0  # max - min calls per run across profile repeats (timing-dependent repetition)
+    below: int = 0  # distinct points called beneath it (directly or not)
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,23 @@ class Experiment:
     exception: str | None = None
     delay_ms: int = 0
     busy: bool = False
+    attempt: int = 0  # > 0: a confirmation of an edge the first runs saw in some repeats only
 
     @property
     def fault_name(self) -> str:
         return f"{self.point}:{self.fault}"
 
     @property
+    def base(self) -> "Experiment":
+        """The experiment itself, whichever attempt this is."""
+        return replace(self, attempt=0) if self.attempt else self
+
+    @property
     def label(self) -> str:
         variant = {"raise": self.exception or "", "delay": f"{self.delay_ms}ms{' busy' if self.busy else ''}"}
         extra = variant.get(self.fault, "")
-        return f"{self.workload}/{self.fault_name}" + (f"[{extra}]" if extra else "")
+        again = f" (confirm {self.attempt})" if self.attempt else ""
+        return f"{self.workload}/{self.fault_name}" + (f"[{extra}]" if extra else "") + again
 
     def plan(self, campaign_id: str) -> Plan:
         return Plan(
@@ -93,6 +103,7 @@ class Campaign:
     exception: str = "RuntimeError"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()  # zero-code points: every function of these modules (glob patterns)
     raises: dict[str, str] = field(default_factory=dict)
     budget: int = 100
     profile_repeats: int = 3
@@ -114,6 +125,7 @@ class Campaign:
             "fault_types": list(self.fault_types), "delays_ms": list(self.delays_ms),
             "busy_delays_ms": list(self.busy_delays_ms),
             "exception": self.exception, "include": list(self.include), "exclude": list(self.exclude),
+            "modules": list(self.modules),
             "raises": self.raises, "profile_repeats": self.profile_repeats,
             "injection_repeats": self.injection_repeats, "timeout_s": self.timeout_s, "seed": self.seed,
         }
@@ -127,8 +139,9 @@ def _tuple(value: Any, what: str, kind: type) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def load_campaign(path: str | Path) -> Campaign:
-    """Parse and validate a campaign file; every problem is a ConfigError naming the key."""
+def load_campaign(path: str | Path, *, name: str | None = None, strategy: str | None = None) -> Campaign:
+    """Parse and validate a campaign file (`name`, `strategy` override the file's); every problem is a
+    ConfigError naming the key."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -158,11 +171,13 @@ def load_campaign(path: str | Path) -> Campaign:
     if unknown:
         raise ConfigError(f"{path}: unknown fault types {unknown}: use {', '.join(FAULT_TYPES)}")
     points = data.get("points", {})
-    strategy = str(head.get("strategy", "three-phase"))
+    if name is not None and not name.strip():
+        raise ConfigError("--name must not be empty")
+    strategy = strategy or str(head.get("strategy", "three-phase"))
     if strategy not in STRATEGIES:
         raise ConfigError(f"{path}: strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     campaign = Campaign(
-        name=str(head.get("name") or path.stem), path=path.absolute(),
+        name=name or str(head.get("name") or path.stem), path=path.absolute(),
         root=(path.parent / str(head.get("root", "."))).resolve(),
         workloads=tuple(workloads), fault_types=types,
         delays_ms=_tuple(faults.get("delays_ms", [300]), "faults.delays_ms", int),
@@ -170,6 +185,7 @@ def load_campaign(path: str | Path) -> Campaign:
         exception=str(faults.get("exception", "RuntimeError")),
         include=_tuple(points.get("include", ["*"]), "points.include", str),
         exclude=_tuple(points.get("exclude", []), "points.exclude", str),
+        modules=_tuple(points.get("modules", []), "points.modules", str),
         raises={str(k): str(v) for k, v in dict(points.get("raises", {})).items()},
         budget=int(head.get("budget", 100)), profile_repeats=int(head.get("profile_repeats", 3)),
         injection_repeats=int(head.get("injection_repeats", 2)), timeout_s=float(head.get("timeout_s", 30)),

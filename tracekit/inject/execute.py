@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Protocol
 from tracekit.capture.spool import Spool, write_run_manifest
 
 AUTOSTART_DIR = Path(__file__).resolve().parent.parent / "capture" / "autostart"
+MODULES_AUTOSTART_DIR = Path(__file__).resolve().parent / "autostart"  # capture's autostart + the module hook
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RunSpec:
     workload: str
     attributes: dict[str, Any] = field(default_factory=dict)
     ship_files: bool = False
+    modules: tuple[str, ...] = ()  # zero-code injection points: modules whose functions become points
 
 
 @dataclass
@@ -75,8 +77,17 @@ def execute_run(spec: RunSpec) -> RunResult:
         "TRACEKIT_RUN_KIND": "campaign", "TRACEKIT_SPOOL_DIR": spec.spool_root,
         "TRACEKIT_INGEST_AT_EXIT": "0", "TRACEKIT_INJECT": spec.plan_json,
         "TRACEKIT_FLUSH_INTERVAL_MS": "50", "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join([str(AUTOSTART_DIR), spec.workdir, *filter(None, [env.get("PYTHONPATH")])]),
+        "PYTHONPATH": os.pathsep.join([str(MODULES_AUTOSTART_DIR if spec.modules else AUTOSTART_DIR), spec.workdir,
+                                       *filter(None, [env.get("PYTHONPATH")])]),
     })
+    if spec.modules:
+        import json
+
+        from tracekit.inject.modules import MODULES_ENV
+
+        env[MODULES_ENV] = json.dumps(list(spec.modules))
+    else:
+        env.pop("TRACEKIT_INJECT_MODULES", None)
     exit_code: int | None = None
     outcome, message = "ok", ""
     try:

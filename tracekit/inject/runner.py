@@ -69,7 +69,7 @@ class _Session:
         return RunSpec(
             run_id=new_id(), name=f"{self.campaign.name}/{label}#{repeat}", spool_root=str(self.root),
             workdir=str(self.campaign.root), argv=tuple(workload.argv(sys.executable)), plan_json=plan.to_json(),
-            timeout_s=self.campaign.timeout_s, workload=workload_name,
+            timeout_s=self.campaign.timeout_s, workload=workload_name, modules=self.campaign.modules,
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
 
@@ -174,6 +174,22 @@ def observed(con: Any, analysis: Any) -> dict[str, Observed]:
     return out
 
 
+def resolve_unambiguous(con: Any, ref: str) -> str:
+    """A campaign id from an id, a unique id prefix or a name that only one campaign has.
+
+    Several campaigns of one name are refused with the candidates listed (newest first), instead of
+    silently taking the newest.
+    """
+    from tracekit.errors import NotFoundError
+    from tracekit.store.campaigns import list_campaigns, resolve_campaign
+
+    named = [c for c in list_campaigns(con, 1_000_000) if c["name"] == ref and c["campaign_id"] != ref]
+    if len(named) > 1:
+        listed = ", ".join(f"{c['campaign_id'][:12]} ({c['strategy']}, {c['status']})" for c in named[:10])
+        raise NotFoundError(f"{len(named)} campaigns are named {ref!r}: give an id or id prefix: {listed}")
+    return resolve_campaign(con, ref)
+
+
 def run_campaign(
     campaign: Campaign, *, budget: int | None = None, workers: int = 1, executor: str = "local",
     address: str | None = None, strategy: str | None = None, db: str | Path | None = None,
@@ -227,7 +243,8 @@ def run_campaign(
         if dry_run:
             status = "dry-run"
             return result
-        allocator = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=workers)
+        allocator = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=workers,
+                                   below={i.point: i.below for i in found.points})
         outcomes: Outcomes = {}
         while True:
             slots = (budget - result.runs) // repeats

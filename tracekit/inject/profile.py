@@ -1,0 +1,135 @@
+"""What profile runs say about each injection point: call counts, loops, call-graph position; the breadth priority.
+
+A campaign must not depend on how points are named. The allocator orders and sizes its first
+phase from what the profile runs (no injection) showed about each point:
+
+* **hot path** — calls per run: a point called on every request is where a fault meets the workload;
+* **loop feeder** — called more than once per call of its parent (a loop, a retry, a queue drain):
+  faults there are repeated by the program itself, the raw material of a self-sustaining cascade;
+* **call-graph position** — how many other points run beneath it (a delay there delays them all) and
+  whether it is a boolean check (negating a check changes a branch: CSnake's most productive kind);
+* **timing slack** — calls per run that vary across profile repeats: the workload's own timing
+  decides how often it runs, so a delay elsewhere changes it (a timeout, a retry, a poll).
+
+Each signal is turned into a rank (no hand-set weights); a point's priority is the mean of its
+ranks. Ties are broken by a seeded hash of the name, never by the alphabet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from tracekit.inject.campaign import PointInfo
+
+
+def tie_break(name: str, seed: int = 0) -> int:
+    """A stable pseudo-random order for names that score alike (independent of spelling order).
+
+    >>> tie_break("a.x") != tie_break("a.y")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big")
+
+
+def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, Any]], runs: int) -> list[PointInfo]:
+    """PointInfos from the store's `reached_points` rows and per-run `run_counts` rows of profile runs."""
+    per_run: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    edge_calls: dict[tuple[str | None, str], int] = defaultdict(int)
+    totals: dict[str, int] = defaultdict(int)
+    children: dict[str, set[str]] = defaultdict(set)
+    for r in counts:
+        n = int(r["n"])
+        per_run[r["op"]][r["run_id"]] += n
+        edge_calls[(r["parent"], r["op"])] += n
+        totals[r["op"]] += n
+        if r["parent"] is not None:
+            children[r["parent"]].add(r["op"])
+    loops = {op for (parent, op), n in edge_calls.items() if parent is not None and n > totals.get(parent, 0)}
+    runs = max(1, runs)
+    out = []
+    for r in reached:
+        point = r["point"]
+        series = list(per_run.get(point, {}).values()) + [0] * max(0, runs - len(per_run.get(point, {})))
+        below = _descendants(point, children)
+        parents = tuple(r["parents"] or ())
+        out.append(PointInfo(
+            point, r["kind"], parents, r["returns"], r["raises"], point in loops,
+            calls=totals.get(point, 0) / runs, spread=(max(series) - min(series)) if series else 0,
+            below=len(below),
+        ))
+    return out
+
+
+def _descendants(point: str, children: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = [point]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in seen and child != point:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Which profile signals rank points (each one a rank, averaged); switch one off to ablate it."""
+
+    hot: bool = True
+    loop: bool = True
+    below: bool = True
+    check: bool = True
+    slack: bool = True
+
+    def values(self, info: PointInfo) -> list[float]:
+        out: list[float] = []
+        if self.hot:
+            out.append(info.calls)
+        if self.loop:
+            out.append(1.0 if info.loop else 0.0)
+        if self.below:
+            out.append(float(info.below))
+        if self.check:
+            out.append(1.0 if info.returns == "bool" else 0.0)
+        if self.slack:
+            out.append(float(info.spread))
+        return out
+
+
+def priorities(infos: list[PointInfo], signals: Signals = Signals(), seed: int = 0) -> dict[str, float]:
+    """Each point's breadth priority in [0, 1] (higher first): the mean of its ranks over the signals.
+
+    >>> hot = PointInfo("svc.handle", "traced", calls=12.0, loop=True)
+    >>> cold = PointInfo("svc.start", "traced", calls=1.0)
+    >>> p = priorities([cold, hot])
+    >>> p["svc.handle"] > p["svc.start"]
+    True
+    """
+    if not infos:
+        return {}
+    columns = list(zip(*(signals.values(i) for i in infos))) or [tuple(0.0 for _ in infos)]
+    score = [0.0] * len(infos)
+    for column in columns:
+        ranks = _ranks(list(column))
+        for k, r in enumerate(ranks):
+            score[k] += r
+    n = max(1, len(infos) - 1)
+    return {info.point: score[k] / len(columns) / n for k, info in enumerate(infos)}
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Average ranks from 0 (smallest) to n-1 (largest); equal values share their mean rank."""
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
