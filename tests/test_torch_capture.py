@@ -297,6 +297,55 @@ def test_a_child_forked_while_the_native_writer_runs_has_no_writer_and_never_han
     assert proc.stdout.strip().splitlines()[-1] == "hung 0 failed 0 parent writer True"
 
 
+FORKED_WORKER_JOB = """
+import atexit, os, signal, sys, time, torch, torch.distributed as dist, tracekit
+from tracekit.capture.torch import state
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 100), RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+assert tracekit.torch.instrument()
+dist.all_reduce(torch.ones(1))
+native = state.current.native
+pid = os.fork()
+if pid == 0:  # a worker that records one call and exits normally (its exit handlers close its spool)
+    native.finish_call(native.begin_call("barrier", "default", None, False, "call"), True)
+    atexit._run_exitfuncs()
+    os._exit(0)
+os.waitpid(pid, 0)
+sleeper = os.fork()
+if sleeper == 0:  # a worker the parent stops with SIGTERM, as DataLoader's shutdown does
+    time.sleep(30)
+    os._exit(0)
+time.sleep(0.5)
+os.kill(sleeper, signal.SIGTERM)
+_, status = os.waitpid(sleeper, 0)
+time.sleep(1.0)  # the parent's SIGTERM watcher would have ended it by now
+print("child", pid, "sleeper", os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status), "parent alive")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_worker_writes_its_own_spool_files_and_dies_of_sigterm_alone(tmp_path: Path) -> None:
+    """A forked child (a DataLoader worker) resolves its streams in its own spool: its record lands in
+    its own file (through the parent's inherited stream objects it was lost). SIGTERM to the child
+    kills the child (it had inherited the parent's no-op handler and wakeup pipe: the parent's watcher
+    read the child's signal and ended the parent with exit code 143)."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_WORKER_JOB], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    words = proc.stdout.split()
+    child, sleeper_signal = int(words[1]), int(words[3])
+    assert sleeper_signal == 15 and words[-2:] == ["parent", "alive"], proc.stdout
+    by_pid: dict[int, list[dict]] = {}
+    for path in (tmp_path / "spool").rglob("collectives.*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        by_pid[lines[0]["pid"]] = lines
+    mine = by_pid[child]
+    assert [r["op"] for r in mine[1:-1]] == ["barrier"] and mine[-1]["records"] == 1
+    parent = next(lines for pid, lines in by_pid.items() if pid != child)
+    assert [r["op"] for r in parent[1:-1]] == ["all_reduce"] and parent[-1]["records"] == 1
+
+
 def test_native_hook_is_built_and_loads(tmp_path: Path) -> None:
     """install.sh builds the native DDP hook for this torch and Python; a job only loads it (never compiles)."""
     out = subprocess.run([sys.executable, "-m", "tracekit.capture.native", "--format", "json"], cwd=tmp_path,

@@ -49,10 +49,10 @@ def instrument() -> bool:
 
 
 def _after_fork_in_child() -> None:
-    # a forked child (a DataLoader worker) has no native writer thread: its records, if any, go
-    # through the spool
+    # a forked child (a DataLoader worker): no native writer thread, no SIGTERM watcher; its records,
+    # if any, go through its own spool files
     if state.current is not None:
-        state.current.writer = False
+        state.current.after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

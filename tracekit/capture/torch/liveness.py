@@ -23,11 +23,12 @@ class Liveness:
 
     def __init__(self, cap: Any) -> None:
         self.cap = cap
-        self.stream: Any = None  # the heartbeats stream, once beating
+        self.beating = False
         self._next_beat_ns = 0
         self._worst_late_ns = 0
         self._worst_step: int | None = None  # the step in progress at that wake-up
         self._stop = threading.Event()
+        self._sigterm_fds: tuple[int, int] | None = None  # the wakeup pipe, when tracekit owns SIGTERM
 
     def record(self, state: str) -> dict[str, Any]:
         """A ``heartbeats`` record of this rank now, in ``state`` (alive, sigterm)."""
@@ -40,9 +41,10 @@ class Liveness:
 
     def start(self) -> None:
         """Start beating (once the rank is known) and watch for SIGTERM."""
-        if self.stream is not None:
+        if self.beating:
             return
-        self.stream = self.cap.run.spool.stream("heartbeats")
+        self.beating = True
+        self.cap.run.spool.stream("heartbeats")  # its file exists from now on (the native writer needs it)
         self._install_sigterm()
         if self.cap.start_writer():
             return
@@ -67,7 +69,7 @@ class Liveness:
             record = self.record("alive")
             record["sched_lag_ns"], self._worst_late_ns = self._worst_late_ns, 0
             record["lag_step"], self._worst_step = self._worst_step, None
-            self.stream.write(record)
+            self.cap.run.spool.stream("heartbeats").write(record)
 
     # -- SIGTERM -----------------------------------------------------------------------------
     def _install_sigterm(self) -> None:
@@ -88,6 +90,7 @@ class Liveness:
             signal.signal(signal.SIGTERM, lambda _s, _f: None)
         except (ValueError, OSError):
             return
+        self._sigterm_fds = (read_fd, write_fd)
         threading.Thread(target=self._watch_sigterm, args=(read_fd,), name="tracekit-sigterm", daemon=True).start()
 
     def _watch_sigterm(self, read_fd: int) -> None:
@@ -118,3 +121,23 @@ class Liveness:
             cap.run.spool.flush()
         except Exception:  # noqa: BLE001 - dying anyway
             pass
+
+    def after_fork_in_child(self) -> None:
+        """A forked child (a DataLoader worker) has no watcher thread, and shares the parent's wakeup pipe:
+        a SIGTERM sent to the child would wake the *parent's* watcher, which would then end the parent.
+        The child gets SIGTERM's default back and leaves the pipe to the parent."""
+        self.beating = False
+        self._stop = threading.Event()
+        fds, self._sigterm_fds = self._sigterm_fds, None
+        if fds is None:
+            return
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -52,14 +52,16 @@ def nbytes(value: Any) -> tuple[int, str | None]:
 
 
 class Capture:
-    """The per-process recording state: rank, sequence counters, current step, spool streams."""
+    """The per-process recording state: rank, sequence counters, current step, spool streams.
+
+    Streams are looked up in the run's spool on every use (never kept): a forked child (a DataLoader
+    worker) gets a spool of its own, and must not write through the parent's inherited stream objects.
+    """
 
     def __init__(self, run: Any, dist: Any, torch: Any) -> None:
         self.run = run
         self.dist = dist
         self.torch = torch
-        self.collectives = run.spool.stream("collectives")
-        self.steps = run.spool.stream("steps")
         self.rank: int | None = None
         self.world: int | None = None
         self.step = 0
@@ -80,6 +82,14 @@ class Capture:
         self.warned_native = False
         self.liveness = Liveness(self)
 
+    @property
+    def collectives(self) -> Any:
+        return self.run.spool.stream("collectives")
+
+    @property
+    def steps(self) -> Any:
+        return self.run.spool.stream("steps")
+
     def attach_native(self, module: Any) -> None:
         """Share the sequence counters and the step with the native DDP hook."""
         self.native = module
@@ -87,6 +97,13 @@ class Capture:
             module.set_step(self.step)
             if self.rank is not None:
                 module.set_identity(self.rank, self.world)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child (a DataLoader worker) has no native writer thread and none of the parent's
+        in-flight calls; its records, if any, go through its own spool files."""
+        self.writer = False
+        self.inflight.clear()
+        self.liveness.after_fork_in_child()
 
     # -- identity --------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -176,12 +193,15 @@ class Capture:
             self.count_native(native.flush_writer(interrupted))
             return
         lines, count = native.drain(interrupted)  # JSON lines, formatted in C++
-        self.collectives.write_lines(lines, count)
+        if count:  # a stream is created on first use: a worker that recorded nothing writes no file
+            self.collectives.write_lines(lines, count)
         lines, count = native.drain_steps()
-        self.steps.write_lines(lines, count)
+        if count:
+            self.steps.write_lines(lines, count)
 
     def _native_streams(self) -> tuple[Any, Any, Any]:
-        return self.collectives, self.steps, self.liveness.stream
+        spool = self.run.spool
+        return spool.stream("collectives"), spool.stream("steps"), spool.stream("heartbeats")
 
     def count_native(self, counts: Any) -> None:
         """Add what the native writer wrote (and dropped) to each stream's tally, which its footer reports."""
