@@ -10,7 +10,7 @@
    with random's distribution, not one lucky or unlucky draw.
 2. Throughput: runs per minute of the tiny campaign with 1 and 2 local workers and with Ray.
 3. Injection-point cost outside a campaign: ns per `tracekit.fault_point` call against a plain call,
-   and the per-call cost of the ARMED flag check in the capture wrapper.
+   and the per-call cost of the fault-hook slot check in the capture wrapper.
 
 usage: python benchmarks/bench_campaign.py [--quick] [--workers 2] [--no-ray]
 Ends with one JSON line of all figures.
@@ -197,9 +197,9 @@ def throughput(executor: str, workers: int, tmp: Path, budget: int) -> float:
 def point_cost() -> dict[str, float]:
     import tracekit
     from opentelemetry import trace as otel_trace
-    from tracekit.inject import points
+    from tracekit.capture import hooks
 
-    assert not points.ARMED, "run the benchmark outside a campaign"
+    assert hooks.ACTIVE is None, "run the benchmark outside a campaign"
     n = 200_000
 
     def plain(value: Any = True) -> Any:
@@ -210,8 +210,8 @@ def point_cost() -> dict[str, float]:
 
     def with_check() -> Any:
         with tracer.start_as_current_span("x"):
-            if points.ARMED:
-                return points.intercept("x", plain, (), {})
+            if hooks.ACTIVE is not None:
+                return hooks.ACTIVE.enter("x")  # never taken outside a campaign
             return plain()
 
     def without_check() -> Any:
@@ -219,7 +219,7 @@ def point_cost() -> dict[str, float]:
             return plain()
 
     def flag() -> int:
-        if points.ARMED:
+        if hooks.ACTIVE is not None:
             return 1
         return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tracekit
-from tracekit.inject import points
+from tracekit.capture import hooks
 from tracekit.inject.runtime import FAULT_TYPES, Plan, resolve_exception
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,13 +59,13 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_plan(tmp_path: Path, plan: Plan | None) -> tuple[dict, list[dict], list[dict]]:
+def run_plan(tmp_path: Path, plan: Plan | None, script: str = SCRIPT) -> tuple[dict, list[dict], list[dict]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_")}
     env.update(TRACEKIT_SPOOL_DIR=str(tmp_path / "spool"), TRACEKIT_DB=str(tmp_path / "db.duckdb"),
                PYTHONPATH=str(ROOT))
     if plan is not None:
         env["TRACEKIT_INJECT"] = plan.to_json()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -132,7 +132,7 @@ def test_observed_exceptions_are_recorded_with_their_span(tmp_path):
 
 
 def test_outside_a_campaign_points_are_inert():
-    assert points.ARMED is False
+    assert hooks.ACTIVE is None  # the hook slot is filled only in a campaign run
     assert tracekit.fault_point("anything", value=5) == 5
     tracekit.observe_fault("anything", "retry")  # a no-op, never raises
 
@@ -141,3 +141,85 @@ def test_resolve_exception_names():
     assert resolve_exception("TimeoutError") is TimeoutError
     assert resolve_exception("socket.timeout") is TimeoutError
     assert resolve_exception("no.such.Thing") is RuntimeError
+
+
+GEN_SCRIPT = textwrap.dedent("""
+    import asyncio, json, time
+    import tracekit
+    tracekit.init(run="gen-test", kind="campaign", ingest_at_exit=False)
+
+    @tracekit.trace(name="t.inner")
+    def inner(i):
+        return i
+
+    @tracekit.trace(name="t.gen")
+    def gen(n):
+        for i in range(n):
+            yield inner(i)
+        return "done"
+
+    @tracekit.trace(name="t.agen")
+    async def agen(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield inner(i)
+
+    def drain(g):
+        items = []
+        try:
+            while True:
+                items.append(next(g))
+        except StopIteration as stop:
+            return [items, stop.value]
+
+    async def adrain():
+        return [x async for x in agen(3)]
+
+    out = {}
+    for key, run in (("gen", lambda: drain(gen(3))), ("agen", lambda: asyncio.run(adrain()))):
+        t0 = time.perf_counter()
+        try:
+            out[key] = run()
+        except Exception as exc:
+            out[key] = type(exc).__name__
+        out[key + "_ms"] = (time.perf_counter() - t0) * 1000
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("point", ["t.gen", "t.agen"])
+@pytest.mark.parametrize("fault", FAULT_TYPES)
+def test_each_fault_type_at_a_traced_generator(tmp_path, point, fault):
+    """Guards the bug where generator and async-generator wrappers were registered as injection points
+    but never injected anything."""
+    plan = Plan(campaign="c1", test="t", mode="inject", point=point, fault=fault, exception="TimeoutError",
+                delay_ms=300, value=41)
+    result, faults, spans = run_plan(tmp_path, plan, GEN_SCRIPT)
+    full = [[0, 1, 2], "done"] if point == "t.gen" else [0, 1, 2]
+    expected = {
+        "raise": "TimeoutError",
+        "delay": full,
+        "drop": [[], 41] if point == "t.gen" else [],  # the body never runs; the stand-in is the return value
+        "error_return": [[0, 1, 2], 41] if point == "t.gen" else full,  # async generators return nothing
+    }[fault]
+    key = point[2:]
+    assert result[key] == expected
+    other = "agen" if key == "gen" else "gen"
+    assert result[other] == ([[0, 1, 2], "done"] if other == "gen" else [0, 1, 2])  # the other point is untouched
+    if fault == "delay":
+        assert result[key + "_ms"] >= 300
+    [injected] = [f for f in faults if f["injected"]]
+    assert (injected["point"], injected["fault_type"]) == (point, fault)
+    span = next(s for s in spans if s["span_id"] == injected["span_id"])
+    assert span["name"] == point and json.loads(span["attributes"])["tracekit.injected"] == fault
+
+
+def test_points_reached_inside_generators_have_the_generator_as_parent(tmp_path):
+    _, faults, spans = run_plan(tmp_path, Plan(campaign="c1", test="t", mode="profile"), GEN_SCRIPT)
+    reached = {(p["point"], p["parent"]) for f in (tmp_path / "spool").rglob("inject_points.*.jsonl")
+               for p in map(json.loads, f.read_text().splitlines()[1:]) if "point" in p}
+    assert {("t.gen", None), ("t.agen", None), ("t.inner", "t.gen"), ("t.inner", "t.agen")} <= reached
+    by_id = {s["span_id"]: s for s in spans}
+    parents = {by_id[s["parent_id"]]["name"] for s in spans if s["name"] == "t.inner"}
+    assert parents == {"t.gen", "t.agen"}
+    assert not faults

@@ -1,11 +1,15 @@
 """tracekit: tracing and failure attribution for distributed training jobs and multi-agent workflows.
 
 The public API is imported lazily so that ``import tracekit`` (and ``tracekit --help``) stays fast.
+In a fault-injection campaign run (``TRACEKIT_INJECT`` set by the campaign runner) the injection
+runtime fills capture's fault-point hook slot here, before any traced function runs: capture itself
+never imports tracekit.inject.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
@@ -26,8 +30,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "message": ("tracekit.capture.agents", "message"),
     "tool_call": ("tracekit.capture.agents", "tool_call"),
     "tool_result": ("tracekit.capture.agents", "tool_result"),
-    "fault_point": ("tracekit.inject.points", "fault_point"),
-    "observe_fault": ("tracekit.inject.points", "observe_fault"),
 }
 _SUBMODULES = {"torch": "tracekit.capture.torch"}
 
@@ -48,3 +50,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+if os.environ.get("TRACEKIT_INJECT"):
+    from tracekit.inject.runtime import arm as _arm
+
+    _arm()

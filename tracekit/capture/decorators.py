@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar, overload
+from typing import Any, Callable, Generator, Iterator, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
-from tracekit.capture import setup
+from tracekit.capture import hooks, setup
 from tracekit.conventions import NODE as NODE_ATTR
-from tracekit.inject import points as _inject
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PRIMITIVES = (str, bool, int, float)
@@ -71,28 +70,51 @@ def trace(
         if node is not None:
             attrs[NODE_ATTR] = node
         span_attrs = attrs or None
-        _inject.register_traced_point(span_name, fn)
 
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 span = _tracer().start_span(span_name, attributes=span_attrs)
-                gen = fn(*args, **kwargs)
+                hook = hooks.ACTIVE
+                call = hook.enter(span_name) if hook is not None else None
+                current = _Current(span, call)
                 try:
-                    send: Any = None
+                    with current:
+                        agen = fn(*args, **kwargs)
+                        early = call.begin() if call is not None else hooks.PROCEED
+                    if early is not hooks.PROCEED:
+                        return  # the call was dropped: an async generator yields nothing
+                    if call is not None:
+                        await call.wait_async()
+                    # `yield from` by hand (async generators have none): asend/athrow/aclose pass through
+                    sent: Any = None
+                    thrown: BaseException | None = None
                     while True:
-                        token = otel_context.attach(otel_trace.set_span_in_context(span))
+                        with current:
+                            try:
+                                item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
+                            except StopAsyncIteration:
+                                if call is not None:
+                                    call.returned(None)
+                                return
+                            except BaseException as exc:
+                                if call is not None:
+                                    call.failed(exc)
+                                raise
                         try:
-                            item = await gen.asend(send)
-                        except StopAsyncIteration:
-                            return
-                        finally:
-                            otel_context.detach(token)
-                        send = yield item
+                            sent, thrown = (yield item), None
+                        except GeneratorExit:
+                            with current:
+                                await agen.aclose()
+                            raise
+                        except BaseException as exc:  # athrow() into the wrapper: hand it to the body
+                            sent, thrown = None, exc
                 except BaseException as exc:
                     _record_error(span, exc)
                     raise
                 finally:
+                    if call is not None:
+                        call.end()
                     span.end()
 
             return agen_wrapper  # type: ignore[return-value]
@@ -101,26 +123,31 @@ def trace(
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 span = _tracer().start_span(span_name, attributes=span_attrs)
+                hook = hooks.ACTIVE
+                call = hook.enter(span_name) if hook is not None else None
+                current = _Current(span, call)
                 try:
-                    token = otel_context.attach(otel_trace.set_span_in_context(span))
-                    try:
+                    with current:
                         gen = fn(*args, **kwargs)
-                    finally:
-                        otel_context.detach(token)
-                    send: Any = None
-                    while True:
-                        token = otel_context.attach(otel_trace.set_span_in_context(span))
-                        try:
-                            item = gen.send(send)
-                        except StopIteration as stop:
-                            return stop.value
-                        finally:
-                            otel_context.detach(token)
-                        send = yield item
+                        early = call.begin() if call is not None else hooks.PROCEED
+                    if early is not hooks.PROCEED:
+                        gen.close()
+                        return early  # the call was dropped: no items, the stand-in is the return value
+                    if call is None:
+                        return (yield from _delegate(gen, current))
+                    call.wait()
+                    try:
+                        result = yield from _delegate(gen, current)
+                    except BaseException as exc:
+                        call.failed(exc)
+                        raise
+                    return call.returned(result)
                 except BaseException as exc:
                     _record_error(span, exc)
                     raise
                 finally:
+                    if call is not None:
+                        call.end()
                     span.end()
 
             return gen_wrapper  # type: ignore[return-value]
@@ -129,24 +156,105 @@ def trace(
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with _tracer().start_as_current_span(span_name, attributes=span_attrs):
-                    if _inject.ARMED:  # inside a fault-injection campaign run only
-                        return await _inject.intercept_async(span_name, fn, args, kwargs)
-                    return await fn(*args, **kwargs)
+                    hook = hooks.ACTIVE
+                    if hook is None:  # outside a fault-injection campaign run
+                        return await fn(*args, **kwargs)
+                    call = hook.enter(span_name)
+                    try:
+                        with call.active():
+                            early = call.begin()
+                            if early is not hooks.PROCEED:
+                                return early
+                            await call.wait_async()
+                            try:
+                                result = await fn(*args, **kwargs)
+                            except BaseException as exc:
+                                call.failed(exc)
+                                raise
+                            return call.returned(result)
+                    finally:
+                        call.end()
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with _tracer().start_as_current_span(span_name, attributes=span_attrs):
-                if _inject.ARMED:  # inside a fault-injection campaign run only
-                    return _inject.intercept(span_name, fn, args, kwargs)
-                return fn(*args, **kwargs)
+                hook = hooks.ACTIVE
+                if hook is None:  # outside a fault-injection campaign run
+                    return fn(*args, **kwargs)
+                call = hook.enter(span_name)
+                try:
+                    with call.active():
+                        early = call.begin()
+                        if early is not hooks.PROCEED:
+                            return early
+                        call.wait()
+                        try:
+                            result = fn(*args, **kwargs)
+                        except BaseException as exc:
+                            call.failed(exc)
+                            raise
+                        return call.returned(result)
+                finally:
+                    call.end()
 
         return wrapper  # type: ignore[return-value]
 
     if func is not None:
         return decorate(func)
     return decorate
+
+
+class _Current:
+    """Enters one stretch of a traced body: its span is current and its injection-point call active.
+
+    A generator's body runs in many stretches (one per resume), so the same object is entered again
+    at each one; a resumed generator never runs twice at once, so one token slot is enough.
+    """
+
+    __slots__ = ("_span", "_call", "_token", "_active")
+
+    def __init__(self, span: otel_trace.Span, call: hooks.PointCall | None) -> None:
+        self._span = span
+        self._call = call
+        self._token: object = None
+        self._active: Any = None
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
+        if self._call is not None:
+            self._active = self._call.active()
+            self._active.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            if self._active is not None:
+                self._active.__exit__(*exc_info)
+                self._active = None
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+def _delegate(gen: Generator[Any, Any, Any], current: _Current) -> Generator[Any, Any, Any]:
+    """``yield from gen`` with `current` entered around each resume: send, throw and close pass through
+    (so a traced ``@contextmanager`` generator sees the exception of its ``with`` block)."""
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        with current:
+            try:
+                item = gen.send(sent) if thrown is None else gen.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+        try:
+            sent, thrown = (yield item), None
+        except GeneratorExit:
+            with current:
+                gen.close()
+            raise
+        except BaseException as exc:  # throw() into the wrapper: hand it to the body
+            sent, thrown = None, exc
 
 
 def _record_error(span: otel_trace.Span, exc: BaseException) -> None:

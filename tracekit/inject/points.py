@@ -1,36 +1,15 @@
-"""Registry of injection points: every `@tracekit.trace`d function and every explicit `tracekit.fault_point`.
+"""Explicit injection points in user code: `tracekit.fault_point` and `tracekit.observe_fault`.
 
-`ARMED` is the one flag the capture wrappers check per call: it is true only inside a campaign run
-(the runner sets ``TRACEKIT_INJECT``), so outside a campaign an injection point costs one module
-attribute read. When armed, calls go through `intercept` / `intercept_async` (tracekit.inject.runtime).
+Every ``@tracekit.trace``d function is an injection point too, through capture's hook slot
+(tracekit.capture.hooks), which `tracekit.inject.runtime.arm` fills only inside a campaign run. Outside
+one the slot is empty and an explicit point costs one module attribute read.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable
+from typing import Any
 
-# name -> the function (or None for explicit fault points); read by campaign discovery.
-TRACED_POINTS: dict[str, Callable[..., Any] | None] = {}
-
-ARMED: bool = bool(os.environ.get("TRACEKIT_INJECT"))
-
-
-def register_traced_point(name: str, fn: Callable[..., Any] | None) -> None:
-    TRACED_POINTS.setdefault(name, fn)
-
-
-def intercept(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call `fn` at injection point `point` inside a campaign run (may inject a fault)."""
-    from tracekit.inject.runtime import call_point
-
-    return call_point(point, fn, args, kwargs)
-
-
-async def intercept_async(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from tracekit.inject.runtime import call_point_async
-
-    return await call_point_async(point, fn, args, kwargs)
+from tracekit.capture import hooks
 
 
 def fault_point(name: str, value: Any = True, *, raises: type[BaseException] | None = None) -> Any:
@@ -41,7 +20,7 @@ def fault_point(name: str, value: Any = True, *, raises: type[BaseException] | N
     negate (``error_return``); ``raises`` declares the exception a ``raise`` fault throws here; a
     ``delay`` fault sleeps (or spins) before returning. Outside a campaign run this is one flag check.
     """
-    if not ARMED:
+    if hooks.ACTIVE is None:
         return value
     from tracekit.inject.runtime import fire_explicit
 
@@ -50,7 +29,7 @@ def fault_point(name: str, value: Any = True, *, raises: type[BaseException] | N
 
 def observe_fault(point: str, fault_type: str, **detail: Any) -> None:
     """Record a fault the program noticed itself (``"retry"``, ``"timeout"``, ``"failover"``); no-op outside a campaign."""
-    if not ARMED:
+    if hooks.ACTIVE is None:
         return
     from tracekit.inject.runtime import observe_fault as _observe
 

@@ -8,6 +8,10 @@ exception leaving it, a timeout, a retry declared with `observe_fault`) is writt
 ``faults`` stream with the span it happened in; every point reached is written once per call
 context to the ``inject_points`` stream, which is how a campaign discovers its points.
 
+`arm` puts `CampaignHook` into capture's fault-point hook slot (tracekit.capture.hooks); the
+``@tracekit.trace`` wrappers (functions, coroutines, generators, async generators) drive one
+`_Call` per call through it.
+
 Nothing here raises into the program except the injected exception itself.
 """
 
@@ -20,10 +24,12 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from opentelemetry import trace as otel_trace
 
+from tracekit.capture import hooks
+from tracekit.capture.hooks import PROCEED
 from tracekit.conventions import INJECTED as INJECTED_ATTR, RETURN as RETURN_ATTR
 from tracekit.faults import resolve_exception  # moved there: the analyses use it too
 
@@ -128,9 +134,7 @@ def _note_visit(point: str, parent: str | None, kind: str, result: Any, raises: 
 
 def observe_fault(point: str, fault_type: str, **detail: Any) -> None:
     """Record a fault the program itself saw (a retry, a timeout, a failover) in a campaign run; no-op outside one."""
-    from tracekit.inject import points
-
-    if points.ARMED:
+    if hooks.ACTIVE is not None:
         _write_fault(point, fault_type, False, detail)
 
 
@@ -198,93 +202,112 @@ def _override(plan: Plan, result: Any) -> Any:
     return plan.value
 
 
-_PROCEED = object()
+class _OnPath:
+    """The point is on the call path (the parent of points reached inside it) while its body runs."""
+
+    __slots__ = ("_path", "_token")
+
+    def __init__(self, path: tuple[str, ...]) -> None:
+        self._path = path
+        self._token: contextvars.Token[tuple[str, ...]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _path.set(self._path)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._token is not None:
+            _path.reset(self._token)
+            self._token = None
 
 
-def _before_call(plan: Plan, point: str, parent: str | None) -> Any:
-    """Announce a firing fault and do what happens before the call: raise, or drop the call (its
-    stand-in value is returned). Anything else returns _PROCEED; a delay is the caller's to wait
-    out (sleeping or yielding to the event loop)."""
-    _announce(plan, point, parent)
-    if plan.fault == "raise":
-        raise _injected_exception(resolve_exception(plan.exception), point)
-    if plan.fault == "drop":
-        return plan.value
-    return _PROCEED
+class _Call:
+    """One call of a traced function in a campaign run (a `tracekit.capture.hooks.PointCall`):
+    maybe inject the planned fault, always observe what leaves it and note the point as reached."""
 
+    __slots__ = ("point", "parent", "plan", "path", "result")
 
-def _after_call(plan: Plan | None, result: Any) -> Any:
-    if plan is not None and plan.fault == "error_return":
-        result = _override(plan, result)
-    _mark_return(result)
-    return result
+    def __init__(self, point: str) -> None:
+        path = _path.get()
+        self.point = point
+        self.parent = path[-1] if path else None
+        self.path = path + (point,)
+        self.plan = _firing(point)
+        self.result: Any = None
 
+    def begin(self) -> Any:
+        """Announce a firing fault and do what happens before the body: raise, or drop the call
+        (its stand-in value comes back). Otherwise PROCEED; a delay is `wait`'s to sleep."""
+        plan = self.plan
+        if plan is None:
+            return PROCEED
+        _announce(plan, self.point, self.parent)
+        if plan.fault == "raise":
+            raise _injected_exception(resolve_exception(plan.exception), self.point)
+        if plan.fault == "drop":
+            self.result = plan.value
+            return plan.value
+        return PROCEED
 
-def call_point(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run one call of a traced function in a campaign run: maybe inject, always observe."""
-    path = _path.get()
-    parent = path[-1] if path else None
-    token = _path.set(path + (point,))
-    result: Any = None
-    try:
-        plan = _firing(point)
-        if plan is not None:
-            early = _before_call(plan, point, parent)
-            if early is not _PROCEED:
-                result = early
-                return result
-            if plan.fault == "delay":
-                _busy_wait(plan.delay_ms) if plan.busy else time.sleep(plan.delay_ms / 1000)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            _observe(point, parent, exc)
-            raise
-        result = _after_call(plan, result)
+    def _delay_ms(self) -> int:
+        plan = self.plan
+        return plan.delay_ms if plan is not None and plan.fault == "delay" else 0
+
+    def wait(self) -> None:
+        ms = self._delay_ms()
+        if ms:
+            _busy_wait(ms) if self.plan.busy else time.sleep(ms / 1000)  # type: ignore[union-attr]
+
+    async def wait_async(self) -> None:
+        """`wait` for coroutines: a sleeping delay yields to the event loop."""
+        ms = self._delay_ms()
+        if ms and self.plan.busy:  # type: ignore[union-attr]
+            _busy_wait(ms)
+        elif ms:
+            await asyncio.sleep(ms / 1000)
+
+    def active(self) -> _OnPath:
+        return _OnPath(self.path)
+
+    def failed(self, exc: BaseException) -> None:
+        _observe(self.point, self.parent, exc)
+
+    def returned(self, result: Any) -> Any:
+        if self.plan is not None and self.plan.fault == "error_return":
+            result = _override(self.plan, result)
+        _mark_return(result)
+        self.result = result
         return result
-    finally:
-        _path.reset(token)
-        _note_visit(point, parent, "traced", result)
+
+    def end(self) -> None:
+        _note_visit(self.point, self.parent, "traced", self.result)
 
 
-async def call_point_async(point: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """`call_point` for coroutine functions: a sleeping delay yields to the event loop."""
-    path = _path.get()
-    parent = path[-1] if path else None
-    token = _path.set(path + (point,))
-    result: Any = None
-    try:
-        plan = _firing(point)
-        if plan is not None:
-            early = _before_call(plan, point, parent)
-            if early is not _PROCEED:
-                result = early
-                return result
-            if plan.fault == "delay":
-                if plan.busy:
-                    _busy_wait(plan.delay_ms)
-                else:
-                    await asyncio.sleep(plan.delay_ms / 1000)
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _observe(point, parent, exc)
-            raise
-        result = _after_call(plan, result)
-        return result
-    finally:
-        _path.reset(token)
-        _note_visit(point, parent, "traced", result)
+class CampaignHook:
+    """The `tracekit.capture.hooks.FaultHook` of a campaign run."""
+
+    def enter(self, point: str) -> _Call:
+        return _Call(point)
+
+
+def arm() -> bool:
+    """Fill capture's fault-point hook slot when this process is a campaign run (``TRACEKIT_INJECT`` set).
+
+    The package root calls this at import; outside a campaign run the slot stays empty. Returns
+    whether the hook is in."""
+    if current_plan() is None:
+        return False
+    hooks.install(CampaignHook())
+    return True
 
 
 def fire_explicit(name: str, value: Any, raises: type[BaseException] | None) -> Any:
     """An explicit `tracekit.fault_point` reached in a campaign run: a zero-work span that may carry a fault."""
-    from tracekit.capture.decorators import _tracer
+    from tracekit.capture.decorators import span
 
     path = _path.get()
     parent = path[-1] if path else None
     declared = raises.__name__ if raises is not None else None
-    with _tracer().start_as_current_span(name):
+    with span(name):
         result = value
         try:
             plan = _firing(name)
