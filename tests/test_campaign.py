@@ -129,3 +129,83 @@ def test_ray_executor_gives_the_same_edges_as_local(tmp_path):
     assert shape(local) == shape(ray_run) and shape(local)
     assert local.report["chains"] == ray_run.report["chains"]
     assert local.report["cycles"] == ray_run.report["cycles"]
+
+
+RETRY_STORM = ROOT / "fixtures" / "campaigns" / "retry_storm.toml"
+
+
+@pytest.mark.slow
+def test_seeded_retry_storm_cycle_found_at_one_third_budget_and_cli_ux(env):
+    """Guards issue 19: three-phase at one third of the exhaustive budget (20 experiments: 43 runs ->
+    15) finds the seeded retry-storm cycle; --fail-on-cycle exits 1; a name two campaigns share is refused."""
+    run = cli("campaign", "run", str(RETRY_STORM), "--budget", "15", "--workers", "2", "--name", "storm-ci",
+              "--fail-on-cycle", "--format", "json", env=env)
+    assert run.returncode == 1, run.stderr  # a cycle was found
+    summary = json.loads(run.stdout)
+    assert summary["runs"] <= 15 and summary["exhaustive_budget"] == 43
+    assert "storm.await_reply:raise -> storm.handle:delay" in summary["cycles"]
+    report = json.loads(cli("campaign", "report", "storm-ci", "--format", "json", env=env).stdout)
+    seeded = [f for f in report["findings"] if f["kind"] == "cycle"
+              and {"storm.await_reply:raise", "storm.handle:delay"} <= set(f["faults"])]
+    assert len(seeded) == 1  # every cycle through the loop's component is one finding
+    assert len([f for f in report["findings"] if f["kind"] == "cycle"]) < len(report["cycles"])
+    dry = cli("campaign", "run", str(RETRY_STORM), "--dry-run", "--name", "storm-ci", "--format", "json", env=env)
+    plan = json.loads(dry.stdout)
+    assert plan["experiments"] == 20 and {p["point"] for p in plan["points"]} >= {"storm.handle", "storm.await_reply"}
+    ambiguous = cli("campaign", "report", "storm-ci", env=env)
+    assert ambiguous.returncode == 2 and "2 campaigns are named 'storm-ci'" in ambiguous.stderr
+
+
+def test_breadth_order_does_not_depend_on_names():
+    from tracekit.inject.budget import ThreePhase
+    from tracekit.inject.campaign import Experiment, PointInfo
+    from tracekit.inject.profile import priorities
+
+    def first_batch(prefix_hot: str, prefix_cold: str) -> list[str]:
+        infos = [PointInfo(f"{prefix_hot}.run", "traced", calls=30.0, loop=True, below=2),
+                 PointInfo(f"{prefix_cold}.start", "traced", calls=1.0),
+                 PointInfo(f"{prefix_cold}.stop", "traced", calls=1.0)]
+        cands = [Experiment("w", i.point, "delay", delay_ms=300) for i in infos]
+        alloc = ThreePhase(cands, {i.point: "delay" for i in infos}, priorities(infos))
+        return [e.point.split(".")[1] for e in alloc.next_batch({}, 1)]
+
+    assert first_batch("zzz", "aaa") == first_batch("aaa", "zzz") == ["run"]  # the hot loop, whatever its name
+
+
+def test_partial_consequence_gets_a_confirmation_run():
+    from tracekit.inject.budget import Observed, ThreePhase
+    from tracekit.inject.campaign import Experiment
+
+    a, b = Experiment("w", "a", "delay", delay_ms=300), Experiment("w", "b", "raise")
+    alloc = ThreePhase([a, b], {"a": "delay", "b": "delay"}, {"a": 1.0, "b": 0.0})
+    outcomes = {a: Observed(frozenset(), frozenset({"b:raise"}))}  # seen in one repeat of two
+    batch = alloc.next_batch(outcomes, 2)
+    assert b in batch and any(e.base == a and e.attempt == 1 for e in batch)
+
+
+def test_zero_code_points_from_source(tmp_path, monkeypatch):
+    pkg = tmp_path / "zc_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "svc.py").write_text(
+        "import socket\n"
+        "class Busy(Exception):\n    pass\n"
+        "def check(x):\n    return x > 0\n"
+        "def fetch(x):\n    if x < 0:\n        raise Busy('no')\n    return x\n"
+        "def caller(x):\n    try:\n        return fetch(x)\n    except (Busy, socket.timeout):\n        return None\n"
+        "class Pool:\n    def get(self):\n        return 1\n    @staticmethod\n    def make():\n        return Pool()\n")
+    from tracekit.inject.modules import install, instrument_module, static_points
+
+    points = static_points(["zc_pkg.*"], [tmp_path])
+    assert points["zc_pkg.svc.check"].boolean and not points["zc_pkg.svc.fetch"].boolean
+    assert points["zc_pkg.svc.fetch"].exception == "zc_pkg.svc.Busy"  # raised in it and caught around its call
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("zc_pkg.svc")
+    assert instrument_module(module) == 5  # check, fetch, caller, Pool.get, Pool.make
+    assert module.caller(-1) is None and module.Pool.make().get() == 1  # behaviour unchanged
+    install(["zc_pkg.*"])  # idempotent; later imports go through the hook
+    import sys
+
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ModuleFinder"]

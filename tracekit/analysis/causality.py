@@ -212,7 +212,7 @@ def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, params: Causali
     Edges of several campaigns (and of every test in them) are stitched together, so a consequence
     seen in one campaign joins an injection made in another.
     """
-    from tracekit.graph.propagation import build_graph, find_chains, find_cycles, to_names
+    from tracekit.graph.propagation import build_graph, collapse_findings, find_chains, find_cycles, to_names
     from tracekit.store.campaigns import campaign_ids_for
 
     ids = campaign_ids_for(con, [campaign_ids] if isinstance(campaign_ids, str) else list(campaign_ids))
@@ -232,17 +232,16 @@ def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, params: Causali
         "cycles": to_names(cycles),
         "chain_evidence": chains,
         "cycle_evidence": cycles,
+        "findings": collapse_findings(graph, cycles, chains),  # one per cascade (what a person reads)
     }
 
 
 def report_findings(report: dict[str, Any], params: CausalityParams = DEFAULTS) -> list[dict[str, Any]]:
-    """A causality report as findings rows: one per cycle (ranked first), then one per chain."""
-    out: list[dict[str, Any]] = []
-    for cyc in report.get("cycle_evidence", []):
-        out.append({"kind": "cycle", "subject": " -> ".join(cyc["faults"]), "score": params.cycle_score, **cyc})
-    for chain in report.get("chain_evidence", []):
-        out.append({"kind": "chain", "subject": " -> ".join(chain["faults"]), "score": params.chain_score, **chain})
-    return out
+    """A causality report as findings rows: one per cascade (cycles of one component collapsed, ranked
+    first), then one per group of chains sharing their first link."""
+    return [{"subject": " -> ".join(f["representative"]),
+             "score": params.cycle_score if f["kind"] == "cycle" else params.chain_score, **f}
+            for f in report.get("findings", [])]
 
 
 def analyze_run(con: Any, run_id: str, params: CausalityParams = DEFAULTS, *, store: bool = True) -> list[dict[str, Any]]:

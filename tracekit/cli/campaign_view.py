@@ -37,19 +37,20 @@ def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any], fmt: Format) -> None:
-    edges = [{"kind": e["kind"], "src": e["src"], "dst": e["dst"], "context": e["dst_context"],
-              "test": e["test"], "evidence_runs": " ".join(r[:8] for r in e["evidence_runs"]),
-              "p_value": e["p_value"]} for e in report["edges"]]
-    emit(edges, fmt, title="fault-propagation edges")
-    for title, items in (("cycles (self-sustaining cascade candidates)", report["cycle_evidence"]),
-                         ("chains", report["chain_evidence"])):
-        rows = []
-        for item in items:
-            for link in item["links"]:
-                rows.append({"faults": " -> ".join(item["faults"]), "link": f"{link['src']} -> {link['dst']}",
-                             "kinds": ",".join(link["kinds"]), "tests": ",".join(link["tests"]),
-                             "evidence_runs": " ".join(r[:8] for r in link["evidence_runs"])})
-        emit(rows, fmt, title=title, columns=["faults", "link", "kinds", "tests", "evidence_runs"])
+    """One row per cascade (cycles of one component and chains sharing a first link collapsed); the
+    full graph — every edge, cycle and chain — is in ``--format json``."""
+    rows = []
+    for f in report.get("findings", []):
+        weakest = min((len(link["evidence_runs"]) for link in f["links"]), default=0)
+        rows.append({"kind": f["kind"], "cascade": " -> ".join(f["representative"]),
+                     "member faults": len(f["faults"]), "cycles": f["cycles"], "chains": f["chains"],
+                     "entries": len(f["entries"]), "runs (weakest link)": weakest,
+                     "evidence runs": " ".join(r[:8] for link in f["links"] for r in link["evidence_runs"][:2])})
+    emit(rows, fmt, title="findings (one per cascade)",
+         columns=["kind", "cascade", "member faults", "cycles", "chains", "entries", "runs (weakest link)",
+                  "evidence runs"])
+    print(f"{len(report['edges'])} edges, {len(report['cycles'])} cycles, {len(report['chains'])} chains "
+          f"collapsed into {len(rows)} findings (every edge: --format json)")
 
 
 def plan_rows(plan: dict[str, Any], fmt: Format) -> None:

@@ -198,3 +198,69 @@ def _contains(longer: tuple[str, ...], part: tuple[str, ...]) -> bool:
 def to_names(items: list[dict[str, Any]]) -> list[list[str]]:
     """The fault names of each cycle or chain."""
     return [list(i["faults"]) for i in items]
+
+
+def without_duplicate_calls(graph: nx.DiGraph) -> nx.DiGraph:
+    """The graph without ``X:call`` nodes whose consequence is also named ``X:delay`` in the same context.
+
+    A point that profile runs never reached shows up twice when an injection makes it run: as a new
+    call (E, ``X:call``) and as more calls (S+, ``X:delay``). Reports keep only the injectable name.
+    """
+    out = graph.copy()
+    delays = {(n.point, n.context) for n in graph if n.fault == "delay"}
+    out.remove_nodes_from([n for n in graph if n.fault == "call" and (n.point, n.context) in delays])
+    return out
+
+
+def collapse_findings(graph: nx.DiGraph, cycles: list[dict[str, Any]], chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finding per cascade: every cycle of one strongly connected component (rotations, sub-loops)
+    becomes one ``cycle`` finding with its member faults and its strongest cycle (the one whose weakest
+    link has the most evidence runs, then the shortest); chains that enter it are listed as its
+    entries; the remaining chains are grouped by their first link (a shared prefix) into one ``chain``
+    finding each, represented by the longest.
+
+    >>> a, b = FaultNode("x", "delay", "", None), FaultNode("y", "raise", "E", None)
+    >>> c = Consequence("E", "y", "error:E", None)
+    >>> g = build_graph([Edge(a, b, "E", "c", "t", ("r1",), ("p",), c), Edge(b, a, "S+", "c", "t", ("r2",), ("p",), c),
+    ...                  Edge(a, a, "S+", "c", "t", ("r3",), ("p",), c)])
+    >>> [(f["kind"], f["faults"], f["cycles"]) for f in collapse_findings(g, find_cycles(g), [])]
+    [('cycle', ['x:delay', 'y:raise'], 2)]
+    """
+    graph = without_duplicate_calls(graph)
+    names = {n.name for n in graph}
+    component: dict[str, int] = {}
+    for k, scc in enumerate(nx.strongly_connected_components(graph)):
+        for n in scc:
+            component[n.name] = k
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for cyc in cycles:
+        if all(f in names for f in cyc["faults"]):
+            grouped.setdefault(component[cyc["faults"][0]], []).append(cyc)
+
+    def strength(item: dict[str, Any]) -> tuple[int, int]:
+        return (min((len(link["evidence_runs"]) for link in item["links"]), default=0), -len(item["faults"]))
+
+    out: list[dict[str, Any]] = []
+    for k, members in grouped.items():
+        best = max(members, key=strength)
+        faults = sorted({f for cyc in members for f in cyc["faults"]})
+        out.append({"kind": "cycle", "faults": faults, "representative": best["faults"], "links": best["links"],
+                    "cycles": len(members), "entries": [], "chains": 0, "_component": k})
+    by_component = {f["_component"]: f for f in out}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for chain in chains:
+        if not all(f in names for f in chain["faults"]):
+            continue
+        into = by_component.get(component.get(chain["faults"][-1], -1))
+        if into is not None and len(chain["faults"]) >= 2:
+            into["entries"] = sorted(set(into["entries"]) | {" -> ".join(chain["faults"])})
+            continue
+        groups.setdefault((chain["faults"][0], chain["faults"][1]), []).append(chain)
+    for members in groups.values():
+        best = max(members, key=lambda c: (len(c["faults"]), strength(c)))
+        out.append({"kind": "chain", "faults": sorted({f for c in members for f in c["faults"]}),
+                    "representative": best["faults"], "links": best["links"], "cycles": 0,
+                    "entries": [], "chains": len(members)})
+    for f in out:
+        f.pop("_component", None)
+    return sorted(out, key=lambda f: (f["kind"] != "cycle", -len(f["faults"]), f["representative"]))
