@@ -356,3 +356,29 @@ def test_sigkill_loses_nothing_acknowledged_and_retries_do_not_duplicate(tmp_pat
     missing = acked - {sid for sid, _n in stored}
     assert not missing, f"{len(missing)} acknowledged spans are not in the store"
     assert len(acked) > 100
+
+
+def test_joined_batches_survive_a_crash_mid_join(tmp_path: Path) -> None:
+    from tracekit.serve.batches import Encoding, Signal, decode_request
+    from tracekit.serve.spool import BatchSpool
+
+    spool = BatchSpool(tmp_path / "sp")
+    for seed in (1, 2, 3):
+        spool.write(decode_request(Signal.traces, export_request(2, seed=seed), Encoding.protobuf))
+    originals = spool.pending(Signal.traces)
+    # a crash after the merged file was renamed into place but before the originals were removed
+    merged = spool._join(originals)
+    for seed, path in zip((1, 2, 3), originals):  # (put them back: _join removed them)
+        path.write_bytes(export_request(2, seed=seed))
+    again = BatchSpool(tmp_path / "sp")
+    assert again.pending(Signal.traces) == [] and again.claim() == [merged]
+    from tracekit.importers.otlp import read_otlp
+
+    assert read_otlp(merged).span_count == 6
+    # a crash before the merged file was in place: the join is undone, the originals stay
+    (tmp_path / "sp" / "merged" / merged.name).unlink()
+    (tmp_path / "sp" / "merged" / f"{merged.name}.parts").write_text("x\n")
+    for seed, path in zip((1, 2, 3), originals):
+        path.write_bytes(export_request(2, seed=seed))
+    third = BatchSpool(tmp_path / "sp")
+    assert len(third.pending(Signal.traces)) == 3 and not list((tmp_path / "sp" / "merged").iterdir())

@@ -21,15 +21,13 @@ from tracekit.serve.receiver import Receiver
 
 __all__ = ["IngestLoop", "ingest_entry"]
 
-MAX_FILES_PER_CYCLE = 4096
-
 
 def ingest_entry() -> Callable[..., Any]:
     """The ingest pipeline's one entry point (``tracekit.ingest.ingest_paths``; older trees: the store's)."""
     try:
         from tracekit.ingest import ingest_paths
     except ImportError:
-        from tracekit.store.ingest import ingest_paths
+        from tracekit.ingest import ingest_paths
     return ingest_paths
 
 
@@ -64,8 +62,8 @@ class IngestLoop:
             self._thread.join()
 
     def run_once(self) -> int:
-        """One ingest cycle over the pending trace batches; returns how many batches it took."""
-        files = self.spool.pending(Signal.traces)[:MAX_FILES_PER_CYCLE]
+        """One ingest cycle over the pending trace batches; returns how many files it took."""
+        files = self.spool.claim()
         if not files:
             return 0
         try:
@@ -93,8 +91,8 @@ class IngestLoop:
             stopping = self._stop.wait(self.interval_s)
             if self.ingest:
                 try:
-                    while self.run_once() >= MAX_FILES_PER_CYCLE and not self._stop.is_set():
-                        pass
+                    while self.run_once():
+                        pass  # a backlog (or the last cycle at stop): go on without waiting
                 except Exception as exc:  # a bug in one cycle must not stop the receiver; say it, go on
                     self._note_error(f"{type(exc).__name__}: {exc}")
             if time.monotonic() >= next_print or stopping:

@@ -4,6 +4,7 @@ Layout under the spool directory::
 
     traces/<ns>-<pid>-<seq>.otlp.pb | .otlp.json     trace batches waiting for ingest
     logs/<ns>-<pid>-<seq>.otlp-logs | .otlp-logs.json log batches (kept for the log-record importer)
+    merged/<first>.otlp.pb + .parts                  protobuf trace batches joined for one ingest
     rejected/                                        batches ingest refused whole, with a .why file
     tmp/                                             files being written (never read)
 
@@ -12,6 +13,11 @@ A batch is written to ``tmp/``, fsynced, renamed into place and the directory fs
 sort in arrival order and end in suffixes `tracekit ingest` reads, so a spool left by a stopped
 server can be loaded with ``tracekit ingest SPOOL/traces``. A full disk (or a spool over its size
 limit) raises `SpoolFull`, which the front ends answer with "retry later".
+
+Ingest costs a fixed amount per file, so `claim` joins pending protobuf batches into one file
+(serialized protobuf messages concatenate into one message holding all their spans). The join is
+crash-safe: the list of joined names (``.parts``) is written first, then the merged file is renamed
+into place, then the originals are removed; a restart finishes or undoes a join half done.
 """
 
 from __future__ import annotations
@@ -58,16 +64,18 @@ class BatchSpool:
         self.dirs = {sig: self.root / sig.value for sig in Signal}
         self.tmp = self.root / "tmp"
         self.rejected = self.root / "rejected"
+        self.merged = self.root / "merged"
         try:
-            for path in (*self.dirs.values(), self.tmp, self.rejected):
+            for path in (*self.dirs.values(), self.tmp, self.rejected, self.merged):
                 path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the spool directory {self.root}: {exc.strerror or exc}") from None
         for stale in self.tmp.iterdir():  # a batch half-written when a server died was never acknowledged
             stale.unlink(missing_ok=True)
+        self._recover_joins()
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        self._pending_bytes = sum(p.stat().st_size for p in self.pending(Signal.traces))
+        self._pending_bytes = sum(p.stat().st_size for p in (*self.pending(Signal.traces), *self.merged.glob("*.otlp.pb")))
 
     def write(self, batch: Batch) -> Path:
         """Make `batch` durable and return its file; SpoolFull when there is no room for it."""
@@ -115,6 +123,7 @@ class BatchSpool:
                 path.unlink()
             except FileNotFoundError:
                 continue
+            (path.parent / f"{path.name}.parts").unlink(missing_ok=True)
         with self._lock:
             self._pending_bytes = max(0, self._pending_bytes - freed)
 
@@ -123,8 +132,60 @@ class BatchSpool:
         try:
             size = path.stat().st_size
             path.rename(self.rejected / path.name)
+            (path.parent / f"{path.name}.parts").unlink(missing_ok=True)
             (self.rejected / f"{path.name}.why").write_text(why + "\n")
         except FileNotFoundError:
             return
         with self._lock:
             self._pending_bytes = max(0, self._pending_bytes - size)
+
+    # -----------------------------------------------------------------------------------------
+    # joining batches for ingest
+
+    def claim(self, max_bytes: int = 64 << 20) -> list[Path]:
+        """The trace files for the next ingest: earlier joins first, else pending protobuf batches
+        (oldest first, up to `max_bytes`) joined into one file, plus pending JSON batches as they are."""
+        earlier = sorted(self.merged.glob("*.otlp.pb"))
+        if earlier:
+            return earlier
+        pending = self.pending(Signal.traces)
+        json_files = [p for p in pending if not p.name.endswith(SUFFIXES[Signal.traces, Encoding.protobuf])]
+        parts: list[Path] = []
+        size = 0
+        for path in pending:
+            if path in json_files:
+                continue
+            nbytes = path.stat().st_size
+            if parts and size + nbytes > max_bytes:
+                break
+            parts.append(path)
+            size += nbytes
+        if len(parts) < 2:
+            return parts + json_files
+        return [self._join(parts), *json_files]
+
+    def _join(self, parts: list[Path]) -> Path:
+        name = parts[0].name
+        listing, merged, tmp = self.merged / f"{name}.parts", self.merged / name, self.tmp / name
+        listing.write_text("".join(p.name + "\n" for p in parts))
+        with tmp.open("wb") as out:
+            for path in parts:
+                out.write(path.read_bytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, merged)
+        _fsync_dir(self.merged)
+        for path in parts:
+            path.unlink(missing_ok=True)
+        _fsync_dir(self.dirs[Signal.traces])
+        return merged
+
+    def _recover_joins(self) -> None:
+        """Finish a join whose merged file is in place (drop its originals), undo one that is not."""
+        for listing in self.merged.glob("*.parts"):
+            merged = self.merged / listing.name.removesuffix(".parts")
+            if merged.exists():
+                for name in listing.read_text().split():
+                    (self.dirs[Signal.traces] / name).unlink(missing_ok=True)
+            else:
+                listing.unlink()

@@ -1,0 +1,235 @@
+"""Spans/s `tracekit serve` accepts from N concurrent real OTLP exporter processes, against the same processes exporting to a no-op exporter.
+
+Three measurements, each on one `tracekit serve` (HTTP and gRPC, ingesting into a fresh store):
+
+1. **Exporter processes** (the question: is the receiver ever the bottleneck?). N = 1..4 processes
+   each create spans with the OpenTelemetry SDK and export them through the stock
+   ``opentelemetry-exporter-otlp-proto-http`` / ``-grpc`` exporter (BatchSpanProcessor, 512-span
+   batches, a queue large enough that nothing is dropped), configured only by
+   ``OTEL_EXPORTER_OTLP_ENDPOINT``. The same processes run again with a no-op exporter. Rate =
+   spans / wall time from the first process's start of work to the last one's flush. A ratio
+   near 1 means the receiver did not slow the exporters down.
+2. **Receiver capacity**: pre-encoded 512-span requests posted as fast as K client processes can
+   (no SDK work in the clients), so the receiver's own ceiling shows.
+3. **Latency**: a span is force-flushed by an exporter; time until `tracekit sql` (read-only
+   store) finds it.
+
+    python benchmarks/bench_otlp_receiver.py [--spans 20000] [--max-procs 4] [--latency-samples 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import final_line, median  # noqa: E402
+
+BATCH = 512
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes
+
+
+def child_exporter(protocol: str, spans: int) -> None:
+    """Create `spans` spans (a root and children, a few attributes) and export them; print timing JSON."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    elif protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:
+        class OTLPSpanExporter(SpanExporter):  # type: ignore[no-redef]
+            def export(self, batch):  # type: ignore[no-untyped-def]
+                return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(), max_queue_size=spans + BATCH, max_export_batch_size=BATCH, schedule_delay_millis=100))
+    tracer = provider.get_tracer("bench")
+    t0 = time.time()
+    done = 0
+    while done < spans:
+        with tracer.start_as_current_span("agent.step", attributes={"step": done, "agent": "planner"}):
+            for _ in range(min(9, spans - done - 1)):
+                with tracer.start_as_current_span("llm.call", attributes={"tokens": 120, "model": "m"}):
+                    pass
+                done += 1
+        done += 1
+    provider.force_flush(timeout_millis=120_000)
+    t1 = time.time()
+    provider.shutdown()
+    print(json.dumps({"start": t0, "end": t1, "spans": done}))
+
+
+def child_blaster(protocol: str, endpoint: str, requests: int) -> None:
+    """Post one pre-encoded 512-span request `requests` times, as fast as possible."""
+    body = encoded_request(BATCH)
+    t0 = time.time()
+    if protocol == "http":
+        import http.client
+
+        host, port = endpoint.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        for _ in range(requests):
+            conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+    else:
+        import grpc
+
+        channel = grpc.insecure_channel(endpoint.removeprefix("http://"))
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        for _ in range(requests):
+            export(body, timeout=60)
+    print(json.dumps({"start": t0, "end": time.time(), "spans": requests * BATCH}))
+
+
+def encoded_request(n: int) -> bytes:
+    import random
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    rng = random.Random()
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "blaster"
+    scope = rs.scope_spans.add()
+    trace_id = rng.randbytes(16)
+    for i in range(n):
+        sp = scope.spans.add(name="llm.call", trace_id=trace_id, span_id=rng.randbytes(8),
+                             start_time_unix_nano=time.time_ns(), end_time_unix_nano=time.time_ns() + 1000)
+        sp.attributes.add(key="tokens").value.int_value = i
+    return request.SerializeToString()
+
+
+def child_latency(protocol: str, marker: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    with provider.get_tracer("bench").start_as_current_span(marker):
+        pass
+    provider.force_flush()
+    print(json.dumps({"flushed": time.time()}))
+    provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness
+
+
+def start_server(tmp: Path) -> tuple[subprocess.Popen[str], int, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracekit", "serve", "--http-port", "0", "--grpc-port", "0",
+         "--spool", str(tmp / "spool"), "--db", str(tmp / "store.duckdb"), "--interval", "0.5"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    if "OTLP/HTTP on" not in line:
+        raise SystemExit(f"server did not start: {line}")
+    ports = [int(p.split(" ")[0].rstrip(";")) for p in line.split("127.0.0.1:")[1:]]
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    return proc, ports[0], ports[1]
+
+
+def run_children(argv_list: list[list[str]], env: dict[str, str]) -> float:
+    """Run the children at once; returns spans/s over the span from first start to last end."""
+    procs = [subprocess.Popen([sys.executable, __file__, *argv], env=env, stdout=subprocess.PIPE, text=True)
+             for argv in argv_list]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"child {proc.args} failed")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return sum(r["spans"] for r in results) / wall
+
+
+def store_has(db: Path, marker: str) -> bool:
+    from tracekit.errors import StoreError
+    from tracekit.store.db import connect
+
+    try:
+        with connect(db, read_only=True) as con:
+            return bool(con.execute("SELECT count(*) FROM spans WHERE name = ?", [marker]).fetchall()[0][0])
+    except StoreError:  # the ingest loop holds the write lock this instant
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spans", type=int, default=20_000, help="spans per exporter process")
+    parser.add_argument("--max-procs", type=int, default=4)
+    parser.add_argument("--blast-requests", type=int, default=100, help="512-span requests per capacity client")
+    parser.add_argument("--latency-samples", type=int, default=5)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
+    proc, http_port, grpc_port = start_server(tmp)
+    endpoints = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"http://127.0.0.1:{grpc_port}"}
+    figures: dict[str, object] = {}
+    try:
+        for n in range(1, args.max_procs + 1):
+            noop = run_children([["--child", "noop", str(args.spans)]] * n, dict(os.environ))
+            figures[f"noop_n{n}"] = round(noop)
+            for protocol, endpoint in endpoints.items():
+                env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+                rate = run_children([["--child", protocol, str(args.spans)]] * n, env)
+                figures[f"{protocol}_n{n}"] = round(rate)
+                print(f"{protocol:4} N={n}: {rate:9,.0f} spans/s accepted; no-op exporter {noop:9,.0f} spans/s; "
+                      f"ratio {rate / noop:.2f}", flush=True)
+        for protocol, endpoint in endpoints.items():
+            for k in (1, 2):
+                rate = run_children([["--blast", protocol, endpoint, str(args.blast_requests)]] * k, dict(os.environ))
+                figures[f"capacity_{protocol}_k{k}"] = round(rate)
+                print(f"receiver capacity, {protocol}, {k} pre-encoded client(s): {rate:9,.0f} spans/s", flush=True)
+        time.sleep(3)  # let the ingest loop drain before timing latency
+        latencies = []
+        for i in range(args.latency_samples):
+            protocol = "http" if i % 2 == 0 else "grpc"
+            marker = f"latency-marker-{i}-{time.time_ns()}"
+            env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[protocol]}
+            out = subprocess.run([sys.executable, __file__, "--latency", protocol, marker], env=env,
+                                 capture_output=True, text=True, timeout=120, check=True).stdout
+            flushed = json.loads(out.strip().splitlines()[-1])["flushed"]
+            while not store_has(tmp / "store.duckdb", marker):
+                if time.time() - flushed > 30:
+                    raise SystemExit("a flushed span was not queryable within 30 s")
+                time.sleep(0.02)
+            latencies.append(time.time() - flushed)
+        figures["latency_median_s"] = round(median(latencies), 3)
+        figures["latency_max_s"] = round(max(latencies), 3)
+        print(f"flush -> queryable: median {median(latencies):.2f} s, max {max(latencies):.2f} s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    final_line(benchmark="otlp_receiver", spans_per_process=args.spans, **figures)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_exporter(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--blast":
+        child_blaster(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--latency":
+        child_latency(sys.argv[2], sys.argv[3])
+    else:
+        main()
