@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import final_line  # noqa: E402
 
-FIXTURES = ("retry_storm", "failover", "stampede")
+FIXTURES = ("retry_storm", "failover", "stampede", "lease")
 
 
 def canonical(cycle: list[str]) -> tuple[str, ...]:
@@ -61,31 +61,24 @@ def score(report: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def oracle(db: Path, campaign_id: str) -> tuple[dict[str, list[Any]], dict[str, frozenset[str]], list[Any], dict[str, str]]:
-    """What every experiment of the exhaustive campaign caused, and its candidate list (for replays)."""
+def oracle(db: Path, campaign_id: str) -> tuple[dict[str, list[Any]], dict[str, frozenset[str]], Any]:
+    """What every experiment of the exhaustive campaign caused, and what its profile runs found (for replays)."""
     from tracekit.analysis.causality import analyze_experiments
-    from tracekit.inject.campaign import candidate_experiments, load_campaign, primary_fault
-    from tracekit.inject.runner import _points
-    from tracekit.store.campaigns import campaign_runs, get_campaign
+    from tracekit.inject.campaign import load_campaign
+    from tracekit.inject.runner import plan_experiments
+    from tracekit.store.campaigns import get_campaign
     from tracekit.store.db import connect
 
     with connect(db, read_only=True) as con:
         result = analyze_experiments(con, [campaign_id])
-        runs = campaign_runs(con, [campaign_id])
         campaign = load_campaign(get_campaign(con, campaign_id)["file"])
-        candidates, primary = [], {}
-        for w in campaign.workloads:
-            ids = [r["run_id"] for r in runs if r["attributes"].get("test") == w.name and r["attributes"]["mode"] == "profile"]
-            infos = _points(con, ids)
-            candidates += candidate_experiments(campaign, w.name, infos)
-            for info in infos:
-                primary.setdefault(info.point, primary_fault(info))
+        found = plan_experiments(con, campaign, campaign_id, 0)
     edges: dict[str, list[Any]] = {}
     for e in result.edges:
         label = next(x.experiment for x in result.experiments if set(e.evidence_runs) <= set(x.fired_runs))
         edges.setdefault(label, []).append(e)
     names = {x.experiment: x.consequence_names() for x in result.experiments}
-    return edges, names, candidates, primary
+    return edges, names, found
 
 
 def cycles_of(edge_lists: list[list[Any]]) -> set[tuple[str, ...]]:
@@ -116,16 +109,20 @@ def experiments_to_find_chains(order: list[str], edges: dict[str, list[Any]], ch
     return None
 
 
-def replay_three_phase(candidates: list[Any], primary: dict[str, str], names: dict[str, frozenset[str]], slots: int) -> list[str]:
-    from tracekit.inject.budget import ThreePhase
+def replay(strategy: str, found: Any, names: dict[str, frozenset[str]], slots: int, seed: int = 0) -> list[str]:
+    """The experiments `strategy` would run with `slots`, answered by the exhaustive campaign's outcomes."""
+    from tracekit.inject.budget import Observed, make_allocator
 
-    alloc, outcomes, order = ThreePhase(candidates, primary), {}, []
+    alloc = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=2,
+                           below={i.point: i.below for i in found.points})
+    outcomes: dict[Any, Any] = {}
+    order: list[str] = []
     while len(order) < slots:
         batch = [e for e in alloc.next_batch(outcomes, slots - len(order)) if e not in outcomes]
         if not batch:
             break
         for e in batch:
-            outcomes[e] = names.get(e.label, frozenset())
+            outcomes[e] = Observed(names.get(e.label, frozenset()))
             order.append(e.label)
     return order
 
@@ -143,23 +140,32 @@ def accuracy(fixture: str, workers: int, tmp: Path) -> dict[str, Any]:
     exh = run_campaign(campaign, budget=100000, workers=workers, strategy="exhaustive", db=db, spool_dir=spool)
     out["exhaustive"] = {"runs": exh.runs, "injection_runs": exh.runs - profile, "seconds": round(exh.seconds, 1),
                          **score(exh.report, truth)}
-    edges, names, candidates, primary = oracle(db, exh.campaign_id)
+    edges, names, found = oracle(db, exh.campaign_id)
+    out["exhaustive"]["findings_before"] = len(exh.report["cycles"]) + len(exh.report["chains"])
+    out["exhaustive"]["findings_after"] = len(exh.report["findings"])
     slots = exh.experiments // 3  # at most one third of the exhaustive injection budget
     budget = profile + slots * repeats
     for strategy in ("three-phase", "random"):
         res = run_campaign(campaign, budget=budget, workers=workers, strategy=strategy, db=db, spool_dir=spool, seed=0)
         out[strategy] = {"runs": res.runs, "injection_runs": res.runs - profile, "budget": budget,
-                         "seconds": round(res.seconds, 1), **score(res.report, truth)}
-    # runs until every seeded cycle is found, replayed against the exhaustive campaign's outcomes
-    order = replay_three_phase(candidates, primary, names, slots)
-    k = experiments_to_find(order, edges, seeded)
-    out["three-phase"]["replay_injection_runs_to_find_all_cycles"] = k * repeats if k else None
-    # chains: how far the three-phase order must go (replayed with the whole exhaustive budget)
-    full = replay_three_phase(candidates, primary, names, len(candidates))
-    kc = experiments_to_find_chains(full, edges, truth.get("chains", []))
-    out["three-phase"]["replay_injection_runs_to_find_all_chains"] = kc * repeats if kc else None
+                         "seconds": round(res.seconds, 1), **score(res.report, truth),
+                         "findings_before": len(res.report["cycles"]) + len(res.report["chains"]),
+                         "findings_after": len(res.report["findings"])}
+    out["breadth"] = {}
+    for strategy in ("three-phase", "breadth"):
+        # runs until every seeded cycle / chain is found, replayed against the exhaustive campaign's outcomes
+        order = replay(strategy, found, names, len(found.candidates))
+        k = experiments_to_find(order, edges, seeded)
+        out[strategy]["replay_injection_runs_to_find_all_cycles"] = k * repeats if k else None
+        kc = experiments_to_find_chains(order, edges, truth.get("chains", []))
+        out[strategy]["replay_injection_runs_to_find_all_chains"] = kc * repeats if kc else None
+        within = order[:slots]
+        out[strategy]["replay_cycles_found_within_budget"] = len(seeded & cycles_of([edges.get(x, []) for x in within]))
+        found_chains = chains_of([edges.get(x, []) for x in within])
+        out[strategy]["replay_chains_found_within_budget"] = sum(
+            1 for c in truth.get("chains", []) if any(contains(r, c) for r in found_chains))
+    labels = [e.label for e in found.candidates]
     random_needs = []
-    labels = [e.label for e in candidates]
     for seed in range(200):
         rng = random.Random(seed)
         perm = labels[:]
