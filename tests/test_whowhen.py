@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from foundation_helpers import cli_here, query
-from tracekit.importers.whowhen import agent_of, load_log
+from tracekit.importers.whowhen import agent_of, load_log, step_signals
 
 HAND_CRAFTED = Path(__file__).resolve().parents[2] / "shared" / "data" / "whowhen" / "Hand-Crafted"
 needs_data = pytest.mark.skipif(not HAND_CRAFTED.is_dir(), reason="the Who&When logs are not next to the repo")
@@ -56,8 +56,9 @@ def test_an_empty_closing_turn_is_not_blamed_the_step_that_stated_the_wrong_figu
     (tmp_path / "2.json").write_text(json.dumps({"history": [], "mistake_step": "x"}))
     result = evaluate_whowhen(tmp_path, details=True)
     assert result["n"] == 1 and result["skipped"] == [str(tmp_path / "2.json")]
-    assert result["logs"] == [{"file": "1.json", "true_agent": "Calc_Expert", "true_step": 1,
-                               "agent": "Calc_Expert", "step": 1}]
+    assert [{k: v for k, v in log.items() if k != "confidence"} for log in result["logs"]] == [
+        {"file": "1.json", "true_agent": "Calc_Expert", "true_step": 1, "agent": "Calc_Expert", "step": 1}]
+    assert 0.0 <= result["logs"][0]["confidence"] <= 1.0
     assert result["agent_accuracy"] == result["step_accuracy"] == 1.0
 
 
@@ -106,21 +107,54 @@ def test_import_attribute_and_idg_end_to_end(tmp_path):
     assert cli_here(tmp_path, "attribute", "nope").code == 2
 
 
+@pytest.mark.parametrize("entry,index,expected", [
+    ({"role": "human", "content": "What is 6 x 7?"}, 0, {"role": "task"}),
+    ({"role": "assistant", "name": "Math_Expert", "content": "You are given a task: what is 6 x 7? Plan: ..."}, 0,
+     {"role": "task"}),
+    ({"role": "Orchestrator (thought)", "content": 'Updated Ledger: {"is_progress_being_made": {"reason": "no", '
+      '"answer": false}, "is_request_satisfied": {"reason": "no", "answer": false}}'}, 4,
+     {"role": "orchestrator", "judgment": "no_progress"}),
+    ({"role": "Orchestrator (thought)", "content": "Request satisfied."}, 9, {"role": "orchestrator", "verdict": "pass"}),
+    ({"role": "user", "name": "Computer_terminal", "content": "exitcode: 1 (execution failed)\nCode output: \n"
+      "Traceback (most recent call last):\nKeyError: 'year'"}, 3,
+     {"role": "tool", "exit_code": 1, "error": "KeyError: 'year'"}),
+    ({"role": "user", "name": "Computer_terminal", "content": "exitcode: 0 (execution succeeded)\nCode output: 42"}, 3,
+     {"role": "tool", "exit_code": 0}),
+    ({"role": "assistant", "name": "Verifier", "content": "Checked. FINAL ANSWER: 48\nTERMINATE"}, 5,
+     {"role": "worker", "final_answer": "48"}),
+])
+def test_format_conventions_become_general_step_signals(entry, index, expected):
+    found = step_signals(entry, index, "What is 6 x 7?")
+    assert {k.rsplit(".", 1)[1]: v for k, v in found.items()} == expected
+
+
 @needs_data
-def test_eval_whowhen_meets_the_quality_bar_and_beats_the_baselines(tmp_path):
-    done = cli_here(tmp_path, "eval", "whowhen", str(HAND_CRAFTED), "--format", "json")
+def test_eval_whowhen_cross_validated_meets_the_quality_bar(tmp_path):
+    done = cli_here(tmp_path, "eval", "whowhen", str(HAND_CRAFTED), "--folds", "5", "--format", "json")
     assert done.code == 0, done.err
     result = json.loads(done.out)
-    assert result["n"] == 58
+    assert result["n"] == 58 and result["folds"] == 5 and "cross-validation" in result["evaluation"]
     figures = ("agent_accuracy", "step_accuracy", "step_accuracy_substring")
     for name in figures:
         assert 0.0 <= result[name] <= 1.0
     assert set(result["baselines"]) == {"uniform_random", "most_frequent_agent", "last_agent", "first_step"}
     for baseline in result["baselines"].values():
-        assert all(0.0 <= baseline[name] <= 1.0 for name in figures)
+        assert baseline["n"] == 58 and all(0.0 <= baseline[name] <= 1.0 for name in figures)
     assert result["step_accuracy_substring"] >= result["step_accuracy"]
-    assert "substring" in result["note"]
-    # the quality bar (offline)
-    assert result["agent_accuracy"] >= 0.65
-    assert result["step_accuracy"] >= 0.15
-    assert result["agent_accuracy"] > result["baselines"]["most_frequent_agent"]["agent_accuracy"]
+    assert "substring" in result["note"] and isinstance(result["beats_baselines"], bool)
+    conf = result["at_confidence"]
+    assert conf["n"] == round(conf["coverage"] * 58) and 0.0 <= conf["agent_accuracy"] <= 1.0
+    # the bars on the cross-validated figures (measured 0.672 / 0.224, n=58): a margin of
+    # about two logs on each, so one log's flip does not fail the suite
+    assert result["agent_accuracy"] >= 0.62
+    assert result["step_accuracy"] >= 0.18
+    assert result["agent_accuracy"] > result["baselines"]["last_agent"]["agent_accuracy"]
+    assert result["step_accuracy"] > result["baselines"]["last_agent"]["step_accuracy"]
+
+
+def test_eval_rejects_impossible_folds(tmp_path):
+    log = {"question": "q?", "ground_truth": "1", "mistake_agent": "A", "mistake_step": "1",
+           "history": [{"role": "user", "name": "T", "content": "q?"}, {"role": "assistant", "name": "A", "content": "2"}]}
+    (tmp_path / "1.json").write_text(json.dumps(log))
+    done = cli_here(tmp_path, "eval", "whowhen", str(tmp_path), "--folds", "3")
+    assert done.code == 2 and "--folds" in done.err

@@ -1,7 +1,8 @@
 """Information-dependency graph (IDG): which earlier step outputs each agent step used.
 
 Nodes are agent steps (span ids) with ``agent``, ``step`` (0-based position in the run), ``content``,
-``status``, ``errors`` and ``kind``. Every edge ``src -> dst`` (dst used src) carries ``relation``,
+``status``, ``errors``, ``kind`` and ``signals`` (the general step signals an importer or capture
+stored with the step: ``role``, ``judgment``, ``verdict``, ``exit_code``, ``error``, ``final_answer``). Every edge ``src -> dst`` (dst used src) carries ``relation``,
 ``provenance`` (``observed``, ``declared`` or ``inferred``) and ``confidence`` in [0, 1]; when
 several reasons join the same pair the strongest provenance and the highest confidence are kept.
 
@@ -23,7 +24,9 @@ from typing import Any, Literal
 
 import networkx as nx
 
-__all__ = ["Step", "build_idg", "steps_from_spans", "infer_edges", "to_json", "to_dot", "PROVENANCE_RANK"]
+from tracekit.conventions import SIGNALS
+
+__all__ = ["Step", "build_idg", "steps_from_spans", "signals_of", "infer_edges", "to_json", "to_dot", "PROVENANCE_RANK"]
 
 PROVENANCE_RANK = {"inferred": 0, "observed": 1, "declared": 2}
 INFER_CHARS = 6000  # characters of each step scanned for inference (keeps 10k-step runs fast)
@@ -51,6 +54,7 @@ class Step:
     errors: tuple[str, ...] = ()
     role: str = ""
     tool_call_id: str = ""
+    signals: tuple[tuple[str, Any], ...] = ()  # (short name, value): role, judgment, verdict, exit_code, ...
 
 
 def steps_from_spans(spans: Sequence[dict[str, Any]]) -> list[Step]:
@@ -65,8 +69,18 @@ def steps_from_spans(spans: Sequence[dict[str, Any]]) -> list[Step]:
             status=span.get("status") or "unset",
             errors=_errors(span),
             role=found.get("role", ""), tool_call_id=found.get("tool_call_id", ""),
+            signals=signals_of(span.get("attributes") or {}),
         ))
     return steps
+
+
+def signals_of(attributes: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The general step signals among a span's attributes, by short name.
+
+    >>> signals_of({"tracekit.agent.signal.role": "tool", "tracekit.agent.signal.exit_code": 1, "x": 2})
+    (('role', 'tool'), ('exit_code', 1))
+    """
+    return tuple((key.rsplit(".", 1)[1], attributes[key]) for key in SIGNALS if attributes.get(key) is not None)
 
 
 def _errors(span: dict[str, Any]) -> tuple[str, ...]:
@@ -174,7 +188,7 @@ def build_idg(
     g = nx.DiGraph()
     for s in steps:
         g.add_node(s.span_id, agent=s.agent, step=s.index, content=s.content, input=s.input, kind=s.kind,
-                   status=s.status, errors=list(s.errors), role=s.role)
+                   status=s.status, errors=list(s.errors), role=s.role, signals=dict(s.signals))
     for link in [*links, *derived]:
         _add_edge(g, link["src_span_id"], link["dst_span_id"], link.get("relation") or "consumes",
                   link.get("provenance") or "observed", float(link.get("confidence") if link.get("confidence") is not None else 1.0))

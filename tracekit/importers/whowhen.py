@@ -5,6 +5,15 @@ decisive step (``mistake_step``, a 0-based index into ``history``). The agent of
 ``role`` in the Hand-Crafted (Magentic-One) logs — ``"Orchestrator (thought)"`` is agent
 ``Orchestrator`` — and its ``name`` in the Algorithm-Generated ones. The question, the ground truth
 and the labels are kept on the run's attributes. Importing the same file again replaces its run.
+
+What the format's conventions say about a step becomes general step signals (``tracekit.conventions``
+``SIGNAL_*``), so the attribution method never reads a format's keys: the human/task message (and a
+first entry restating the question) is role ``task``; Magentic-One's ``Orchestrator (...)`` entries
+are role ``orchestrator`` and its ledger's ``is_progress_being_made`` / ``is_in_loop`` answers become
+a ``judgment`` (progress, no_progress, loop) while ``is_request_satisfied`` / "Request satisfied"
+become a ``verdict`` pass; a terminal's ``exitcode: N`` output is role ``tool`` with ``exit_code``
+and ``error``; "FINAL ANSWER: X" is ``final_answer``. ("TERMINATE" only ends a conversation: it is
+no verdict.)
 """
 
 from __future__ import annotations
@@ -17,14 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracekit.capture.agents import AGENT_ATTR, CONTENT_ATTR, ROLE_ATTR, STEP_ATTR, STEP_KIND_ATTR
+from tracekit.conventions import (
+    AGENT, CONTENT, ROLE, SIGNAL_ERROR, SIGNAL_EXIT_CODE, SIGNAL_FINAL_ANSWER, SIGNAL_JUDGMENT, SIGNAL_ROLE,
+    SIGNAL_VERDICT, STEP, STEP_KIND,
+)
 from tracekit.errors import TracekitError
 
-__all__ = ["load_log", "import_whowhen", "agent_of", "ImportReport"]
+__all__ = ["load_log", "import_whowhen", "agent_of", "step_signals", "ImportReport"]
 
 BASE_NS = 1_700_000_000 * 10**9  # logs carry no times: steps are placed 1 ms apart from here
 STEP_NS = 1_000_000
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
+_LEDGER = re.compile(r'"(is_progress_being_made|is_in_loop|is_request_satisfied)"\s*:\s*\{[^{}]{0,2000}?'
+                     r'"answer"\s*:\s*(true|false)', re.S)
+_EXITCODE = re.compile(r"^\s*exitcode:\s*(-?\d+)", re.I)
+_ERROR_LINE = re.compile(r"^\s*(\w*(?:Error|Exception)\b.*|.*\b(?:error|failed)\b.*)$", re.M | re.I)
+_FINAL = re.compile(r"FINAL ANSWER\s*[:：]\s*(.{1,300})")
+_TERMINAL = re.compile(r"terminal|executor|code_?runner", re.I)
+_WORDS = re.compile(r"[a-z0-9]+")
 
 
 @dataclass
@@ -46,6 +65,54 @@ def agent_of(entry: dict[str, Any]) -> str:
     return _QUALIFIER.sub("", role) or role
 
 
+def _restates(content: str, question: str) -> bool:
+    """Whether a message restates the question (its first 30 words, in order)."""
+    head = " ".join(_WORDS.findall(question.lower())[:30])
+    return bool(head) and head in " ".join(_WORDS.findall(content[:20000].lower()))
+
+
+def step_signals(entry: dict[str, Any], index: int, question: str = "") -> dict[str, Any]:
+    """General step signals (``SIGNAL_*`` attribute -> value) of one history entry.
+
+    >>> step_signals({"role": "Orchestrator (thought)",
+    ...               "content": '{"is_in_loop": {"reason": "same query", "answer": true}}'}, 5)
+    {'tracekit.agent.signal.role': 'orchestrator', 'tracekit.agent.signal.judgment': 'loop'}
+    >>> step_signals({"name": "Computer_terminal", "role": "user",
+    ...               "content": "exitcode: 1 (execution failed)\\nCode output: NameError: x"}, 2)[SIGNAL_EXIT_CODE]
+    1
+    """
+    role = str(entry.get("role") or "")
+    name = str(entry.get("name") or "")
+    content = str(entry.get("content") or "")
+    signals: dict[str, Any] = {}
+    exit_code = _EXITCODE.match(content)
+    if role.lower() == "human" or (index == 0 and question and _restates(content, question)):
+        signals[SIGNAL_ROLE] = "task"
+    elif role.startswith("Orchestrator"):
+        signals[SIGNAL_ROLE] = "orchestrator"
+    elif exit_code or _TERMINAL.search(name or role):
+        signals[SIGNAL_ROLE] = "tool"
+    else:
+        signals[SIGNAL_ROLE] = "worker"
+    if exit_code:
+        signals[SIGNAL_EXIT_CODE] = int(exit_code.group(1))
+        if signals[SIGNAL_EXIT_CODE] != 0:
+            found = _ERROR_LINE.findall(content[exit_code.end():])
+            signals[SIGNAL_ERROR] = (found[-1] if found else "execution failed").strip()[:300]
+    ledger = {key: value == "true" for key, value in _LEDGER.findall(content[:20000])}
+    if ledger.get("is_in_loop"):
+        signals[SIGNAL_JUDGMENT] = "loop"
+    elif ledger.get("is_progress_being_made") is False:
+        signals[SIGNAL_JUDGMENT] = "no_progress"
+    elif ledger.get("is_progress_being_made"):
+        signals[SIGNAL_JUDGMENT] = "progress"
+    if ledger.get("is_request_satisfied") or content.strip().lower().startswith("request satisfied"):
+        signals[SIGNAL_VERDICT] = "pass"
+    if (final := _FINAL.search(content)) is not None:
+        signals[SIGNAL_FINAL_ANSWER] = final.group(1).split("\n")[0].strip()
+    return signals
+
+
 def _hex(text: str, n: int) -> str:
     return hashlib.blake2b(text.encode(), digest_size=n // 2).hexdigest()
 
@@ -65,11 +132,13 @@ def load_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[st
     run_id = _hex(key, 32)
     trace_id = run_id
     spans = []
+    question = str(log.get("question") or "")
     for i, entry in enumerate(history):
         agent = agent_of(entry)
         attrs = {
-            AGENT_ATTR: agent, STEP_ATTR: i, STEP_KIND_ATTR: "message",
-            ROLE_ATTR: str(entry.get("role") or ""), CONTENT_ATTR: str(entry.get("content") or ""),
+            AGENT: agent, STEP: i, STEP_KIND: "message",
+            ROLE: str(entry.get("role") or ""), CONTENT: str(entry.get("content") or ""),
+            **step_signals(entry, i, question),
         }
         spans.append({
             "trace_id": trace_id, "span_id": _hex(f"{key}:{i}", 16), "parent_id": None,
