@@ -79,7 +79,7 @@ def main() -> None:
     from tracekit.analysis.attribution import EVIDENCE_THRESHOLD, attribute, load_idg, step_evidence
     from tracekit.graph.idg import build_idg
     from tracekit.store.db import connect
-    from tracekit.store.ingest import ingest_paths
+    from tracekit.ingest import ingest_paths
 
     root = Path(tempfile.mkdtemp(prefix="tk-bench-attr-"))
     try:

@@ -59,7 +59,8 @@ def table_of(spec, columns: dict, n: int) -> pa.Table:  # type: ignore[no-untype
 
 def build_training(con, n_spans: int) -> str:  # type: ignore[no-untyped-def]
     """A training run of `n_spans` spans loaded with load_table (the ingest path), plus steps and collectives."""
-    from tracekit.store.ingest import load_table, refresh_run
+    from tracekit.ingest.liveness import refresh_run
+    from tracekit.store.load import load_table
     from tracekit.store.streams import COLLECTIVES, SPANS, STEPS
 
     run_id = "b" * 32

@@ -26,7 +26,7 @@ from _common import final_line, median  # noqa: E402
 
 from tracekit.capture.spool import Spool  # noqa: E402
 from tracekit.store.db import connect  # noqa: E402
-from tracekit.store.ingest import ingest_paths  # noqa: E402
+from tracekit.ingest import ingest_paths  # noqa: E402
 
 NODES = [f"rank:{i}" for i in range(8)] + ["service:api", "service:db"]
 NAMES = ["forward", "backward", "optimizer.step", "load_batch", "GET /orders", "SELECT orders", "retry"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.capture.spool import Spool, write_run_manifest
-from tracekit.store.ingest import ingest_paths
+from tracekit.ingest import ingest_paths
 
 BASE_NS = 1_763_000_000 * 10**9
 MS = 1_000_000

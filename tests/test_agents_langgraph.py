@@ -41,7 +41,7 @@ def test_each_injected_fault_is_found_at_its_agent_and_step(tmp_path, fault, roo
 
     from tracekit.analysis.attribution import attribute, load_idg
     from tracekit.store.db import connect
-    from tracekit.store.ingest import ingest_paths
+    from tracekit.ingest import ingest_paths
 
     seed = {"fabricated": 3, "dropped": 5, "wrong_tool": 2}[fault]  # seeds with the flaky-tool distractor
     record = record_workflow(fault, seed, str(tmp_path / "spool"))
@@ -66,7 +66,7 @@ def test_each_injected_fault_is_found_at_its_agent_and_step(tmp_path, fault, roo
 def test_a_run_without_a_fault_passes_its_check_and_has_nothing_to_attribute(tmp_path):
     from agents_workflow import record_workflow
 
-    from tracekit.store.ingest import ingest_paths
+    from tracekit.ingest import ingest_paths
 
     record = record_workflow("none", 4, str(tmp_path / "spool"), name="lg-ok")
     assert record["ok"] is True

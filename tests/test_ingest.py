@@ -14,7 +14,7 @@ import pytest
 
 from foundation_helpers import assert_one_line_error, cli, cli_here, counts, query
 from tracekit.capture.spool import Spool
-from tracekit.store.ingest import ingest_paths
+from tracekit.ingest import ingest_paths
 
 
 def span(i: int, **over: object) -> dict:
@@ -303,13 +303,13 @@ def test_a_record_longer_than_a_parse_block_still_loads_whole():
     """Guards the small-block fast path: a 3 MB record straddles pyarrow's 1 MiB blocks."""
     import json as _json
 
-    from tracekit.store.ingest import _parse_body
+    from tracekit.ingest.spool import parse_body
     from tracekit.store.streams import SPANS
 
     small = {"trace_id": "a" * 32, "span_id": "c" * 16, "name": "n", "start_ns": 1, "end_ns": 2, "attributes": "{}"}
     big = {**small, "span_id": "b" * 16, "attributes": _json.dumps({"big": "x" * 3_000_000})}
     body = ((_json.dumps(small) + "\n") * 2000 + _json.dumps(big) + "\n").encode()
-    table, bad = _parse_body(body, SPANS, "mem", 2)
+    table, bad = parse_body(body, SPANS, "mem", 2)
     assert bad == []
     assert table.num_rows == 2001
     assert len(table.column("attributes")[2000].as_py()) > 3_000_000
@@ -336,7 +336,7 @@ def _store_rows(db: Path) -> list[tuple]:
 
 def test_closed_and_killed_files_load_identically(tmp_path, monkeypatch):
     """The same records load the same through DuckDB's reader (file closed) and the careful path (no footer)."""
-    import tracekit.store.ingest as ingest
+    import tracekit.ingest.pipeline as ingest
 
     spool = new_spool(tmp_path / "spool", node="rank:3")
     stream = spool.stream("spans")

@@ -18,7 +18,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from foundation_helpers import assert_one_line_error, cli, counts, query
 from tracekit import conventions as conv
 from tracekit.importers.otlp import read_otlp
-from tracekit.store.ingest import ingest_paths
+from tracekit.ingest import ingest_paths
 
 
 def make_spans(resource_attrs: dict[str, object] | None = None):

@@ -91,7 +91,7 @@ def record_command(
         exit_code = 128 - exit_code
     manifest.update(ended_ns=time.time_ns(), exit_code=exit_code)
     write_run_manifest(run_dir, manifest)
-    from tracekit.store.ingest import ingest_paths
+    from tracekit.ingest import ingest_paths
 
     report = ingest_paths([run_dir], store)
     print(

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tracekit import conventions as conv
-from tracekit.capture.spool import Spool, drain
+from tracekit.capture.spool import Spool, drain, open_run_spool
 
 _KIND = {
     SpanKind.INTERNAL: "internal",
@@ -99,8 +99,6 @@ class SpoolSpanExporter(SpanExporter):
     ) -> None:
         self._owns_spool = spool is None
         if spool is None:
-            from tracekit.capture.setup import open_run_spool
-
             spool = open_run_spool(
                 spool_dir=spool_dir, run_id=run_id, run_name=run_name, node=node,
                 flush_interval_ms=flush_interval_ms,

@@ -6,19 +6,14 @@ import atexit
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracekit.capture.spool import CaptureWarning, Spool, write_run_manifest
-from tracekit.config import Settings, default_node, env_flag, spool_root
+from tracekit.capture.spool import CaptureWarning, Spool, new_id, open_run_spool, write_run_manifest
+from tracekit.config import Settings, env_flag
 
 __all__ = ["Run", "init", "current_run", "shutdown", "open_run_spool", "init_from_env", "new_id"]
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass
@@ -59,28 +54,6 @@ _current: Run | None = None
 def current_run() -> Run | None:
     """The run this process records into, or None before `init` (and outside `tracekit record`)."""
     return _current
-
-
-def open_run_spool(
-    *,
-    spool_dir: str | os.PathLike[str] | None = None,
-    run_id: str | None = None,
-    run_name: str | None = None,
-    node: str | None = None,
-    flush_interval_ms: int = 200,
-) -> Spool:
-    """A spool for a run without the rest of `init` (used by `SpoolSpanExporter` on a user's provider)."""
-    run_id = run_id or os.environ.get("TRACEKIT_RUN_ID") or new_id()
-    run_dir = spool_root(spool_dir) / run_id
-    if not (run_dir / "run.json").exists():
-        try:
-            write_run_manifest(run_dir, {
-                "run_id": run_id, "name": run_name or run_id[:8], "kind": "service",
-                "started_ns": time.time_ns(), "attributes": {}, "pid": os.getpid(),
-            })
-        except OSError:
-            pass  # the spool counts and warns when its own writes fail
-    return Spool(run_dir, run_id, node or default_node(), flush_interval_ms=flush_interval_ms)
 
 
 def init(
@@ -216,7 +189,7 @@ def _finish_owned_run(state: Run) -> None:
     if not state.ingest_at_exit:
         return
     try:
-        from tracekit.store.ingest import ingest_paths
+        from tracekit.ingest import ingest_paths
 
         report = ingest_paths([state.run_dir], db=state.db)
         print(

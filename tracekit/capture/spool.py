@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tracekit import conventions as conv
+from tracekit.config import default_node, spool_root
 
 _IDLE_MAX_S = 5.0  # an idle flusher still looks every 5 s (a producer that did not notify loses no record)
 
@@ -451,3 +452,30 @@ def _reinit_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+def new_id() -> str:
+    """A new run (or call) id: 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+def open_run_spool(
+    *,
+    spool_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    node: str | None = None,
+    flush_interval_ms: int = 200,
+) -> Spool:
+    """A spool for a run without the rest of ``tracekit.init`` (used by `SpoolSpanExporter` on a user's provider)."""
+    run_id = run_id or os.environ.get("TRACEKIT_RUN_ID") or new_id()
+    run_dir = spool_root(spool_dir) / run_id
+    if not (run_dir / "run.json").exists():
+        try:
+            write_run_manifest(run_dir, {
+                "run_id": run_id, "name": run_name or run_id[:8], "kind": "service",
+                "started_ns": time.time_ns(), "attributes": {}, "pid": os.getpid(),
+            })
+        except OSError:
+            pass  # the spool counts and warns when its own writes fail
+    return Spool(run_dir, run_id, node or default_node(), flush_interval_ms=flush_interval_ms)

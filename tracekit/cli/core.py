@@ -77,7 +77,7 @@ def ingest(
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Load spool and OTLP files into the store (idempotent; bad records are quarantined)."""
-    from tracekit.store.ingest import ingest_paths
+    from tracekit.ingest import ingest_paths
 
     report = _with_progress(lambda progress: ingest_paths(paths, db, progress=progress), "ingesting")
     _print_ingest_report(report, fmt)

@@ -342,12 +342,3 @@ def derive_links(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             heapq.heappush(finished, (s.get("end_ns") or 0, seq, s["span_id"], lines))
     return links
 
-
-def store_derived_links(con: Any, run_id: str) -> int:
-    """At ingest: derive the run's agent edges from its span attributes and store them in ``links``
-    (replacing earlier derived ones). Runs without GenAI/OpenInference spans are left alone."""
-    from tracekit.store.agents import has_agent_spans, replace_derived_links, run_spans
-
-    if not has_agent_spans(con, run_id):
-        return 0
-    return replace_derived_links(con, run_id, derive_links(run_spans(con, run_id)))

@@ -1,16 +1,11 @@
-"""OTLP trace files (JSON encoding of ExportTraceServiceRequest, JSON lines, or protobuf) read and loaded as runs.
+"""OTLP trace files (JSON encoding of ExportTraceServiceRequest, JSON lines, or protobuf) parsed into span records by run.
 
-Reading (`read_otlp`) turns a file into plain, frozen records — `ResourceSpans` holding `OtlpSpan`s
-with hex ids, int nanoseconds and decoded attribute values — so other importers (GenAI /
-OpenInference mapping) can reuse it. Loading (`ingest_otlp_file`, called by `tracekit ingest`)
-converts them into the spool's span records (``tracekit.store.streams.SPANS``) and bulk-loads each
-file in one transaction: every good span, or nothing. A span that cannot be converted (bad id,
-missing time) is quarantined with its span id; a file that is neither OTLP JSON nor OTLP protobuf
-is rejected whole.
-
-Run identity: the resource attribute ``tracekit.run_id`` if present, else an id derived from the
-file's content hash, so ingesting the same file twice adds nothing (the file is recorded in
-``spool_files`` under ``otlp:<sha256>``).
+A pure parser: it reads files and bytes and touches no store. Reading (`read_otlp`, `parse_otlp`)
+turns a file into plain, frozen records — `ResourceSpans` holding `OtlpSpan`s with hex ids, int
+nanoseconds and decoded attribute values — so other importers (GenAI / OpenInference mapping) can
+reuse it; ``tracekit.importers.otlp_runs`` turns them into tracekit's span records by run. A span
+that cannot be decoded (bad id, missing time) is kept as a `BadSpan` for quarantine; a file that is
+neither OTLP JSON nor OTLP protobuf raises SpoolError (rejected whole).
 """
 
 from __future__ import annotations
@@ -20,23 +15,17 @@ import binascii
 import hashlib
 import json
 import math
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tracekit.errors import SpoolError
 from tracekit import conventions as conv
-
-if TYPE_CHECKING:
-    import duckdb
-
-    from tracekit.store.ingest import IngestReport
+from tracekit.errors import SpoolError
 
 __all__ = [
     "OtlpEvent", "OtlpLink", "OtlpSpan", "BadSpan", "ResourceSpans", "OtlpFile",
-    "read_otlp", "parse_otlp", "span_record", "run_identity", "ingest_otlp_file", "SPAN_MAPPERS",
+    "read_otlp", "parse_otlp",
 ]
 
 _KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -46,7 +35,7 @@ _KIND_NAMES = {
 }
 _STATUSES = {0: "unset", 1: "ok", 2: "error"}
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-_OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp.pb", ".otlp.binpb", ".json", ".jsonl", ".pb", ".binpb", ".otlp")
+OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp.pb", ".otlp.binpb", ".json", ".jsonl", ".pb", ".binpb", ".otlp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,209 +507,3 @@ def read_otlp(path: str | Path) -> OtlpFile:
     except OSError as exc:
         raise SpoolError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return parse_otlp(data, str(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# conversion to spool records
-
-
-def _attrs_json(attributes: dict[str, Any]) -> str:
-    return json.dumps(attributes, separators=(",", ":"), default=str, ensure_ascii=False)
-
-
-def default_node(resource: ResourceSpans) -> str:
-    """The node a resource's spans are blamed on: ``tracekit.node``, else ``service:<service.name>``."""
-    node = resource.attributes.get(conv.NODE)
-    if node not in (None, ""):
-        return str(node)
-    return f"service:{resource.service_name or conv.UNKNOWN_SERVICE}"
-
-
-def span_record(span: OtlpSpan, resource: ResourceSpans) -> dict[str, Any]:
-    """One decoded OTLP span as the spool's span record (see tracekit/store/streams.py SPANS)."""
-    attributes = dict(span.attributes)
-    node = attributes.pop(conv.NODE, None)
-    attributes.pop(conv.RUN_ID, None)
-    record: dict[str, Any] = {
-        "trace_id": span.trace_id,
-        "span_id": span.span_id,
-        "parent_id": span.parent_id,
-        "name": span.name,
-        "node": str(node) if node not in (None, "") else default_node(resource),
-        "kind": span.kind,
-        "start_ns": span.start_ns,
-        "end_ns": span.end_ns,
-        "status": span.status,
-        "status_message": span.status_message,
-        "attributes": _attrs_json(attributes),
-        "events": [
-            {"ts_ns": e.ts_ns, "name": e.name, "attributes": _attrs_json(e.attributes)} for e in span.events
-        ] or None,
-    }
-    return record
-
-
-# Hooks run on every converted span record, in order: ``mapper(span, resource, record)`` may rewrite
-# the record in place (node, attributes) — e.g. a GenAI / OpenInference mapping naming agents.
-SpanMapper = Callable[[OtlpSpan, ResourceSpans, dict[str, Any]], None]
-SPAN_MAPPERS: list[SpanMapper] = []
-
-
-def _stem(source: str) -> str:
-    name = Path(source).name
-    for suffix in _OTLP_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem or name
-
-
-def run_identity(otlp: OtlpFile, resource: ResourceSpans) -> tuple[str, str, str]:
-    """(run_id, name, kind) of a resource's spans.
-
-    ``tracekit.run_id`` on the resource names the run (its name is ``tracekit.run_name`` or
-    ``service.name``); otherwise the run is the file itself: an id derived from the content hash
-    and the file's stem as its name.
-    """
-    from tracekit.config import RUN_KINDS
-
-    kind = str(resource.attributes.get(conv.RUN_KIND) or "service")
-    if kind not in RUN_KINDS:
-        kind = "service"
-    run_id = resource.attributes.get(conv.RUN_ID)
-    if isinstance(run_id, str) and run_id.strip():
-        name = resource.attributes.get(conv.RUN_NAME) or resource.service_name or run_id[:12]
-        return run_id.strip().lower(), str(name), kind
-    return otlp.sha256[:32], str(resource.attributes.get(conv.RUN_NAME) or _stem(otlp.source)), kind
-
-
-# ---------------------------------------------------------------------------------------------
-# loading (the store side; only called from tracekit.store.ingest, inside the single writer)
-
-
-@dataclass
-class _RunBatch:
-    name: str
-    kind: str
-    records: list[dict[str, Any]] = field(default_factory=list)
-    links: list[dict[str, Any]] = field(default_factory=list)
-    resources: list[dict[str, Any]] = field(default_factory=list)
-    pid: int | None = None
-
-
-def _batches(otlp: OtlpFile) -> tuple[dict[str, _RunBatch], list[tuple[str, BadSpan]]]:
-    runs: dict[str, _RunBatch] = {}
-    bad: list[tuple[str, BadSpan]] = []
-    for resource in otlp.resources:
-        run_id, name, kind = run_identity(otlp, resource)
-        batch = runs.setdefault(run_id, _RunBatch(name, kind))
-        if resource.attributes and len(batch.resources) < 16 and resource.attributes not in batch.resources:
-            batch.resources.append(resource.attributes)
-        pid = resource.attributes.get(conv.PROCESS_PID)
-        if isinstance(pid, int) and batch.pid is None:
-            batch.pid = pid
-        for span in resource.spans:
-            record = span_record(span, resource)
-            for mapper in SPAN_MAPPERS:
-                mapper(span, resource, record)
-            batch.records.append(record)
-            for link in span.links:
-                batch.links.append({
-                    "src_span_id": link.span_id, "dst_span_id": span.span_id,
-                    "relation": conv.OTEL_LINK_RELATION, "provenance": conv.OTEL_LINK_PROVENANCE,
-                    "confidence": 1.0, "attributes": _attrs_json({"trace_id": link.trace_id, **link.attributes}),
-                })
-        bad.extend((run_id, b) for b in resource.bad)
-    return runs, bad
-
-
-def _known_span_ids(con: duckdb.DuckDBPyConnection, run_id: str, span_ids: list[str]) -> set[str]:
-    rows = con.execute(
-        "SELECT span_id FROM spans WHERE run_id = ? AND list_contains(?, span_id)", [run_id, span_ids]
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
-def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestReport) -> str | None:
-    """Load one OTLP file into the store in one transaction; returns a run id (None if rejected).
-
-    Called by ``tracekit.store.ingest.ingest_paths``; ``report`` is its ``IngestReport``.
-    """
-    import pyarrow as pa
-
-    from tracekit.store.ingest import Quarantined, load_table, refresh_run, rows_to_table
-    from tracekit.store.streams import LINKS, SPANS
-
-    path = Path(path)
-    try:
-        otlp = read_otlp(path)
-    except SpoolError as exc:
-        report.rejected.append((str(path), str(exc)))
-        return None
-    file_id = f"otlp:{otlp.sha256}"
-    if con.execute("SELECT 1 FROM spool_files WHERE file_id = ?", [file_id]).fetchall():
-        report.unchanged_files += 1
-        return None
-    if otlp.torn_bytes:
-        report.torn.append((str(path), otlp.torn_bytes))
-    runs, bad = _batches(otlp)
-    quarantined = [
-        (run_id, Quarantined(str(path), None, b.span_id, f"span #{b.index}: {b.error}")) for run_id, b in bad
-    ]
-    raw_of = {id(q): b.raw for (_run, q), (_r, b) in zip(quarantined, bad)}
-    loaded = 0
-    starts: list[int] = []
-    ends: list[int] = []
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for run_id, batch in runs.items():
-            existing = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall()
-            known = _known_span_ids(con, run_id, [r["span_id"] for r in batch.records]) if existing else set()
-            if known:  # the same spans already arrived (from the spool, or another encoding of this file)
-                batch.records = [r for r in batch.records if r["span_id"] not in known]
-                batch.links = [lk for lk in batch.links if lk["dst_span_id"] not in known]
-            if SPAN_MAPPERS:  # records a mapper rewrote are checked like spool records
-                table, more_bad = rows_to_table(batch.records, SPANS, source=str(path), first_line=0)
-                for q in more_bad:
-                    q.line = None
-                quarantined.extend((run_id, q) for q in more_bad)
-            else:  # built by the decoder above with the right types: straight to Arrow
-                table = pa.Table.from_pylist(batch.records, schema=SPANS.schema)
-            loaded += load_table(con, SPANS, table, run_id=run_id, pid=batch.pid,
-                                 default_node=f"service:{conv.UNKNOWN_SERVICE}")
-            if batch.links:
-                links, _ = rows_to_table(batch.links, LINKS, source=str(path), first_line=0)
-                load_table(con, LINKS, links, run_id=run_id)
-            first = min(table.column("start_ns").to_pylist()) if table.num_rows else None
-            last = max(table.column("end_ns").to_pylist()) if table.num_rows else None
-            if first is not None and last is not None:
-                starts.append(first)
-                ends.append(last)
-            manifest = None if existing else {
-                "run_id": run_id, "name": batch.name, "kind": batch.kind,
-                "started_ns": first, "ended_ns": last,
-                "attributes": {"source": str(path.absolute()), "format": f"otlp-{otlp.encoding}",
-                               "resources": batch.resources},
-            }
-            refresh_run(con, run_id, manifest)
-        now = time.time_ns()
-        for run_id, q in quarantined:
-            con.execute(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [run_id, q.source, q.line, q.record_id, q.error, raw_of.get(id(q)), now],
-            )
-        first_run = next(iter(runs), None)
-        con.execute(
-            "INSERT OR REPLACE INTO spool_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [file_id, first_run, "otlp", str(path.absolute()), None, None, None,
-             min(starts) if starts else None, max(ends) if ends else None,
-             otlp.size, loaded + len(quarantined), otlp.torn_bytes, time.time_ns()],
-        )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    report.files += 1
-    report.records += loaded
-    report.runs.update(runs)
-    report.quarantined.extend(q for _run, q in quarantined)
-    return first_run

@@ -74,7 +74,7 @@ class _Session:
         )
 
     def execute(self, specs: list[RunSpec], result: CampaignResult) -> None:
-        from tracekit.store.ingest import ingest_paths
+        from tracekit.ingest import ingest_paths
 
         for outcome in self.executor.run_all(specs):
             run_dir = materialize(outcome, self.root)

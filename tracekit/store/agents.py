@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tracekit.store.ingest import load_table
+from tracekit.store.load import load_table
 from tracekit.store.queries import rows
 from tracekit.store.streams import LINKS, SPANS
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -16,3 +18,15 @@ def one(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[A
     cur = con.execute(sql, params) if params is not None else con.execute(sql)
     found = cur.fetchall()
     return found[0] if found else None
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run the block in one transaction: committed when it ends, rolled back (and re-raised) on an error."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -1,0 +1,252 @@
+"""Loading into the store: Arrow tables and closed spool files into their tables, and the ingest bookkeeping rows.
+
+The ingest pipeline (``tracekit.ingest``) decides what to load and when; this module holds the SQL
+that does it: bulk inserts from Arrow tables, DuckDB's JSON reader over whole spool files, the
+quarantine, how far each spool file was loaded (``spool_files``), and the run rows. Everything here
+runs inside the caller's transaction (see :func:`tracekit.store.sql.transaction`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tracekit.store.sql import one
+from tracekit.store.streams import StreamSpec
+
+_DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+
+
+def tune_for_bulk_load(con: duckdb.DuckDBPyConnection) -> None:
+    """Settings for a long load on a writer connection: one checkpoint at the end, no plain FSST."""
+    con.execute("SET checkpoint_threshold = '1GB'")  # one checkpoint at the end, not one per file
+    # plain FSST never wins over dictionary+FSST on these columns; analysing it cost 15 % of a load
+    con.execute("SET disabled_compression_methods = 'fsst'")
+
+
+def _value_exprs(spec: StreamSpec, fields: list[str], node_default: str) -> list[str]:
+    """SELECT expressions for a stream's fields, with the defaults the store's tables expect."""
+    select = []
+    for name in fields:
+        if name == "node":
+            select.append(f"coalesce(node, {node_default}) AS node")
+        elif name == "attributes":
+            select.append("coalesce(attributes, '{}') AS attributes")
+        elif name == "kind" and spec.name == "spans":
+            select.append("coalesce(kind, 'internal') AS kind")
+        elif name == "status" and spec.name == "spans":
+            select.append("coalesce(status, 'unset') AS status")
+        else:
+            select.append(name)
+    return select
+
+
+def load_table(
+    con: duckdb.DuckDBPyConnection, spec: StreamSpec, table: pa.Table, *, run_id: str,
+    pid: int | None = None, default_node: str | None = None,
+) -> int:
+    """Insert one stream's records (an Arrow table of ``spec.schema``) into its table; returns the rows.
+
+    Runs inside the caller's transaction. Format-1 span records carry their events nested; those go
+    to the ``events`` table.
+    """
+    if table.num_rows == 0:
+        return 0
+    con.register("tk_batch", table)
+    try:
+        fields = [f.name for f in spec.schema if f.name != "events"]
+        columns = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
+        values = ["$run_id", *_value_exprs(spec, fields, "$node")] + (["$pid"] if spec.with_pid else [])
+        params: dict[str, Any] = {"run_id": run_id}
+        if spec.with_pid:
+            params["pid"] = pid
+        if "node" in fields:
+            params["node"] = default_node or "unknown"
+        con.execute(  # table and column names come from the stream declarations, values are parameters
+            f"INSERT INTO {spec.table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM tk_batch",
+            params,
+        )
+        if "events" in spec.schema.names and table.column("events").null_count < table.num_rows:
+            con.execute(
+                "INSERT INTO events (run_id, span_id, ts_ns, name, attributes) "
+                "SELECT $run_id, span_id, e.ts_ns, e.name, coalesce(e.attributes, '{}') "
+                "FROM (SELECT span_id, unnest(events) AS e FROM tk_batch WHERE events IS NOT NULL)",
+                {"run_id": run_id},
+            )
+    finally:
+        con.unregister("tk_batch")
+    return table.num_rows
+
+
+def load_records(
+    con: duckdb.DuckDBPyConnection, spec: StreamSpec, records: Sequence[dict[str, Any]], *, run_id: str,
+    pid: int | None = None, default_node: str | None = None,
+) -> int:
+    """:func:`load_table` for records already of the stream's types (an importer's output, checked)."""
+    table = pa.Table.from_pylist(list(records), schema=spec.schema)
+    return load_table(con, spec, table, run_id=run_id, pid=pid, default_node=default_node)
+
+
+def has_invalid_json(column: pa.ChunkedArray) -> bool:
+    """Whether any text of an attributes column is not JSON (the store's column is JSON: it would fail the insert)."""
+    if column.null_count == len(column):
+        return False
+    con = duckdb.connect()
+    try:
+        con.register("tk_attrs", pa.table({"a": column}))
+        row = con.execute("SELECT bool_or(NOT json_valid(a)) FROM tk_attrs WHERE a IS NOT NULL").fetchall()
+        return bool(row[0][0])
+    finally:
+        con.close()
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def load_ndjson_files(
+    con: duckdb.DuckDBPyConnection, spec: StreamSpec, files: Sequence[tuple[Path, str, int | None, str]],
+    *, skip_keys: Sequence[str],
+) -> int:
+    """Insert whole spool files of one stream with DuckDB's own JSON reader; returns the rows inserted.
+
+    ``files`` are (path, run id, pid, default node). Lines holding one of ``skip_keys`` (the header
+    and footer) and records missing a required field are left out; values are converted as DuckDB's
+    reader does (a float into an integer column is rounded, a number or object into a text column
+    becomes its JSON text). Raises ``duckdb.Error`` for a value it cannot convert. Paths must not
+    hold glob characters (the reader would expand them).
+    """
+    columns = {key: "JSON" for key in skip_keys}
+    checks = [f"{key} IS NULL" for key in skip_keys]
+    for fld in spec.schema:
+        columns[fld.name] = _DUCK_TYPES.get(fld.type, "VARCHAR")
+        if fld.name in spec.required:
+            checks.append(f"{fld.name} IS NOT NULL")
+    reader = (  # read_ndjson takes its file list and columns as literals, not as parameters
+        f"read_ndjson([{', '.join(_sql_text(str(path)) for path, *_ in files)}], "
+        f"columns={{{', '.join(f'{_sql_text(k)}: {_sql_text(v)}' for k, v in columns.items())}}}, "
+        "format='newline_delimited', filename=true, hive_partitioning=false)"
+    )
+    fields = spec.schema.names
+    target = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
+    values = ["f.tk_run_id", *_value_exprs(spec, fields, "f.tk_node")] + (["f.tk_pid"] if spec.with_pid else [])
+    # which file a row came from gives its run, process and default node (a VALUES list: registering
+    # an Arrow table would cost a 0.4 s import on first use)
+    files_sql = ", ".join("(?, ?, ?, ?)" for _ in files)
+    params: list[Any] = []
+    for path, run_id, pid, node in files:
+        params += [str(path), run_id, pid, node]
+    sql = (
+        f"INSERT INTO {spec.table} ({', '.join(target)}) SELECT {', '.join(values)} "
+        f"FROM (SELECT * FROM {reader} WHERE {' AND '.join(checks)}) AS r "
+        f"JOIN (VALUES {files_sql}) AS f(tk_filename, tk_run_id, tk_pid, tk_node) ON r.filename = f.tk_filename"
+    )
+    return int(con.execute(sql, params).fetchall()[0][0])
+
+
+@contextmanager
+def unordered_inserts(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Let parallel readers store rows out of file order (nothing reads the store by row order);
+    wrap a whole transaction, so the setting is back after its rollback too."""
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        con.execute("RESET preserve_insertion_order")
+
+
+# ---------------------------------------------------------------------------------------------
+# bookkeeping: the quarantine, spool_files (how far each file was loaded)
+
+
+def quarantine(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str | None, str, int | None, str | None, str, str | None]]) -> None:
+    """Store records that could not be loaded: (run id, source, line, record id, error, raw text)."""
+    if not rows:
+        return
+    now = time.time_ns()
+    con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", [[*row, now] for row in rows])
+
+
+SPOOL_FILE_COLUMNS = (
+    "file_id", "run_id", "stream", "path", "pid", "host", "node", "started_ns", "ended_ns",
+    "offset_bytes", "records", "torn_bytes",
+)
+
+
+def remember_files(con: duckdb.DuckDBPyConnection, files: Sequence[Sequence[Any]]) -> None:
+    """Record how far each file was loaded (one row of ``SPOOL_FILE_COLUMNS`` values per file),
+    so the next ingest adds only what is new."""
+    if not files:
+        return
+    now = time.time_ns()
+    row = "(" + ", ".join("?" * (len(SPOOL_FILE_COLUMNS) + 1)) + ")"
+    params = [value for values in files for value in (*values, now)]
+    con.execute(f"INSERT OR REPLACE INTO spool_files VALUES {', '.join([row] * len(files))}", params)
+
+
+def known_file_ids(con: duckdb.DuckDBPyConnection, file_ids: Sequence[str]) -> set[str]:
+    """Which of these files were loaded before."""
+    if not file_ids:
+        return set()
+    return {r[0] for r in con.execute(
+        "SELECT file_id FROM spool_files WHERE file_id IN (SELECT unnest($ids))", {"ids": list(file_ids)}
+    ).fetchall()}
+
+
+def file_progress(con: duckdb.DuckDBPyConnection, file_id: str) -> tuple[int, int, int | None] | None:
+    """(bytes loaded, records seen, end time) of a file loaded before, or None."""
+    row = one(con, "SELECT offset_bytes, records, ended_ns FROM spool_files WHERE file_id = ?", [file_id])
+    return (int(row[0]), int(row[1]), row[2]) if row else None
+
+
+# ---------------------------------------------------------------------------------------------
+# runs and spans as ingest sees them
+
+
+def run_processes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[tuple[str | None, int, int | None, int | None, bool]]:
+    """(host, pid, first start, last end, every file closed cleanly) of each process of a run's spool."""
+    return [tuple(r) for r in con.execute(  # type: ignore[misc]
+        "SELECT host, pid, min(started_ns), max(ended_ns), bool_and(ended_ns IS NOT NULL) "
+        "FROM spool_files WHERE run_id = ? AND pid IS NOT NULL GROUP BY host, pid", [run_id]
+    ).fetchall()]
+
+
+def span_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int | None, int | None, int]:
+    """(first span start, last span end, root spans in error) of a run."""
+    row = one(con,
+        "SELECT min(start_ns), max(end_ns), count(*) FILTER (WHERE parent_id IS NULL AND status = 'error') "
+        "FROM spans WHERE run_id = ?", [run_id]
+    )
+    return (row[0], row[1], int(row[2] or 0)) if row else (None, None, 0)
+
+
+def run_header(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str, dict[str, Any]] | None:
+    """(kind, name, attributes) of a stored run, or None."""
+    row = one(con, "SELECT kind, name, attributes FROM runs WHERE run_id = ?", [run_id])
+    return (row[0], row[1], json.loads(row[2] or "{}")) if row else None
+
+
+def upsert_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, kind: str, name: str, started_ns: int | None,
+    ended_ns: int | None, status: str, attributes: dict[str, Any],
+) -> None:
+    """Write (or replace) a run's row."""
+    con.execute(
+        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [run_id, kind, name, started_ns, ended_ns, status, json.dumps(attributes, default=str)],
+    )
+
+
+def known_span_ids(con: duckdb.DuckDBPyConnection, run_id: str, span_ids: Sequence[str]) -> set[str]:
+    """Which of these span ids the run already holds."""
+    rows = con.execute(
+        "SELECT span_id FROM spans WHERE run_id = ? AND list_contains(?, span_id)", [run_id, list(span_ids)]
+    ).fetchall()
+    return {r[0] for r in rows}
