@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tracekit.conventions import STREAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_OPS = ROOT / "tests" / "data" / "torch_ops" / "all_ops.py"
@@ -175,6 +179,15 @@ def test_ddp_bucket_hook_records_without_changing_gradients(tmp_path: Path, hook
     steps = _sql(tmp_path / "cap", "SELECT rank, step, nonfinite, grad_norm FROM steps ORDER BY rank, step")
     assert [(s["rank"], s["step"], s["nonfinite"]) for s in steps] == [
         (rank, step, rank == 1 and step == 4) for rank in (0, 1) for step in range(5)]
+    # Every record either writer put in the spool files (the native one: C++, formatted in the layout the
+    # build generated from conventions.STREAMS) has exactly the stream's fields, in the schema's order
+    records = _spool_records(tmp_path / "cap")
+    for stream in ("collectives", "steps", "heartbeats"):
+        fields = list(STREAMS[stream].field_names())
+        written = records[stream]
+        assert {r["rank"] for r in written} == {0, 1}, stream
+        wrong = [list(r) for r in written if set(r) != set(fields) or (hook == "native" and list(r) != fields)]
+        assert not wrong, (stream, fields, wrong[:3])
     for s in steps:  # the recorded norm is the rank's local one, summed over its buckets before reduction
         if s["step"] < 4:
             assert s["grad_norm"] == pytest.approx(captured[s["rank"]]["norms"][s["step"]], rel=1e-5)
@@ -206,6 +219,15 @@ on_disk = {s: getattr(cap, s).path.read_text().count("\\n") - 1 for s in ("colle
 print(json.dumps({"writer": cap.writer, "on_disk": on_disk, "threads": sorted(t.name for t in threading.enumerate())}))
 dist.destroy_process_group()
 """
+
+
+def _spool_records(tmp_path: Path) -> dict[str, list[dict]]:
+    """Every record of every spool file under ``tmp_path``, by stream (headers and footers left out)."""
+    records: dict[str, list[dict]] = {}
+    for path in (tmp_path / "spool").rglob("*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        records.setdefault(lines[0]["stream"], []).extend(r for r in lines[1:] if "tracekit_end" not in r)
+    return records
 
 
 def _spool_files(tmp_path: Path) -> dict[str, list[dict]]:
@@ -344,6 +366,36 @@ def test_a_forked_worker_writes_its_own_spool_files_and_dies_of_sigterm_alone(tm
     assert [r["op"] for r in mine[1:-1]] == ["barrier"] and mine[-1]["records"] == 1
     parent = next(lines for pid, lines in by_pid.items() if pid != child)
     assert [r["op"] for r in parent[1:-1]] == ["all_reduce"] and parent[-1]["records"] == 1
+
+
+def test_native_layout_is_generated_from_the_stream_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native writer's record layouts come from conventions.STREAMS: a field added there is in the
+    generated header (so in the native output after the next build) and moves the build's cache key."""
+    from tracekit import conventions
+    from tracekit.capture import native
+
+    def layout(header: str, stream: str) -> tuple[list[str], list[str]]:
+        """The enum of a stream's fields and the JSON keys of its field table, as the header declares them."""
+        block = header.split(f"namespace {stream} {{")[1].split("}  // namespace")[0]
+        enum = re.search(r"enum : int \{ (.*), kCount \};", block).group(1).split(", ")
+        return enum, re.findall(r'\{"\\"(\w+)\\":", Type::k\w+\}', block)
+
+    for stream in native.LAYOUT_STREAMS:
+        fields = list(STREAMS[stream].field_names())
+        assert layout(native.layout_header(), stream) == (fields, fields)
+    before = native.build_dir()
+    steps = STREAMS["steps"]
+    grown = dataclasses.replace(steps, fields=(*steps.fields, ("lr", "float64")))
+    monkeypatch.setattr(conventions, "STREAMS", {**STREAMS, "steps": grown})
+    assert layout(native.layout_header(), "steps")[1][-1] == "lr"
+    assert '{"\\"lr\\":", Type::kFloat}' in native.layout_header()
+    assert native.build_dir() != before
+    monkeypatch.setattr(conventions, "STREAMS", {**STREAMS, "probes": dataclasses.replace(
+        STREAMS["probes"], fields=(("a b", "int64"),))})
+    assert native.build_dir() == before  # a stream the C++ does not write is no part of the key
+    bad = dataclasses.replace(steps, fields=(("class", "int64"),))
+    with pytest.raises(ValueError, match="'class'"):
+        native.layout_header({**STREAMS, "steps": bad})
 
 
 def test_native_hook_is_built_and_loads(tmp_path: Path) -> None:

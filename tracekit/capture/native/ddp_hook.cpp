@@ -16,12 +16,17 @@
 // ``close_step`` keeps each training step's record: plain CPython fast calls, a few hundred ns each.
 // The writer thread (``start_writer``) formats the records as JSON lines of tracekit's spool streams
 // and appends them to the files Python opened, beats, and samples scheduling lag; no Python thread
-// wakes up while training runs. Without it, Python drains the records at each spool flush. At exit and
+// wakes up while training runs. The lines' keys, their order and their JSON types come from
+// ``tracekit_layout.h``, which the build generates from tracekit.conventions.STREAMS (the one stream
+// schema): this file only fills a row's cells by field (``layout::steps::loss``); a field it leaves
+// unset is written as null. Without it, Python drains the records at each spool flush. At exit and
 // on SIGTERM (then in-flight calls too, marked interrupted) everything pending is written.
 #include <torch/extension.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+
+#include "tracekit_layout.h"  // generated at build time: tracekit/capture/native/__init__.py
 
 #include <pthread.h>
 #include <unistd.h>
@@ -144,39 +149,133 @@ void json_string(std::string& out, const std::string& value) {
   out += '"';
 }
 
-// One line of the ``collectives`` stream (the fields tracekit's Python wrappers write for a call).
-void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"world_size\":%" PRId64 ",\"process_group\":", rank, world);
-  out += buf;
-  json_string(out, r.group);
-  std::snprintf(buf, sizeof buf, ",\"seq\":%" PRId64 ",\"op\":", r.seq);
-  out += buf;
-  json_string(out, r.op);
-  std::snprintf(buf, sizeof buf, ",\"enter_ns\":%" PRId64 ",\"step\":%" PRId64 ",\"bytes\":%" PRId64 ",\"dtype\":",
-                r.enter_ns, r.step, r.bytes);
-  out += buf;
-  if (r.dtype) {
-    json_string(out, *r.dtype);
-  } else {
-    out += "null";
+// One cell of a record: a value, or null when unset.
+struct Cell {
+  enum Kind : uint8_t { kNull, kInt, kFloat, kBool, kText } kind = kNull;
+  int64_t i = 0;
+  double f = 0.0;
+  bool b = false;
+  const std::string* text = nullptr;  // borrowed: the row is formatted before its source goes away
+};
+
+// One record of stream namespace `S` (layout::collectives, ...): cells by field, formatted as one JSON
+// line with the keys, order and types of the generated layout.
+template <int N>
+struct Row {
+  Cell cells[N];
+  void set(int field, int64_t value) {
+    cells[field].kind = Cell::kInt;
+    cells[field].i = value;
   }
-  if (r.peer >= 0) {
-    std::snprintf(buf, sizeof buf, ",\"peer\":%" PRId64, r.peer);
-    out += buf;
-  } else {
-    out += ",\"peer\":null";
+  void set(int field, std::optional<int64_t> value) {
+    if (value) {
+      set(field, *value);
+    }
   }
-  out += r.async_op ? ",\"async_op\":true,\"source\":" : ",\"async_op\":false,\"source\":";
-  json_string(out, r.source);
-  std::snprintf(buf, sizeof buf, ",\"nonfinite\":%s,\"exit_ns\":%" PRId64 ",\"ok\":%s",
-                r.nonfinite ? (*r.nonfinite ? "true" : "false") : "null", r.exit_ns, r.ok ? "true" : "false");
-  out += buf;
-  if (!r.error.empty()) {
-    out += ",\"error\":";
-    json_string(out, r.error);
+  void set(int field, std::optional<double> value) {
+    if (value) {
+      cells[field].kind = Cell::kFloat;
+      cells[field].f = *value;
+    }
+  }
+  void set(int field, bool value) {
+    cells[field].kind = Cell::kBool;
+    cells[field].b = value;
+  }
+  void set(int field, std::optional<bool> value) {
+    if (value) {
+      set(field, *value);
+    }
+  }
+  void set(int field, const std::string& value) {
+    cells[field].kind = Cell::kText;
+    cells[field].text = &value;
+  }
+};
+
+// A cell as the JSON type its field declares (an integer field holding a float is truncated, a
+// non-finite float is null, a text field holding no text is null).
+void json_cell(std::string& out, const Cell& c, layout::Type type) {
+  char buf[32];
+  switch (type) {
+    case layout::Type::kInt:
+      if (c.kind == Cell::kInt || c.kind == Cell::kBool) {
+        std::snprintf(buf, sizeof buf, "%" PRId64, c.kind == Cell::kInt ? c.i : static_cast<int64_t>(c.b));
+        out += buf;
+        return;
+      }
+      if (c.kind == Cell::kFloat && std::isfinite(c.f)) {
+        std::snprintf(buf, sizeof buf, "%" PRId64, static_cast<int64_t>(c.f));
+        out += buf;
+        return;
+      }
+      break;
+    case layout::Type::kFloat:
+      if (c.kind == Cell::kFloat || c.kind == Cell::kInt) {
+        const double v = c.kind == Cell::kFloat ? c.f : static_cast<double>(c.i);
+        if (std::isfinite(v)) {
+          std::snprintf(buf, sizeof buf, "%.17g", v);
+          out += buf;
+          return;
+        }
+      }
+      break;
+    case layout::Type::kBool:
+      if (c.kind == Cell::kBool || c.kind == Cell::kInt) {
+        out += (c.kind == Cell::kBool ? c.b : c.i != 0) ? "true" : "false";
+        return;
+      }
+      break;
+    case layout::Type::kString:
+      if (c.kind == Cell::kText) {
+        json_string(out, *c.text);
+        return;
+      }
+      break;
+  }
+  out += "null";
+}
+
+template <int N>
+void json_row(std::string& out, const layout::Field (&fields)[N], const Row<N>& row) {
+  out += '{';
+  for (int k = 0; k < N; ++k) {
+    if (k > 0) {
+      out += ',';
+    }
+    out += fields[k].key;
+    json_cell(out, row.cells[k], fields[k].type);
   }
   out += "}\n";
+}
+
+// One line of the ``collectives`` stream (the fields tracekit's Python wrappers write for a call).
+void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
+  namespace F = layout::collectives;
+  Row<F::kCount> row;
+  row.set(F::rank, rank);
+  row.set(F::world_size, world);
+  row.set(F::process_group, r.group);
+  row.set(F::seq, r.seq);
+  row.set(F::op, r.op);
+  row.set(F::bytes, r.bytes);
+  if (r.dtype) {
+    row.set(F::dtype, *r.dtype);
+  }
+  row.set(F::enter_ns, r.enter_ns);
+  row.set(F::exit_ns, r.exit_ns);
+  row.set(F::step, r.step);
+  row.set(F::ok, r.ok);
+  if (r.peer >= 0) {
+    row.set(F::peer, r.peer);
+  }
+  row.set(F::async_op, r.async_op);
+  row.set(F::source, r.source);
+  row.set(F::nonfinite, r.nonfinite);
+  if (!r.error.empty()) {
+    row.set(F::error, r.error);
+  }
+  json_row(out, F::kFields, row);
 }
 
 // True when `buffer` is the usual DDP bucket: contiguous float32 on the CPU.
@@ -357,26 +456,6 @@ std::string format_records(const std::vector<Record>& records) {
   return text;
 }
 
-void json_number(std::string& out, std::optional<double> value) {
-  if (!value || !std::isfinite(*value)) {
-    out += "null";
-    return;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.17g", *value);
-  out += buf;
-}
-
-void json_optional(std::string& out, std::optional<int64_t> value) {
-  if (!value) {
-    out += "null";
-    return;
-  }
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "%" PRId64, *value);
-  out += buf;
-}
-
 // The step records close_step took, as JSON lines of the ``steps`` stream; how many.
 std::string take_steps(int64_t& count) {
   std::vector<StepRow> rows;
@@ -388,16 +467,17 @@ std::string take_steps(int64_t& count) {
   count = static_cast<int64_t>(rows.size());
   std::string text;
   const int64_t rank = state().rank.load();
-  char buf[160];
-  for (const StepRow& row : rows) {
-    std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"step\":%" PRId64 ",\"start_ns\":%" PRId64
-                  ",\"end_ns\":%" PRId64 ",\"loss\":", rank, row.step, row.start_ns, row.end_ns);
-    text += buf;
-    json_number(text, row.loss);
-    text += ",\"grad_norm\":";
-    json_number(text, row.grad_norm);
-    text += row.nonfinite ? (*row.nonfinite ? ",\"nonfinite\":true}\n" : ",\"nonfinite\":false}\n")
-                          : ",\"nonfinite\":null}\n";
+  namespace F = layout::steps;
+  for (const StepRow& r : rows) {
+    Row<F::kCount> row;
+    row.set(F::rank, rank);
+    row.set(F::step, r.step);
+    row.set(F::start_ns, r.start_ns);
+    row.set(F::end_ns, r.end_ns);
+    row.set(F::loss, r.loss);
+    row.set(F::grad_norm, r.grad_norm);
+    row.set(F::nonfinite, r.nonfinite);
+    json_row(text, F::kFields, row);
   }
   return text;
 }
@@ -707,25 +787,24 @@ void beat_locked(Writer& w, const char* what) {
       since = r.enter_ns;
     }
   }
-  char buf[200];
-  std::snprintf(buf, sizeof buf, "{\"rank\":%" PRId64 ",\"ts_ns\":%" PRId64 ",\"step\":%" PRId64 ",\"last_seq\":%" PRId64
-                ",\"inflight_op\":", s.rank.load(), now_ns(), step, last);
-  w.beats += buf;
+  namespace F = layout::heartbeats;
+  const std::string state_name(what);
+  Row<F::kCount> row;
+  row.set(F::rank, s.rank.load());
+  row.set(F::ts_ns, now_ns());
+  row.set(F::step, step);
+  row.set(F::last_seq, last);
   if (inflight) {
-    json_string(w.beats, op);
-  } else {
-    w.beats += "null";
+    row.set(F::inflight_op, op);
+    row.set(F::inflight_seq, seq);
+    row.set(F::inflight_since_ns, since);
   }
-  w.beats += ",\"inflight_seq\":";
-  json_optional(w.beats, inflight ? std::optional<int64_t>(seq) : std::nullopt);
-  w.beats += ",\"inflight_since_ns\":";
-  json_optional(w.beats, inflight ? std::optional<int64_t>(since) : std::nullopt);
-  w.beats += ",\"state\":";
-  json_string(w.beats, what);
-  std::snprintf(buf, sizeof buf, ",\"sched_lag_ns\":%" PRId64 ",\"lag_step\":", w.worst_late_ns);
-  w.beats += buf;
-  json_optional(w.beats, w.worst_step >= 0 ? std::optional<int64_t>(w.worst_step) : std::nullopt);
-  w.beats += "}\n";
+  row.set(F::state, state_name);
+  row.set(F::sched_lag_ns, w.worst_late_ns);
+  if (w.worst_step >= 0) {
+    row.set(F::lag_step, w.worst_step);
+  }
+  json_row(w.beats, F::kFields, row);
   w.beats_count += 1;
   w.worst_late_ns = 0;
   w.worst_step = -1;

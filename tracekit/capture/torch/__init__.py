@@ -13,7 +13,7 @@ op, bytes, dtype, enter/exit ns, step, ok) -- not one OpenTelemetry span per cal
   pass: its norm (summed into the rank's gradient norm) and whether it holds a NaN or inf. The hook is
   native (``tracekit.capture.native``: no GIL per bucket) when its prebuilt library loads, else Python's.
   The native module also keeps the wrapped calls' and the steps' records, and its writer thread appends
-  them to the spool files;
+  them to the spool files, in the record layouts the build generates from ``tracekit.conventions.STREAMS``;
 * ``steps``: the optimizer's step (global post hook) closes a training step (stream ``steps``: start,
   end, loss of the last ``backward()``, gradient norm, local non-finite flag), unless the script calls
   ``tracekit.torch.step(...)`` itself;
