@@ -98,7 +98,7 @@ def _write_shared_manifest(run: Any) -> None:
             time.sleep(0.2)
         try:
             write_run_manifest(run.run_dir, run.manifest(ended_ns=time.time_ns()))
-            from tracekit.store.ingest import ingest_paths
+            from tracekit.ingest import ingest_paths
 
             report = ingest_paths([run.run_dir], db=run.db)
             print(f"tracekit: run {run.name!r} ({run.run_id[:12]}) -> {run.db}: {report.records} records",
