@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
+from tracekit.cli.root import app
 from tracekit.errors import TracekitError
 
-app = typer.Typer(
-    name="tracekit",
-    help="Trace distributed training jobs and multi-agent workflows; find the node that caused a failure.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
 # Each module registers its commands on `app` when imported.
-from tracekit.cli import core  # noqa: E402,F401
+from tracekit.cli import core  # noqa: F401
 
 for _optional in ("training", "agents", "campaign", "dashboard", "serve", "analyze"):
     try:
@@ -38,6 +27,14 @@ def main() -> None:
         app()
     except TracekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # a command of an optional extra that is not installed
+        from tracekit.cli.extras import for_missing_module
+
+        missing = for_missing_module(exc)
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:  # an output path that cannot be written, a file that vanished
         where = f": {exc.filename}" if exc.filename else ""

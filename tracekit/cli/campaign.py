@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tracekit.cli import app
+from tracekit.cli.root import app
 from tracekit.cli.output import DB_OPTION, FORMAT_OPTION, Format, emit, emit_object, fmt_ns
 
 campaign_app = typer.Typer(help="Causal fault-injection campaigns: run, report, list.", no_args_is_help=True)
@@ -79,7 +79,7 @@ def list_(
 
     with connect(db, read_only=True) as con:
         records = list_campaigns(con, limit)
-    view = [{**r, "campaign_id": r["campaign_id"][:12], "start": fmt_ns(r["started_ns"])} for r in records]
+    view = [{**r, "start": fmt_ns(r["started_ns"])} for r in records]
     emit(records, fmt, title="campaigns", table_view=view if fmt is Format.table else None,
          columns=["campaign_id", "name", "strategy", "budget", "executor", "runs", "status", "start"]
          if fmt is Format.table else None)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tracekit.cli import app
+from tracekit.cli.root import app
 from tracekit.cli.output import DB_OPTION, FORMAT_OPTION, Format, emit, emit_object, fmt_ns
 
 
@@ -26,7 +26,7 @@ def runs(
 
     with connect(db, read_only=True) as con:
         records = list_runs(con, kind=kind, limit=limit)
-    view = [{**r, "run_id": r["run_id"][:12], "start": fmt_ns(r["started_ns"]),
+    view = [{**r, "start": fmt_ns(r["started_ns"]),
              "duration": f"{r['duration_ms'] / 1000:.2f}s" if r["duration_ms"] is not None else ""} for r in records]
     emit(records, fmt, title="runs", table_view=view if fmt is Format.table else None,
          columns=["run_id", "name", "kind", "start", "duration", "spans", "errors", "status", "findings", "top_finding"]

@@ -43,6 +43,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+SHORT_ID = 12  # hex characters of an id in a table, as git abbreviates hashes (json and csv keep the full id)
+_HEX = frozenset("0123456789abcdef")
+
+
+def short_id(column: str, value: Any) -> Any:
+    """The first 12 characters of a long hex id in an ``*_id`` column; any other value unchanged."""
+    if (column.endswith("_id") and isinstance(value, str) and len(value) > SHORT_ID
+            and _HEX.issuperset(value)):
+        return value[:SHORT_ID]
+    return value
+
+
 def fmt_ns(ns: int | None) -> str:
     if ns is None:
         return ""
@@ -53,7 +65,10 @@ def emit(
     records: Sequence[dict[str, Any]], fmt: Format, *, columns: Sequence[str] | None = None,
     title: str | None = None, table_view: Sequence[dict[str, Any]] | None = None,
 ) -> None:
-    """Print records as a rich table, one JSON array, or CSV with a header row."""
+    """Print records as a rich table, one JSON array, or CSV with a header row.
+
+    Tables show ids (``*_id`` columns) by their first 12 characters, which every command taking a run
+    id accepts as a prefix; json and csv print them whole."""
     cols = list(columns or (records[0].keys() if records else []))
     if fmt is Format.json:
         out = [{k: _jsonable(v) for k, v in r.items()} for r in records]
@@ -74,7 +89,7 @@ def emit(
     for c in cols:
         table.add_column(Text(str(c)), overflow="fold")
     for r in view:
-        table.add_row(*[Text(_cell(r.get(c))) for c in cols])  # data is text, never rich markup
+        table.add_row(*[Text(_cell(short_id(c, r.get(c)))) for c in cols])  # data is text, never rich markup
     console = Console()
     console.print(table)
     if not records:
