@@ -203,3 +203,64 @@ def test_dashboard_command_help_and_missing_store(tmp_path) -> None:
     missing = cli(tmp_path, "dashboard", "--db", str(tmp_path / "nope.duckdb"), "--port", "0")
     assert_one_line_error(missing)
     assert "no tracekit store" in missing.err
+
+
+def _streamlit_servers(port: int) -> list[int]:
+    """Pids of live processes running Streamlit on `port` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
+        except OSError:
+            continue
+        if b"streamlit" in b" ".join(argv) and str(port).encode() in argv and "zombie" not in state:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_killing_the_dashboard_command_stops_its_server_and_frees_the_port(tmp_path, signum) -> None:
+    """Guards the orphan seen before: `kill <pid of tracekit dashboard>` left the Streamlit child serving
+    (a deleted store) on the port, and the next `tracekit dashboard` talked to it."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from tracekit.store.db import connect
+
+    connect(tmp_path / "store.duckdb").close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tracekit", "dashboard", "--port", str(port)], cwd=tmp_path,
+                            env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not come up"
+                time.sleep(0.3)
+        assert _streamlit_servers(port)
+        os.kill(proc.pid, getattr(signal, signum))  # what a user's `kill <pid>` or Ctrl-C does
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.2)
+    assert _streamlit_servers(port) == []
+    with socket.socket() as s:  # the port is free again for the next server (which, as Streamlit does,
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # may reuse it past TIME_WAIT)
+        s.bind(("127.0.0.1", port))
+        s.listen()
