@@ -23,7 +23,7 @@ class RecordResult:
     run_id: str
     exit_code: int
     run_dir: Path
-    records: int
+    records: int | None  # None: the ingest failed (the spool at run_dir is kept for a later `tracekit ingest`)
 
 
 def guess_kind(command: list[str]) -> str:
@@ -91,15 +91,25 @@ def record_command(
         exit_code = 128 - exit_code
     manifest.update(ended_ns=time.time_ns(), exit_code=exit_code)
     write_run_manifest(run_dir, manifest)
+    records = _ingest(run_dir, store, f"run {name!r} ({run_id})", exit_code)
+    return RecordResult(run_id, exit_code, run_dir, records)
+
+
+def _ingest(run_dir: Path, store: Path, what: str, exit_code: int) -> int | None:
+    """Ingest the finished run (waiting for another writer's lock, as every writer does); never raises:
+    the command's exit code stands whatever happens here. Returns the records loaded (None: not ingested)."""
     from tracekit.ingest import ingest_paths
 
-    report = ingest_paths([run_dir], store)
-    print(
-        f"tracekit: run {name!r} ({run_id}) exit code {exit_code}: {report.records} records -> {store}",
-        file=sys.stderr,
-    )
+    try:
+        report = ingest_paths([run_dir], store)
+    except (Exception, KeyboardInterrupt) as exc:  # a failed ingest must not become the command's failure
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"tracekit: warning: {what} exit code {exit_code} was not ingested ({reason}); its spool is "
+              f"kept, ingest it later with: tracekit ingest {run_dir} --db {store}", file=sys.stderr)
+        return None
+    print(f"tracekit: {what} exit code {exit_code}: {report.records} records -> {store}", file=sys.stderr)
     for source, nbytes in report.torn:
         print(f"tracekit: torn last record skipped in {source} ({nbytes} bytes)", file=sys.stderr)
     for source, error in report.rejected:
         print(f"tracekit: rejected {source}: {error}", file=sys.stderr)
-    return RecordResult(run_id, exit_code, run_dir, report.records)
+    return report.records
