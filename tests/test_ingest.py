@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_helpers import assert_one_line_error, cli, cli_here, counts, query
+from foundation_helpers import assert_one_line_error, clean_env, cli, cli_here, counts, query
 from tracekit.capture.spool import Spool
 from tracekit.ingest import ingest_paths
 
@@ -289,14 +289,49 @@ def test_locked_store_gives_one_clear_line(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
+        no_wait = clean_env(tmp_path, TRACEKIT_LOCK_TIMEOUT="0")
         for args in (["ingest", str(spool.run_dir)], ["runs"]):
-            done = cli(tmp_path, *args)
+            done = cli(tmp_path, *args, env=no_wait)
             assert_one_line_error(done)
             assert "locked by another process" in done.err, done.err
+        # a writer waits for the lock (bounded), says once whom it waits for, then fails clearly
+        done = cli(tmp_path, "ingest", str(spool.run_dir), env=clean_env(tmp_path, TRACEKIT_LOCK_TIMEOUT="1"))
+        assert done.code == 2 and "Traceback" not in done.err, done.err
+        waiting, error = [ln for ln in done.err.splitlines() if ln.strip()]
+        assert waiting.startswith(f"tracekit: waiting for the store lock held by process {holder.pid}"), waiting
+        assert error.startswith("error: ") and "waited 1 s" in error and "locked by another process" in error
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+def test_a_writer_waits_for_another_writers_lock_and_then_loads(tmp_path):
+    """Guards the failure of two writers finishing together: the second used to fail at once with "locked"."""
+    spool = new_spool(tmp_path / "spool")
+    write_spans(spool, 0, 5)
+    spool.close()
+    db = tmp_path / "store.duckdb"
+    holder = subprocess.Popen(  # a real writer (the store's own connect) holding the lock for 2 s
+        [sys.executable, "-c",
+         "import sys, time; from tracekit.store.db import connect; con = connect(sys.argv[1]); "
+         "print('ready', flush=True); time.sleep(2); con.close(); print('released', flush=True)",
+         str(db)],
+        stdout=subprocess.PIPE, text=True, env=clean_env(tmp_path),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        done = cli(tmp_path, "ingest", str(spool.run_dir), "--format", "json")
+        assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["records"] == 5
+    assert f"waiting for the store lock held by process {holder.pid}" in done.err
+    assert len([ln for ln in done.err.splitlines() if "waiting for the store lock" in ln]) == 1
+    assert query(db, "SELECT count(*) FROM spans") == [(5,)]
 
 
 def test_a_record_longer_than_a_parse_block_still_loads_whole():

@@ -20,6 +20,7 @@
 | TRACEKIT_JUDGE_MODEL        | (unset)                | the judge's model name (required with the URL)             |
 | TRACEKIT_JUDGE_API_KEY      | (unset)                | the judge's API key, if the endpoint needs one             |
 | TRACEKIT_JUDGE_TIMEOUT      | 30                     | seconds to wait for one judge reply                        |
+| TRACEKIT_LOCK_TIMEOUT       | 30                     | seconds a writer waits for another writer's store lock     |
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def lock_timeout_s() -> int:
+    """Seconds a store writer waits for another process's lock (TRACEKIT_LOCK_TIMEOUT, default 30; 0: fail at once)."""
+    return env_int("TRACEKIT_LOCK_TIMEOUT", 30)
 
 
 def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
