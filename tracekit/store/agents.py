@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from tracekit.store.load import load_table
+from tracekit.store.load import load_records, upsert_run
 from tracekit.store.queries import rows
+from tracekit.store.sql import transaction
 from tracekit.store.streams import LINKS, SPANS
 
 _RUN_TABLES = ("spans", "events", "links", "findings")
@@ -22,23 +22,15 @@ def replace_run(
     """Write one imported run (its row, spans and links) in one transaction, replacing any earlier
     import of the same run id, so importing twice leaves the same rows. Returns the spans written."""
     run_id = run["run_id"]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table in _RUN_TABLES:
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])  # table names are constants
-        con.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [run_id, run.get("kind", "agents"), run.get("name"), run.get("started_ns"), run.get("ended_ns"),
-             run.get("status", "error"), json.dumps(run.get("attributes") or {}, default=str)],
-        )
-        n = load_table(con, SPANS, pa.Table.from_pylist(spans, schema=SPANS.schema), run_id=run_id,
-                       default_node="unknown")
+        upsert_run(con, run_id, kind=run.get("kind", "agents"), name=run.get("name"),
+                   started_ns=run.get("started_ns"), ended_ns=run.get("ended_ns"),
+                   status=run.get("status", "error"), attributes=run.get("attributes") or {})
+        n = load_records(con, SPANS, spans, run_id=run_id, default_node="unknown")
         if links:
-            load_table(con, LINKS, pa.Table.from_pylist(list(links), schema=LINKS.schema), run_id=run_id)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+            load_records(con, LINKS, list(links), run_id=run_id)
     return n
 
 
@@ -91,13 +83,7 @@ def has_agent_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
 def replace_derived_links(con: duckdb.DuckDBPyConnection, run_id: str, links: list[dict[str, Any]]) -> int:
     """Replace the run's links derived from span attributes (so ingesting again adds nothing)."""
     records = [{**link, "attributes": json.dumps({"derived_by": DERIVED_BY})} for link in links]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM links WHERE run_id = ? AND json_extract_string(attributes, '$.derived_by') = ?",
                     [run_id, DERIVED_BY])
-        n = load_table(con, LINKS, pa.Table.from_pylist(records, schema=LINKS.schema), run_id=run_id)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    return n
+        return load_records(con, LINKS, records, run_id=run_id)

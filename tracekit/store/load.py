@@ -234,7 +234,7 @@ def run_header(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str, d
 
 
 def upsert_run(
-    con: duckdb.DuckDBPyConnection, run_id: str, *, kind: str, name: str, started_ns: int | None,
+    con: duckdb.DuckDBPyConnection, run_id: str, *, kind: str, name: str | None, started_ns: int | None,
     ended_ns: int | None, status: str, attributes: dict[str, Any],
 ) -> None:
     """Write (or replace) a run's row."""
