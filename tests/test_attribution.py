@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -208,7 +209,8 @@ def _verdict(step: int, erroneous: bool) -> str:
 
 
 def test_the_judge_sees_only_graph_context_and_its_verdict_moves_the_ranking(fake_judge):
-    g = _judged_graph()
+    g = _chain(Step("a", "Search", 0, "searched the archive"), Step("b", "Writer", 1, "wrote the summary"),
+               Step("c", "Checker", 2, "", status="error", errors=("check failed",)))  # nothing points anywhere
     offline = attribute(g)
     loser = next(c for c in offline if c.step != offline[0].step)
     fake_judge.script = [(200, "Sure: " + _verdict(loser.step, True)[:-2] + ", {\"step\": %d, \"erroneous\": false, "
@@ -222,6 +224,7 @@ def test_the_judge_sees_only_graph_context_and_its_verdict_moves_the_ranking(fak
     assert {c["step"] for c in shown["candidates"]} <= {0, 1, 2}
     assert judged[0].step == loser.step
     assert any(e.startswith("judge: erroneous (0.90)") for e in judged[0].evidence)
+    assert judged[0].score == pytest.approx(loser.score * math.exp(0.9), abs=1e-3)
 
 
 def test_a_malformed_answer_is_asked_again_then_ignored(fake_judge):

@@ -50,8 +50,12 @@ FEATURES = (
     "dependents",         # how many later steps used its output (log-scaled, relative to the run's busiest)
     "corrected",          # its error was corrected later (a retry with the same input succeeded)
     "dropped",            # its output reached no later step while a later step reports it missing
-    "backtrace_root",     # the back-trace from the failure ends here
-    "backtrace_symptom",  # an erroneous step the back-trace explains by an earlier one
+    "backtrace_root",     # the back-trace from the failure over recorded edges ends here
+    "backtrace_symptom",  # an erroneous step explained by an earlier one along recorded edges
+    "off_path",           # recorded edges show its output never reaches the failure
+    "inferred_root",      # the same three over edges inferred from content reuse (weaker, fitted apart)
+    "inferred_symptom",
+    "inferred_off_path",
 )
 
 _EXCEPTION = re.compile(
@@ -241,7 +245,7 @@ def run_features(g: nx.DiGraph, *, ground_truth: str | None = None, question: st
         d = nodes[n]
         text = d["content"][:SCAN_CHARS]
         signals = d.get("signals", {})
-        if d["status"] == "error" or d.get("errors"):
+        if (d["status"] == "error" or d.get("errors")) and i != fail:  # the failure's own status is the observation
             mark(i, "error_status", 1.0, "exception: " + str((d.get("errors") or ["error status"])[0])[:160])
         exit_code = signals.get("exit_code")
         if isinstance(exit_code, int) and exit_code != 0:
@@ -280,7 +284,8 @@ def run_features(g: nx.DiGraph, *, ground_truth: str | None = None, question: st
         if isinstance(exit_code, int) and exit_code != 0 and (src := source_of(i, skip_tools=True)) is not None:
             mark(src, "authored_failed_exec", 1.0, f"the execution of its output failed at step {d['step']} "
                  f"(exit code {exit_code})")
-        verdict = _negative_judgment(d) if roles[i] != "task" else None
+        # the failure's own verdict is the observation, not evidence against the step it judged
+        verdict = _negative_judgment(d) if roles[i] != "task" and i != fail else None
         if verdict is not None and (src := source_of(i)) is not None:
             mark(src, "judged_negative", 1.0, f"later judged by step {d['step']} ({d['agent']}): {verdict}")
         elif signals.get("judgment") == "progress" and (src := source_of(i)) is not None:
@@ -298,7 +303,8 @@ def run_features(g: nx.DiGraph, *, ground_truth: str | None = None, question: st
 
     # the failing answer's content: the step that first stated it introduced it
     for i, (share, toks) in _answer_origins(g, order, fail, given).items():
-        if roles[i] != "task" and share >= 0.2:
+        # the step that states the answer introduces it only when no earlier step did: that says nothing new
+        if roles[i] != "task" and share >= 0.2 and i != fail and not rows[i].get("final_answer"):
             mark(i, "answer_origin", min(1.0, share * 2), "first stated what the failing answer repeats: "
                  + ", ".join(toks[:6]))
 
@@ -321,13 +327,16 @@ def run_features(g: nx.DiGraph, *, ground_truth: str | None = None, question: st
                                                             "answer_origin", "dropped", "accepts")))
                 and not rows[i].get("corrected") and roles[i] != "task" for i in range(count)]
     root, explained_by, path = _backtrace(g, order, pos, fail, evidence, missing)
+    how, prefix = ("inferred content-reuse edges", "inferred_") if inferred else ("recorded dependency edges", "")
     if root is not None:
-        how = "inferred content-reuse edges" if inferred else "recorded dependency edges"
-        mark(root, "backtrace_root", 1.0, f"back-trace from the failure at step {nodes[order[fail]]['step']} "
-             f"over {how} ends here")
+        mark(root, prefix + ("root" if inferred else "backtrace_root"), 1.0, f"back-trace from the failure at step "
+             f"{nodes[order[fail]]['step']} over {how} ends here")
     for i, src in explained_by.items():
-        mark(i, "backtrace_symptom", 1.0, f"a symptom: its input came from the erroneous step "
-             f"{nodes[order[src]]['step']}")
+        mark(i, prefix + ("symptom" if inferred else "backtrace_symptom"), 1.0, f"a symptom: its input came from "
+             f"the erroneous step {nodes[order[src]]['step']} ({how})")
+    for i in candidates:
+        if i not in path:
+            mark(i, prefix + "off_path", 1.0, f"its output does not reach the failure ({how})")
     return RunFeatures(order, candidates, rows, reasons, fail, root, explained_by, path, inferred, roles)
 
 

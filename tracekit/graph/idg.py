@@ -129,7 +129,8 @@ def infer_edges(steps: Sequence[Step]) -> list[tuple[str, str, str, float]]:
 
     A token that a step shares with earlier steps is credited to the latest earlier step holding it,
     weighted by its rarity in the run (inverse document frequency); a pair's confidence is
-    ``1 - exp(-weight / 4)``. Tokens in more than a quarter of the steps carry no weight.
+    ``1 - exp(-weight / 4)``. Words in more than a quarter of the steps carry no weight; figures, URLs,
+    file names and quotes (which flow along chains of steps) in more than 60 % of them.
 
     >>> s = [Step("a", "A", 0, "the file report_2023.pdf is at https://x.org/r"),
     ...      Step("b", "B", 1, "nothing here"), Step("c", "C", 2, "reading report_2023.pdf")]
@@ -137,17 +138,18 @@ def infer_edges(steps: Sequence[Step]) -> list[tuple[str, str, str, float]]:
     [('a', 'c', 'reuses')]
     """
     agents = sorted({s.agent for s in steps})
-    toks = [_tokens(s.content + "\n" + s.input, agents) for s in steps]
+    toks = [_tokens("\n".join((s.content, s.input, *s.errors)), agents) for s in steps]
     n = max(len(steps), 1)
     df = Counter(t for ts in toks for t in ts)
-    limit = max(2, n // 4)
+    limit = max(2, n // 4)  # words in more than a quarter of the steps are too common to trace
+    specific = max(3, math.ceil(n * 0.6))  # a figure, URL, file or quote may flow along a chain of steps
     edges: list[tuple[str, str, str, float]] = []
     last: dict[str, int] = {}
     for j, ts in enumerate(toks):
         weight: Counter[int] = Counter()
         for t in ts:
             i = last.get(t)
-            if i is not None and df[t] <= limit:
+            if i is not None and df[t] <= (specific if t[0] in "ufnq" else limit):
                 w = math.log(n / df[t]) + (1.5 if t[0] in "ufnq" else 0.0)
                 weight[i] += w
             last[t] = j
