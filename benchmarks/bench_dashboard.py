@@ -124,7 +124,7 @@ def build_store(root: Path, n_spans: int) -> dict[str, str]:
     from dashboard_stores import whowhen_log
     from tracekit.analysis.attribution import attribute_run
     from tracekit.analysis.collectives import detect_run
-    from tracekit.importers.whowhen import import_whowhen
+    from tracekit.ingest.whowhen import import_whowhen
     from tracekit.store.db import connect
 
     db = root / "store.duckdb"

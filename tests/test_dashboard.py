@@ -23,7 +23,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     attribution analyses stored as a user would run them."""
     from tracekit.analysis.attribution import attribute_run
     from tracekit.analysis.collectives import detect_run
-    from tracekit.importers.whowhen import import_whowhen
+    from tracekit.ingest.whowhen import import_whowhen
     from tracekit.store.db import connect
 
     tmp = tmp_path_factory.mktemp("dash")

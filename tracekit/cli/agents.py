@@ -25,7 +25,7 @@ def import_whowhen_cmd(
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Import Who&When logs: one run (kind agents) per log, one step span per history entry; idempotent."""
-    from tracekit.importers.whowhen import import_whowhen
+    from tracekit.ingest.whowhen import import_whowhen
 
     report = import_whowhen(directory, db)
     if fmt is Format.table:

@@ -4,7 +4,8 @@ The benchmark (ICML 2025) labels each log with the responsible agent (``mistake_
 decisive step (``mistake_step``, a 0-based index into ``history``). The agent of an entry is its
 ``role`` in the Hand-Crafted (Magentic-One) logs — ``"Orchestrator (thought)"`` is agent
 ``Orchestrator`` — and its ``name`` in the Algorithm-Generated ones. The question, the ground truth
-and the labels are kept on the run's attributes. Importing the same file again replaces its run.
+and the labels are kept on the run's attributes. A pure parser: it reads files and touches no store
+(``tracekit.ingest.whowhen`` loads what it returns; importing the same file again replaces its run).
 
 What the format's conventions say about a step becomes general step signals (``tracekit.conventions``
 ``SIGNAL_*``), so the attribution method never reads a format's keys: the human/task message (and a
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tracekit.conventions import (
 )
 from tracekit.errors import TracekitError
 
-__all__ = ["load_log", "import_whowhen", "agent_of", "step_signals", "ImportReport"]
+__all__ = ["load_log", "log_files", "agent_of", "step_signals"]
 
 BASE_NS = 1_700_000_000 * 10**9  # logs carry no times: steps are placed 1 ms apart from here
 STEP_NS = 1_000_000
@@ -44,16 +44,6 @@ _ERROR_LINE = re.compile(r"^\s*(\w*(?:Error|Exception)\b.*|.*\b(?:error|failed)\
 _FINAL = re.compile(r"FINAL ANSWER\s*[:：]\s*(.{1,300})")
 _TERMINAL = re.compile(r"terminal|executor|code_?runner", re.I)
 _WORDS = re.compile(r"[a-z0-9]+")
-
-
-@dataclass
-class ImportReport:
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"runs": len(self.runs), "steps": sum(r["steps"] for r in self.runs),
-                "imported": self.runs, "skipped": self.skipped}
 
 
 def agent_of(entry: dict[str, Any]) -> str:
@@ -170,25 +160,3 @@ def log_files(directory: str | os.PathLike[str]) -> list[Path]:
     if not files:
         raise TracekitError(f"{root} holds no .json logs")
     return files
-
-
-def import_whowhen(directory: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> ImportReport:
-    """Import every log under `directory` into the store (one run per log; idempotent)."""
-    from tracekit.store.agents import replace_run
-    from tracekit.store.db import connect
-
-    report = ImportReport()
-    files = log_files(directory)
-    con = connect(db)
-    try:
-        for path in files:
-            try:
-                run, spans = load_log(path)
-            except TracekitError as exc:
-                report.skipped.append({"file": str(path), "error": str(exc)})
-                continue
-            replace_run(con, run, spans)
-            report.runs.append({"run_id": run["run_id"], "name": run["name"], "steps": len(spans)})
-    finally:
-        con.close()
-    return report
