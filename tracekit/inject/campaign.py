@@ -142,7 +142,7 @@ def _tuple(value: Any, what: str, kind: type) -> tuple[Any, ...]:
 def load_campaign(path: str | Path, *, name: str | None = None, strategy: str | None = None) -> Campaign:
     """Parse and validate a campaign file (`name`, `strategy` override the file's); every problem is a
     ConfigError naming the key."""
-    path = Path(path)
+    path, override = Path(path), name
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -171,13 +171,13 @@ def load_campaign(path: str | Path, *, name: str | None = None, strategy: str | 
     if unknown:
         raise ConfigError(f"{path}: unknown fault types {unknown}: use {', '.join(FAULT_TYPES)}")
     points = data.get("points", {})
-    if name is not None and not name.strip():
+    if override is not None and not override.strip():
         raise ConfigError("--name must not be empty")
     strategy = strategy or str(head.get("strategy", "three-phase"))
     if strategy not in STRATEGIES:
         raise ConfigError(f"{path}: strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     campaign = Campaign(
-        name=name or str(head.get("name") or path.stem), path=path.absolute(),
+        name=override or str(head.get("name") or path.stem), path=path.absolute(),
         root=(path.parent / str(head.get("root", "."))).resolve(),
         workloads=tuple(workloads), fault_types=types,
         delays_ms=_tuple(faults.get("delays_ms", [300]), "faults.delays_ms", int),
