@@ -145,11 +145,16 @@ def test_graph_search_bounds_are_keyword_arguments_unbounded_by_default():
 
 
 def test_report_findings_rank_cycles_above_chains_with_the_params_scores():
-    report = {"cycle_evidence": [{"faults": ["a:raise", "b:raise"], "links": []}],
-              "chain_evidence": [{"faults": ["x:raise", "y:raise", "z:raise"], "links": []}]}
+    from tracekit.graph.propagation import collapse_findings
+
+    c = Consequence("E", "x", "error:E", None)
+    x, y, z = (FaultNode(p, "raise", "E", None) for p in "xyz")
+    chain = [Edge(x, y, "E", "c", "t", ("r1",), ("p",), c), Edge(y, z, "E", "c", "t", ("r2",), ("p",), c)]
+    g = build_graph(_ring(2) + chain)
+    report = {"findings": collapse_findings(g, find_cycles(g), find_chains(g))}
     found = report_findings(report, CausalityParams(cycle_score=0.9, chain_score=0.1))
-    assert [(f["kind"], f["subject"], f["score"]) for f in found] == [
-        ("cycle", "a:raise -> b:raise", 0.9), ("chain", "x:raise -> y:raise -> z:raise", 0.1)]
+    assert [(f["kind"], f["score"]) for f in found] == [("cycle", 0.9), ("chain", 0.1)]
+    assert found[1]["subject"] == "x:raise -> y:raise -> z:raise"
 
 
 def test_the_graph_owns_the_propagation_types():

@@ -38,7 +38,7 @@ def candidates_of(con, run_id: str) -> tuple[list[dict], str]:  # type: ignore[n
         return [f["detail"] for f in stored], "stored findings"
     from tracekit.analysis.attribution import attribute_run
 
-    return [c.to_dict() for c in attribute_run(con, run_id, store=False)], "computed now (run `tracekit analyze` to store it)"
+    return [c.to_dict() for c in attribute_run(con, run_id, store=False)], f"computed now (`tracekit analyze {run_id[:12]}` stores it)"
 
 
 def idg_figure(g, roles: dict[str, str]) -> go.Figure:  # type: ignore[no-untyped-def]

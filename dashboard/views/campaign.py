@@ -12,7 +12,7 @@ import streamlit as st
 import tkui
 
 from tracekit.errors import TracekitError
-from tracekit.store.dashboard import run_campaign_id, run_faults, span_profile, timeline_spans
+from tracekit.store.dashboard import run_campaign_id, run_faults, run_findings, span_profile, timeline_spans
 
 CYCLE = "#d62728"
 KIND_COLOR = {"E": "#4c78a8", "S+": "#54a24b"}
@@ -161,6 +161,17 @@ if report["edges"]:
 else:
     st.info("No propagation edges yet: the campaign found no fault that another fault causes.")
     edge = None
+
+with tkui.store() as con:
+    stored = run_findings(con, cid, analysis="causality")
+if stored:
+    st.subheader("Stored findings")
+    st.dataframe(pd.DataFrame([{"#": f["rank_order"] + 1, "kind": f["kind"], "cascade": f["subject"], "score": f["score"]}
+                               for f in stored]), hide_index=True, width="stretch", key="cp_findings")
+    st.caption("The campaign's `causality` findings, as stored by `tracekit campaign run` or `tracekit analyze`.")
+else:
+    st.caption("No causality findings stored for this campaign yet: `tracekit analyze --all --analysis causality` "
+               "stores them.")
 
 st.subheader("Profile run vs injection run")
 if edge is not None:

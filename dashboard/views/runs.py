@@ -1,4 +1,4 @@
-"""Runs page: every run with kind, status, duration, span and error counts and its top finding; filters; links."""
+"""Runs page: every run with kind, status, duration, span and error counts, its stored findings count and top finding; filters; links."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 import tkui
 
+from tracekit.analysis import applicable
 from tracekit.store.dashboard import run_facets, runs_table
 
 st.title("Runs")
@@ -36,13 +37,14 @@ m4.metric("Runs with findings", int((frame["findings"] > 0).sum()))
 
 st.dataframe(
     frame[["open", "name", "kind", "status", "started", "duration_s", "spans", "errors", "nodes",
-           "injected_faults", "top_finding", "run_id"]],
+           "injected_faults", "findings", "top_finding", "run_id"]],
     hide_index=True, width="stretch", key="runs_table",
     column_config={
         "open": st.column_config.LinkColumn("open", display_text="open ↗", width="small"),
         "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss"),
         "duration_s": st.column_config.NumberColumn("duration (s)", format="%.2f"),
         "injected_faults": st.column_config.NumberColumn("injected faults"),
+        "findings": st.column_config.NumberColumn("findings", help="stored by `tracekit analyze`"),
         "top_finding": st.column_config.TextColumn("top finding", width="medium"),
     },
 )
@@ -52,7 +54,10 @@ labels = {r["run_id"]: tkui.run_label(r) for r in runs}
 chosen = st.selectbox("Run", list(labels), format_func=labels.get, key="open_run", label_visibility="collapsed")
 run = next(r for r in runs if r["run_id"] == chosen)
 if run["top_finding"]:
-    st.markdown(f"**Top finding:** `{run['top_finding']}`")
+    st.markdown(f"**Top finding:** `{run['top_finding']}` ({run['findings']} stored)")
+elif applicable(run["kind"]):
+    st.caption(f"No findings stored for this run: `tracekit analyze {run['run_id'][:12]}` runs "
+               + ", ".join(a.name for a in applicable(run["kind"])) + " and stores them.")
 tkui.open_links(run)
 
 if len(frame) > 1:

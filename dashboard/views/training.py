@@ -102,7 +102,8 @@ if findings:
                            "evidence": tkui.evidence_text(f["detail"])} for f in findings])
     st.dataframe(table, hide_index=True, width="stretch", key="tr_findings")
     if source != "stored":
-        st.caption("Findings computed now by the collective-anomaly analysis (none were stored for this run).")
+        st.caption("Findings computed now by the collective-anomaly analysis (none were stored for this run: "
+                   f"`tracekit analyze {run_id[:12]}` stores them).")
 else:
     st.success("No anomaly: the collective-anomaly analysis blames no rank or link in this run.")
 
