@@ -90,7 +90,8 @@ def test_import_attribute_and_idg_end_to_end(tmp_path):
     ranked = json.loads(done.out)
     assert isinstance(ranked, list) and ranked
     for c in ranked:
-        assert {"agent", "step", "score", "role", "evidence", "path"} <= set(c)
+        assert {"agent", "step", "score", "role", "evidence", "path", "confidence"} <= set(c)
+        assert 0.0 <= c["confidence"] <= 1.0
         assert c["role"] in ("root_cause", "symptom", "candidate") and c["evidence"]
     assert [c["score"] for c in ranked] == sorted((c["score"] for c in ranked), reverse=True)
     assert sum(c["role"] == "root_cause" for c in ranked) == 1

@@ -69,9 +69,20 @@ def steps_from_spans(spans: Sequence[dict[str, Any]]) -> list[Step]:
             status=span.get("status") or "unset",
             errors=_errors(span),
             role=found.get("role", ""), tool_call_id=found.get("tool_call_id", ""),
-            signals=signals_of(span.get("attributes") or {}),
+            signals=_signals(span, found),
         ))
     return steps
+
+
+def _signals(span: dict[str, Any], found: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Stored signals, else what any span says: a tool execution's role and, from its status, its exit."""
+    stored = dict(signals_of(span.get("attributes") or {}))
+    if found.get("kind") == "tool_result":
+        stored.setdefault("role", "tool")
+        if span.get("status") == "error" and "exit_code" not in stored:
+            stored["exit_code"] = 1
+            stored.setdefault("error", (_errors(span) or ("error status",))[0][:300])
+    return tuple(stored.items())
 
 
 def signals_of(attributes: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
