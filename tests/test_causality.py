@@ -111,8 +111,15 @@ def test_allocators_respect_slots_and_never_repeat():
             assert len(batch) <= 3 and not set(batch) & set(outcomes)
             outcomes.update({e: frozenset({f"{e.point}x"}) if e.point == "a" else frozenset() for e in batch})
         assert set(outcomes) == set(cands)
-    first = ThreePhase(cands, {p: "delay" for p in "abcd"}).next_batch({}, 10)
-    assert sorted((e.point, e.fault) for e in first) == [(p, "delay") for p in "abcd"]
+    # the first batch is small (steering starts from the first results) and breadth comes first:
+    # with nothing caused, every point's primary fault is run before any other fault
+    steered = ThreePhase(cands, {p: "delay" for p in "abcd"})
+    first = steered.next_batch({}, 10)
+    assert len(first) == steered.steering.batch < 10
+    seen: dict = {e: frozenset() for e in first}
+    while len({e.point for e in seen}) < 4:
+        seen.update({e: frozenset() for e in steered.next_batch(seen, 10)})
+    assert sorted((e.point, e.fault) for e in seen) == [(p, "delay") for p in "abcd"]
 
 
 # --- the parameter object (issue #15: every knob in one dataclass) -------------------------------
