@@ -12,6 +12,9 @@ fi
 if ! command -v g++ >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null  # the native DDP hook
 fi
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null  # the RQ campaign target
+fi
 python -m pip install -q -c constraints.txt -e '.[dev]'
 # tracekit's native DDP comm hook (C++, ~40 s once per torch/Python): without it capture falls back to
 # the Python hook, which costs several times more step time (docs/training.md)
