@@ -60,10 +60,15 @@ provider = TracerProvider()
 provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50, max_export_batch_size=100))
 trace.set_tracer_provider(provider)
 tracer = trace.get_tracer("shop")
+# APP_SESSIONS="s1,s1,s2": the session of each trace, set on all its spans as OpenInference's
+# using_session does (the attribute's name is APP_SESSION_KEY, default session.id)
+sessions = [s for s in os.environ.get("APP_SESSIONS", "").split(",")]
+key = os.environ.get("APP_SESSION_KEY", "session.id")
 for t in range(traces):
-    with tracer.start_as_current_span("checkout", attributes={"order.id": t}) as root:
+    extra = {key: sessions[t]} if t < len(sessions) and sessions[t] else {}
+    with tracer.start_as_current_span("checkout", attributes={"order.id": t, **extra}) as root:
         for c in range(children):
-            with tracer.start_as_current_span("charge" if c == 0 else "db.query", attributes={"step": c}) as child:
+            with tracer.start_as_current_span("charge" if c == 0 else "db.query", attributes={"step": c, **extra}) as child:
                 if t == 0 and c == 0:
                     child.set_status(Status(StatusCode.ERROR, "card declined"))
     if pause:
@@ -213,6 +218,12 @@ def test_unmodified_app_lands_in_the_store(server: Server, tmp_path: Path, proto
             assert by_id[r[2]][3] == "checkout" and by_id[r[2]][0] == r[0]
     errors = [(r[3], r[6]) for r in rows if r[5] == "error"]
     assert errors == [("charge", "card declined")]
+    # no session in the spans: one run per trace, named after its root span, however batches fell
+    runs = query(server.db, "SELECT r.run_id, r.name, count(*), min(s.trace_id), max(s.trace_id) "
+                            "FROM runs r JOIN spans s USING (run_id) GROUP BY ALL")
+    assert len(runs) == 3
+    for run_id, name, n, first_trace, last_trace in runs:
+        assert n == 3 and first_trace == last_trace == run_id and name == f"checkout {run_id[:8]}"
     assert not list((server.spool / "traces").iterdir()), "ingested batches stay in the spool"
 
 
@@ -382,3 +393,39 @@ def test_joined_batches_survive_a_crash_mid_join(tmp_path: Path) -> None:
         path.write_bytes(export_request(2, seed=seed))
     third = BatchSpool(tmp_path / "sp")
     assert len(third.pending(Signal.traces)) == 3 and not list((tmp_path / "sp" / "merged").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# runs from sessions and traces
+
+
+def test_sessions_and_conversations_make_runs_and_a_later_conversation_extends_its_run(server: Server,
+                                                                                      tmp_path: Path) -> None:
+    done = run_app(tmp_path, "http", server.http, traces=4, children=1, APP_SESSIONS="s1,s1,s2,")
+    assert done.returncode == 0, done.stderr
+    done = run_app(tmp_path, "grpc", f"http://127.0.0.1:{server.grpc_port}", traces=1, children=1,
+                   APP_SESSIONS="c9", APP_SESSION_KEY="gen_ai.conversation.id")
+    assert done.returncode == 0, done.stderr
+    done = run_app(tmp_path, "http", server.http, traces=1, children=1, APP_SESSIONS="s1")  # s1 goes on later
+    assert done.returncode == 0, done.stderr
+    server.stop()
+    runs = dict(query(server.db, "SELECT r.name, count(*) FROM runs r JOIN spans s USING (run_id) GROUP BY ALL"))
+    untraced = [name for name in runs if name.startswith("checkout ")]
+    assert len(untraced) == 1 and runs.pop(untraced[0]) == 2  # the trace without a session: its own run
+    assert runs == {"s1": 6, "s2": 2, "c9": 2}
+
+
+def test_files_group_by_session_too(tmp_path: Path) -> None:
+    from tracekit.ingest import ingest_paths
+
+    def doc(trace: str, span: str, session: str | None) -> dict[str, object]:
+        attrs = [{"key": "session.id", "value": {"stringValue": session}}] if session else []
+        return {"traceId": trace * 16, "spanId": span * 8, "name": "step", "attributes": attrs,
+                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000001000000000"}
+
+    for i, spans in enumerate(([doc("a1", "01", "chat-7"), doc("b2", "02", None)], [doc("c3", "03", "chat-7")])):
+        (tmp_path / f"part{i}.otlp.json").write_text(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}))
+    ingest_paths([tmp_path / "part0.otlp.json", tmp_path / "part1.otlp.json"], tmp_path / "s.duckdb")
+    runs = query(tmp_path / "s.duckdb", "SELECT r.name, count(*) FROM runs r JOIN spans s USING (run_id) "
+                                        "GROUP BY ALL ORDER BY 1")
+    assert runs == [("chat-7", 2), ("part0", 1)]  # a span without a session stays in its file's run

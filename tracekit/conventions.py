@@ -51,6 +51,15 @@ SERVICE_NAME = "service.name"
 PROCESS_PID = "process.pid"
 HOST_NAME = "host.name"
 
+# which span attribute makes spans one run, in order of preference (OpenInference / OTel session,
+# OTel GenAI conversation); "trace" = the trace id, "file" = the whole OTLP file (TRACEKIT_RUN_BY)
+SESSION_ID = "session.id"
+GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
+RUN_BY_TRACE = "trace"
+RUN_BY_FILE = "file"
+RUN_BY_FILES = (SESSION_ID, GEN_AI_CONVERSATION_ID, RUN_BY_FILE)  # `tracekit ingest` of OTLP files
+RUN_BY_ENDPOINT = (SESSION_ID, GEN_AI_CONVERSATION_ID, RUN_BY_TRACE)  # `tracekit serve`
+
 # how an OTLP span link is stored in the links table
 OTEL_LINK_RELATION = "otel.link"
 OTEL_LINK_PROVENANCE = "declared"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tracekit.cli import app
+from tracekit.cli.root import app
 from tracekit.cli.output import DB_OPTION, FORMAT_OPTION, Format, emit_object
 
 
@@ -26,6 +26,9 @@ def serve(
         None, "--max-spool-mb", help="Past this much un-ingested spool, senders are told to retry later."),
     no_ingest: bool = typer.Option(False, "--no-ingest", help="Only spool; load later with `tracekit ingest SPOOL/traces`."),
     interval: float = typer.Option(1.0, help="Seconds between ingest cycles."),
+    run_by: Optional[str] = typer.Option(
+        None, "--run-by", envvar="TRACEKIT_RUN_BY",
+        help="Span attributes that make a run, in order, then 'trace' [default: session.id,gen_ai.conversation.id,trace]."),
     db: Optional[Path] = DB_OPTION,
     fmt: Format = FORMAT_OPTION,
 ) -> None:
@@ -39,7 +42,7 @@ def serve(
         spool_dir=spool or spool_root() / "otlp", db=str(db) if db else None, token=token,
         max_bytes=int(max_mb * (1 << 20)),
         max_pending_bytes=int(max_spool_mb * (1 << 20)) if max_spool_mb is not None else None,
-        ingest=not no_ingest, interval_s=interval,
+        ingest=not no_ingest, interval_s=interval, run_by=run_by,
     )
     summary = run_server(options)
     if fmt is Format.json:

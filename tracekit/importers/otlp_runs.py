@@ -5,14 +5,20 @@ and returns, per run id, the records of the spool's ``spans`` and ``links`` stre
 (``tracekit.conventions.SPANS`` / ``LINKS``) with the run's name, kind and process id, plus the spans
 that could not be decoded; the ingest pipeline (``tracekit.ingest.otlp``) checks and loads them.
 
-Run identity: the resource attribute ``tracekit.run_id`` if present, else an id derived from the
-file's content hash, so ingesting the same file twice adds nothing (ingest records the file in
-``spool_files`` under ``otlp:<sha256>``).
+Run identity: the resource attribute ``tracekit.run_id`` if present; else, trace by trace, the first
+of the run keys (``TRACEKIT_RUN_BY``, comma-separated; default ``session.id,gen_ai.conversation.id,file``)
+that any span of the trace (or its resource) carries: spans of one session or conversation are one
+run, whichever files and batches they arrive in, so a conversation continuing later extends its run.
+The last resort is ``trace`` (one run per trace id: what `tracekit serve` uses) or ``file`` (one run
+per file, an id derived from the content hash, named after the file). Ingesting the same file
+twice adds nothing (ingest records it in ``spool_files`` under ``otlp:<sha256>``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +27,8 @@ from typing import Any
 from tracekit import conventions as conv
 from tracekit.importers.otlp import OTLP_SUFFIXES, BadSpan, OtlpFile, OtlpSpan, ResourceSpans
 
-__all__ = ["span_record", "default_node", "run_identity", "split_runs", "OtlpRun", "SpanMapper", "SPAN_MAPPERS"]
+__all__ = ["span_record", "default_node", "run_identity", "run_by", "trace_runs", "split_runs", "OtlpRun",
+           "SpanMapper", "SPAN_MAPPERS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +104,59 @@ def run_identity(otlp: OtlpFile, resource: ResourceSpans) -> tuple[str, str, str
     return otlp.sha256[:32], str(resource.attributes.get(conv.RUN_NAME) or _stem(otlp.source)), kind
 
 
+def run_by(raw: str | None = None) -> tuple[str, ...]:
+    """The run keys in force: `raw` or ``TRACEKIT_RUN_BY`` (comma-separated attribute names, then
+    ``trace`` or ``file``), else ``session.id,gen_ai.conversation.id,file``. A list without a last
+    resort gets ``file`` appended.
+
+    >>> run_by("app.request_id, trace")
+    ('app.request_id', 'trace')
+    >>> run_by("session.id")
+    ('session.id', 'file')
+    """
+    text = raw if raw is not None else os.environ.get("TRACEKIT_RUN_BY", "")
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys:
+        return conv.RUN_BY_FILES
+    if not any(k in (conv.RUN_BY_TRACE, conv.RUN_BY_FILE) for k in keys):
+        keys += (conv.RUN_BY_FILE,)
+    return keys
+
+
+def trace_runs(otlp: OtlpFile, keys: tuple[str, ...]) -> dict[str, tuple[str, str] | None]:
+    """For each trace id in the file: (run id, run name) from the first key of `keys` its spans carry,
+    or None where the last resort is the file itself."""
+    carried: dict[str, dict[str, str]] = {}
+    roots: dict[str, str] = {}
+    services: dict[str, str] = {}
+    attr_keys = [k for k in keys if k not in (conv.RUN_BY_TRACE, conv.RUN_BY_FILE)]
+    for resource in otlp.resources:
+        for span in resource.spans:
+            seen = carried.setdefault(span.trace_id, {})
+            for key in attr_keys:
+                if key not in seen:
+                    value = span.attributes.get(key, resource.attributes.get(key))
+                    if value not in (None, ""):
+                        seen[key] = str(value)
+            if span.parent_id is None:
+                roots.setdefault(span.trace_id, span.name)
+            services.setdefault(span.trace_id, resource.service_name or conv.UNKNOWN_SERVICE)
+    out: dict[str, tuple[str, str] | None] = {}
+    for trace_id, seen in carried.items():
+        out[trace_id] = None
+        for key in keys:
+            if key == conv.RUN_BY_FILE:
+                break
+            if key == conv.RUN_BY_TRACE:
+                out[trace_id] = (trace_id, f"{roots.get(trace_id) or services[trace_id]} {trace_id[:8]}")
+                break
+            if key in seen:
+                digest = hashlib.sha256(f"{key}\0{seen[key]}".encode()).hexdigest()[:32]
+                out[trace_id] = (digest, seen[key][:120])
+                break
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # a file's spans grouped by run (what the ingest pipeline loads)
 
@@ -114,20 +174,35 @@ class OtlpRun:
     pid: int | None = None
 
 
-def split_runs(otlp: OtlpFile) -> tuple[dict[str, OtlpRun], list[tuple[str, BadSpan]]]:
-    """The file's spans by run id (see `run_identity`), each mapped by `SPAN_MAPPERS`, and the spans
-    that could not be decoded with the run they belong to. Pure: reads and writes no store."""
+def split_runs(otlp: OtlpFile, keys: tuple[str, ...] | None = None) -> tuple[dict[str, OtlpRun], list[tuple[str, BadSpan]]]:
+    """The file's spans by run id (see `run_identity` and `run_by`; `keys` defaults to ``run_by()``),
+    each mapped by `SPAN_MAPPERS`, and the spans that could not be decoded with the run they belong
+    to. Pure: reads and writes no store."""
     runs: dict[str, OtlpRun] = {}
     bad: list[tuple[str, BadSpan]] = []
-    for resource in otlp.resources:
-        run_id, name, kind = run_identity(otlp, resource)
+    by_trace = trace_runs(otlp, keys or run_by())
+
+    touched: set[tuple[str, int]] = set()
+
+    def run_of(run_id: str, name: str, kind: str, resource: ResourceSpans) -> OtlpRun:
         run = runs.setdefault(run_id, OtlpRun(name, kind))
+        if (run_id, id(resource)) in touched:
+            return run
+        touched.add((run_id, id(resource)))
         if resource.attributes and len(run.resources) < 16 and resource.attributes not in run.resources:
             run.resources.append(resource.attributes)
         pid = resource.attributes.get(conv.PROCESS_PID)
         if isinstance(pid, int) and run.pid is None:
             run.pid = pid
+        return run
+
+    for resource in otlp.resources:
+        run_id, name, kind = run_identity(otlp, resource)
+        explicit = resource.attributes.get(conv.RUN_ID)
+        named = isinstance(explicit, str) and bool(explicit.strip())  # the resource names its run
         for span in resource.spans:
+            found = None if named else by_trace.get(span.trace_id)
+            run = run_of(*(found or (run_id, name)), kind, resource)
             record = span_record(span, resource)
             for mapper in SPAN_MAPPERS:
                 mapper(span, resource, record)

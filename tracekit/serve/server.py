@@ -7,6 +7,7 @@ runs a last ingest cycle and returns a `ServeSummary`.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from tracekit import conventions as conv
 from tracekit.errors import ConfigError
 from tracekit.serve.batches import DEFAULT_MAX_BYTES, Signal
 from tracekit.serve.receiver import Receiver, check_bind
@@ -39,6 +41,8 @@ class ServeOptions:
     max_bytes: int = DEFAULT_MAX_BYTES  # largest request body, compressed or not
     max_pending_bytes: int | None = None  # spool limit: past it, senders are told to retry later
     ingest: bool = True  # False: leave the spool to `tracekit ingest SPOOL/traces`
+    run_by: str | None = None  # run keys (see importers/otlp_runs.run_by); default TRACEKIT_RUN_BY, else
+    # session.id,gen_ai.conversation.id,trace
     interval_s: float = 1.0
     progress_s: float = 2.0
 
@@ -96,6 +100,8 @@ def serve(options: ServeOptions, *, out: TextIO | None = sys.stderr, stop: threa
     from tracekit.serve.spool import BatchSpool
 
     check_bind(options.host, options.token)
+    # the ingest loop runs in this process: spans without a session become one run per trace
+    os.environ["TRACEKIT_RUN_BY"] = options.run_by or os.environ.get("TRACEKIT_RUN_BY") or ",".join(conv.RUN_BY_ENDPOINT)
     if options.http_port is None and options.grpc_port is None:
         raise ConfigError("both transports are off: give an HTTP port, a gRPC port or both")
     spool = BatchSpool(options.spool_dir, max_pending_bytes=options.max_pending_bytes)
