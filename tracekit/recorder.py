@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracekit.capture.multihost import host_name, launcher_run_id, run_id_from_text, write_host_manifest
 from tracekit.capture.setup import new_id
 from tracekit.capture.spool import write_run_manifest
 from tracekit.config import RUN_KINDS, db_path, spool_root
@@ -36,23 +37,27 @@ def guess_kind(command: list[str]) -> str:
 def record_command(
     command: list[str], *, run_name: str | None = None, kind: str | None = None,
     spool_dir: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
 ) -> RecordResult:
     if not command:
         raise TracekitError("no command given: use `tracekit record -- CMD ARGS...`")
     kind = kind or guess_kind(command)
     if kind not in RUN_KINDS:
         raise ConfigError(f"run kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
-    run_id = new_id()
+    # every host of a multi-host torchrun job derives the same id from its rendezvous id
+    run_id = run_id_from_text(run_id) if run_id else (launcher_run_id(command) or new_id())
+    host = host_name()
     root = spool_root(spool_dir)
     run_dir = root / run_id
     store = db_path(db).absolute()
     name = run_name or Path(command[0]).name
     manifest = {
         "run_id": run_id, "name": name, "kind": kind, "started_ns": time.time_ns(),
-        "attributes": {"command": command}, "pid": os.getpid(), "argv": command,
+        "attributes": {"command": command}, "pid": os.getpid(), "argv": command, "host": host,
     }
     try:
         write_run_manifest(run_dir, manifest)
+        write_host_manifest(run_dir, manifest)
     except OSError as exc:
         raise TracekitError(f"cannot create the spool directory {run_dir}: {exc.strerror or exc}") from None
     env = dict(os.environ)
@@ -91,6 +96,7 @@ def record_command(
         exit_code = 128 - exit_code
     manifest.update(ended_ns=time.time_ns(), exit_code=exit_code)
     write_run_manifest(run_dir, manifest)
+    write_host_manifest(run_dir, manifest)
     records = _ingest(run_dir, store, f"run {name!r} ({run_id})", exit_code)
     return RecordResult(run_id, exit_code, run_dir, records)
 

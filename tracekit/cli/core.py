@@ -154,6 +154,8 @@ def record(
     kind: Optional[str] = typer.Option(None, help="Run kind: training, agents, service or campaign [default: guessed]."),
     spool_dir: Optional[Path] = typer.Option(None, envvar="TRACEKIT_SPOOL_DIR", help="Spool root [default: ./.tracekit/spool]."),
     db: Optional[Path] = DB_OPTION,
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Join this run (any text; the same on every host) "
+                                         "[default: from torchrun's --rdzv-id, else new]."),
 ) -> None:
     """Run a command with capture on in every Python process it starts; ingest; print the run id.
 
@@ -161,7 +163,7 @@ def record(
     """
     from tracekit.recorder import record_command
 
-    result = record_command(command, run_name=run, kind=kind, spool_dir=spool_dir, db=db)
+    result = record_command(command, run_name=run, kind=kind, spool_dir=spool_dir, db=db, run_id=run_id)
     print(result.run_id)
     raise typer.Exit(result.exit_code)
 

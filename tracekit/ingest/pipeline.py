@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from tracekit import conventions as conv
+from tracekit.capture.multihost import read_host_manifests
 from tracekit.errors import SpoolError
 from tracekit.ingest.derive import derive_run
 from tracekit.ingest.discover import discover
@@ -248,8 +249,10 @@ def ingest_paths(
             manifest = read_manifest(run_dir)
             if manifest and isinstance(manifest.get("run_id"), str):
                 run_ids.add(manifest["run_id"])
+            hosts = read_host_manifests(run_dir)
             for run_id in run_ids:
-                refresh_run(con, run_id, manifest if manifest and manifest.get("run_id") == run_id else None)
+                mine = manifest if manifest and manifest.get("run_id") == run_id else None
+                refresh_run(con, run_id, mine, hosts if mine else None)
                 report.runs.add(run_id)
         if sources.otlp:
             from tracekit.ingest.otlp import ingest_otlp_file

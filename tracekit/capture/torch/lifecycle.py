@@ -65,13 +65,16 @@ def _ensure_run() -> Any:
     if run is not None:
         return run
     if not os.environ.get("TRACEKIT_RUN_ID") and os.environ.get("TORCHELASTIC_RUN_ID") is not None:
-        # one run for the whole torchrun job: every rank derives the same id from the launcher's identity
+        # one run for the whole torchrun job: every rank derives the same id from the launcher's identity;
+        # a rendezvous id (--rdzv-id) is shared by every host, torchrun's default one ("none") is not
         import hashlib
+
+        from tracekit.capture.multihost import elastic_run_id
 
         ident = "|".join(os.environ.get(k, "") for k in (
             "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "GROUP_WORLD_SIZE",
         )) + f"|{os.getppid()}"
-        os.environ["TRACEKIT_RUN_ID"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        os.environ["TRACEKIT_RUN_ID"] = elastic_run_id(os.environ) or hashlib.sha256(ident.encode()).hexdigest()[:32]
         os.environ.setdefault("TRACEKIT_RUN_KIND", "training")
         run = init(kind="training")
         if os.environ.get("RANK", "0") == "0":
