@@ -111,3 +111,61 @@ def test_a_host_still_writing_keeps_the_run_running(tmp_path: Path) -> None:
     assert cli(tmp_path, "ingest", str(spools["tkhostB"]), "--db", str(db)).code == 0
     assert query(db, "SELECT status FROM runs") == [("ok",)]
     assert query(db, "SELECT count(*) FROM spans") == [(6,)]
+
+
+# ---------------------------------------------------------------------------------------------
+# clock offsets: estimated from the collectives, applied before detection
+
+
+def _frames(shift_ns: int, *, late_rank: int = 3):
+    """A 4-rank, 2-host run (ranks 2, 3 on host b, whose clock reads `shift_ns` ahead): two all-reduces a
+    step; from step 10 on `late_rank` enters 30 ms after the others; every rank leaves together."""
+    import numpy as np
+    import polars as pl
+
+    from tracekit.analysis.collectives import RunFrames
+
+    rng = np.random.default_rng(7)
+    rows = []
+    seq = 0
+    for step in range(30):
+        for _ in range(2):
+            t = 1_000_000_000 + seq * 100_000_000
+            enters = t + rng.integers(0, 2_000_000, 4)
+            if step >= 10:
+                enters[late_rank] += 30_000_000
+            leave = int(enters.max()) + 1_000_000
+            for rank in range(4):
+                skew = shift_ns if rank >= 2 else 0
+                rows.append({"rank": rank, "world_size": 4, "process_group": "0", "seq": seq, "op": "all_reduce",
+                             "bytes": 1024, "enter_ns": int(enters[rank]) + skew,
+                             "exit_ns": leave + int(rng.integers(0, 200_000)) + skew, "step": step, "ok": True,
+                             "peer": None, "source": "ddp", "nonfinite": False, "error": None})
+            seq += 1
+    exits = pl.DataFrame({"rank": [0, 1, 2, 3], "clean_exit": [True] * 4, "ended_ns": [None] * 4,
+                          "started_ns": [None] * 4, "host": ["a", "a", "b", "b"]},
+                         schema={"rank": pl.Int32, "clean_exit": pl.Boolean, "ended_ns": pl.Int64,
+                                 "started_ns": pl.Int64, "host": pl.Utf8})
+    return RunFrames(collectives=pl.DataFrame(rows), rank_exits=exits)
+
+
+@pytest.mark.parametrize("shift_ms", [0, 50, -50])
+@pytest.mark.parametrize("late_rank", [1, 3])
+def test_same_findings_whatever_one_host_clock_says(shift_ms: int, late_rank: int) -> None:
+    from tracekit.analysis.collectives import detect
+
+    found = detect(_frames(shift_ms * 1_000_000, late_rank=late_rank))
+    assert [(f.kind, f.subject, f.first_step) for f in found] == [("straggler", f"rank:{late_rank}", 10)]
+    offsets = found[0].evidence["clock_offsets_ms"]
+    assert offsets["a"] == 0 and abs(offsets["b"] - shift_ms) < 0.5, offsets
+    assert found[0].evidence["host"] == ("a" if late_rank == 1 else "b")
+
+
+def test_without_the_correction_a_shifted_clock_misleads() -> None:
+    """Guards the correction itself: the same frames, taken as already on one clock, blame the wrong ranks."""
+    import dataclasses
+
+    from tracekit.analysis.collectives import detect
+
+    found = detect(dataclasses.replace(_frames(50_000_000, late_rank=1), clock_offsets={}))
+    assert [(f.kind, f.subject) for f in found] != [("straggler", "rank:1")]

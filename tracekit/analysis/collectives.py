@@ -60,6 +60,7 @@ class RunFrames:
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)
     heartbeats: pl.DataFrame = field(default_factory=pl.DataFrame)
     rank_exits: pl.DataFrame = field(default_factory=pl.DataFrame)
+    clock_offsets: dict[str, int] | None = None  # per host, ns (analysis.clock); None: not yet aligned
 
     @property
     def world_size(self) -> int:
@@ -658,12 +659,17 @@ def detect(
     Once a rank is hung, crashed or a link is slow, the late arrivals it causes are symptoms: straggler
     findings on steps after a hang/crash onset are dropped.
     """
+    from tracekit.analysis.clock import align_clocks, clock_evidence
+
     th = thresholds or Thresholds()
+    if frames.clock_offsets is None:  # a multi-host run: every timestamp onto one host's clock first
+        frames = align_clocks(frames)
     findings = _merge_slow_rank_findings([f for d in detectors for f in d(frames, th)])
     stops = [f.first_step for f in findings if f.kind in ("hang", "crash") and f.first_step is not None]
     if stops:
         findings = [f for f in findings if not (f.kind in ("straggler", "throttle")
                                                 and f.first_step is not None and f.first_step >= min(stops))]
+    findings = clock_evidence(findings, frames)
     return sorted(findings, key=lambda f: (-f.confidence, KINDS.index(f.kind), f.subject))
 
 
@@ -672,11 +678,17 @@ def detect_run(con: Any, run_id: str, thresholds: Thresholds | None = None, *,
     """Detect anomalies in a stored run; store them in the findings table (a writable `con`) and return them.
 
     The registered entry point of the ``collectives`` analysis (``fn(con, run_id, params)``)."""
+    from tracekit.analysis.clock import align_clocks
     from tracekit.store.findings import write_findings
 
-    found = [f.to_dict() for f in detect(frames_from_store(con, run_id), detectors=detectors, thresholds=thresholds)]
+    frames = align_clocks(frames_from_store(con, run_id))
+    found = [f.to_dict() for f in detect(frames, detectors=detectors, thresholds=thresholds)]
     if store:
         write_findings(con, run_id, "collectives", found)
+        if frames.clock_offsets:
+            from tracekit.store.clock import save_clock_offsets
+
+            save_clock_offsets(con, run_id, frames.clock_offsets)
     return found
 
 

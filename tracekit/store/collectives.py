@@ -30,7 +30,7 @@ FROM heartbeats WHERE run_id = $run
 _RANK_EXITS_SQL = """
 SELECT TRY_CAST(split_part(node, ':', 2) AS INTEGER) AS rank,
        bool_and(ended_ns IS NOT NULL) AS clean_exit,
-       max(ended_ns) AS ended_ns, min(started_ns) AS started_ns
+       max(ended_ns) AS ended_ns, min(started_ns) AS started_ns, any_value(host) AS host
 FROM spool_files
 WHERE run_id = $run AND starts_with(node, 'rank:')
 GROUP BY 1
