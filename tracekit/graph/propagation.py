@@ -172,7 +172,7 @@ def find_chains(graph: nx.DiGraph, *, cutoff: int | None = None, limit: int | No
     sources = [n for n in walk if walk.in_degree(n) == 0 and n not in cyclic]
     targets = [n for n in walk if walk.out_degree(n) == 0]
     found: dict[tuple[str, ...], dict[str, Any]] = {}
-    for src in sorted(sources):
+    for src in sorted(sources, key=lambda n: (n.name, n.variant, n.context or "")):  # context may be None
         for path in nx.all_simple_paths(walk, src, targets, cutoff=cutoff):
             if len(path) < 3:
                 continue
