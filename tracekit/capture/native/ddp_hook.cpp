@@ -158,8 +158,9 @@ struct Cell {
   const std::string* text = nullptr;  // borrowed: the row is formatted before its source goes away
 };
 
-// One record of stream namespace `S` (layout::collectives, ...): cells by field, formatted as one JSON
-// line with the keys, order and types of the generated layout.
+// One record of a stream of N fields: its cells by field (``layout::steps::loss``), formatted by
+// json_row as one JSON line with the keys, order and types of the generated layout. An unset cell,
+// or an empty optional, is null.
 template <int N>
 struct Row {
   Cell cells[N];
@@ -167,29 +168,23 @@ struct Row {
     cells[field].kind = Cell::kInt;
     cells[field].i = value;
   }
-  void set(int field, std::optional<int64_t> value) {
-    if (value) {
-      set(field, *value);
-    }
-  }
-  void set(int field, std::optional<double> value) {
-    if (value) {
-      cells[field].kind = Cell::kFloat;
-      cells[field].f = *value;
-    }
+  void set(int field, double value) {
+    cells[field].kind = Cell::kFloat;
+    cells[field].f = value;
   }
   void set(int field, bool value) {
     cells[field].kind = Cell::kBool;
     cells[field].b = value;
   }
-  void set(int field, std::optional<bool> value) {
-    if (value) {
-      set(field, *value);
-    }
-  }
   void set(int field, const std::string& value) {
     cells[field].kind = Cell::kText;
     cells[field].text = &value;
+  }
+  template <typename T>
+  void set(int field, const std::optional<T>& value) {
+    if (value) {
+      set(field, *value);
+    }
   }
 };
 
@@ -259,9 +254,7 @@ void json_line(std::string& out, const Record& r, int64_t rank, int64_t world) {
   row.set(F::seq, r.seq);
   row.set(F::op, r.op);
   row.set(F::bytes, r.bytes);
-  if (r.dtype) {
-    row.set(F::dtype, *r.dtype);
-  }
+  row.set(F::dtype, r.dtype);
   row.set(F::enter_ns, r.enter_ns);
   row.set(F::exit_ns, r.exit_ns);
   row.set(F::step, r.step);
