@@ -6,9 +6,11 @@ Three measurements, each on one `tracekit serve` (HTTP and gRPC, ingesting into 
    each create spans with the OpenTelemetry SDK and export them through the stock
    ``opentelemetry-exporter-otlp-proto-http`` / ``-grpc`` exporter (BatchSpanProcessor, 512-span
    batches, a queue large enough that nothing is dropped), configured only by
-   ``OTEL_EXPORTER_OTLP_ENDPOINT``. The same processes run again with a no-op exporter. Rate =
-   spans / wall time from the first process's start of work to the last one's flush. A ratio
-   near 1 means the receiver did not slow the exporters down.
+   ``OTEL_EXPORTER_OTLP_ENDPOINT``. The same processes run again with a no-op exporter (the SDK
+   alone), and with the same stock exporter pointed at a null OTLP sink (answers every export at
+   once, keeps nothing: the exporter's own encoding and transport). Rate = spans / wall time from
+   the first process's start of work to the last one's flush. serve / sink near 1 means the
+   receiver did not slow the exporters down.
 2. **Receiver capacity**: pre-encoded 512-span requests posted as fast as K client processes can
    (no SDK work in the clients), so the receiver's own ceiling shows.
 3. **Latency**: a span is force-flushed by an exporter; time until `tracekit sql` (read-only
@@ -115,6 +117,36 @@ def encoded_request(n: int) -> bytes:
     return request.SerializeToString()
 
 
+def child_sink() -> None:
+    """A null OTLP receiver (HTTP and gRPC on free ports): acknowledges every export, keeps nothing."""
+    import socket
+
+    import grpc
+    import uvicorn
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def export(request):  # type: ignore[no-untyped-def]
+        await request.body()
+        return Response(b"", media_type="application/x-protobuf")
+
+    grpc_server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(8))
+    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(
+            lambda body, ctx: ExportTraceServiceResponse(),
+            response_serializer=ExportTraceServiceResponse.SerializeToString)}),))
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(json.dumps({"http": sock.getsockname()[1], "grpc": grpc_port}), flush=True)
+    uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/traces", export, methods=["POST"])]),
+                                  log_level="warning", http="h11", lifespan="off")).run(sockets=[sock])
+
+
 def child_latency(protocol: str, marker: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -185,6 +217,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
     proc, http_port, grpc_port = start_server(tmp)
     endpoints = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"http://127.0.0.1:{grpc_port}"}
+    sink = subprocess.Popen([sys.executable, __file__, "--sink"], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None
+    sink_ports = json.loads(sink.stdout.readline())
+    sinks = {"http": f"http://127.0.0.1:{sink_ports['http']}", "grpc": f"http://127.0.0.1:{sink_ports['grpc']}"}
     figures: dict[str, object] = {}
     try:
         for n in range(1, args.max_procs + 1):
@@ -193,15 +229,23 @@ def main() -> None:
             for protocol, endpoint in endpoints.items():
                 env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
                 rate = run_children([["--child", protocol, str(args.spans)]] * n, env)
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sinks[protocol]
+                null = run_children([["--child", protocol, str(args.spans)]] * n, env)
                 figures[f"{protocol}_n{n}"] = round(rate)
-                print(f"{protocol:4} N={n}: {rate:9,.0f} spans/s accepted; no-op exporter {noop:9,.0f} spans/s; "
-                      f"ratio {rate / noop:.2f}", flush=True)
+                figures[f"{protocol}_sink_n{n}"] = round(null)
+                print(f"{protocol:4} N={n}: serve {rate:8,.0f} spans/s | same exporters to a null sink {null:8,.0f} "
+                      f"(serve/sink {rate / null:.2f}) | no-op exporter {noop:8,.0f} (serve/no-op {rate / noop:.2f})",
+                      flush=True)
         for protocol, endpoint in endpoints.items():
             for k in (1, 2):
                 rate = run_children([["--blast", protocol, endpoint, str(args.blast_requests)]] * k, dict(os.environ))
                 figures[f"capacity_{protocol}_k{k}"] = round(rate)
                 print(f"receiver capacity, {protocol}, {k} pre-encoded client(s): {rate:9,.0f} spans/s", flush=True)
-        time.sleep(3)  # let the ingest loop drain before timing latency
+        drain_from = time.time()
+        while any(any((tmp / "spool" / d).glob("*.otlp.pb")) for d in ("traces", "merged")):
+            time.sleep(0.2)  # the ingest loop works off the backlog the load phases left
+        figures["backlog_drain_s"] = round(time.time() - drain_from, 1)
+        print(f"backlog ingested {figures['backlog_drain_s']} s after the load phases ended", flush=True)
         latencies = []
         for i in range(args.latency_samples):
             protocol = "http" if i % 2 == 0 else "grpc"
@@ -219,6 +263,8 @@ def main() -> None:
         figures["latency_max_s"] = round(max(latencies), 3)
         print(f"flush -> queryable: median {median(latencies):.2f} s, max {max(latencies):.2f} s")
     finally:
+        sink.kill()
+        sink.wait()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     final_line(benchmark="otlp_receiver", spans_per_process=args.spans, **figures)
@@ -229,6 +275,8 @@ if __name__ == "__main__":
         child_exporter(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--blast":
         child_blaster(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--sink":
+        child_sink()
     elif len(sys.argv) > 1 and sys.argv[1] == "--latency":
         child_latency(sys.argv[2], sys.argv[3])
     else:
