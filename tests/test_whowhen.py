@@ -145,7 +145,7 @@ def test_eval_whowhen_cross_validated_meets_the_quality_bar(tmp_path):
     assert "substring" in result["note"] and isinstance(result["beats_baselines"], bool)
     conf = result["at_confidence"]
     assert conf["n"] == round(conf["coverage"] * 58) and 0.0 <= conf["agent_accuracy"] <= 1.0
-    # the bars on the cross-validated figures (measured 0.672 / 0.224, n=58): a margin of
+    # the bars on the cross-validated figures (measured 0.655 / 0.259, n=58): a margin of
     # about two logs on each, so one log's flip does not fail the suite
     assert result["agent_accuracy"] >= 0.62
     assert result["step_accuracy"] >= 0.18

@@ -145,7 +145,11 @@ def attribute(
             break
     if feats.inferred and found:
         found[0].evidence.append("dependencies inferred from content reuse (the run recorded none)")
-    return found[:top]
+    shown = found[:top]
+    failure = next((c for c in found[top:] if c.span_id == feats.order[feats.failure]), None)
+    if failure is not None:  # where the failure surfaced is always shown, ranked where it is
+        shown = [*shown[:-1], failure] if top > 1 else shown
+    return shown
 
 
 def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
@@ -168,14 +172,14 @@ def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
 
 
 def attribute_run(con: Any, run_id: str, *, judge: Any = None, store: bool = True,
-                  infer: bool | str = "auto", top: int = 10) -> list[Candidate]:
+                  infer: bool | str = "auto", top: int = 10, params: AttributionParams | None = None) -> list[Candidate]:
     """Attribute one stored run: build its IDG, rank candidates, store them as findings."""
     from tracekit.store.findings import write_findings
 
     g = load_idg(con, run_id, infer=infer)
     attrs = g.graph["run"]["attributes"]
     found = attribute(g, ground_truth=attrs.get("ground_truth") or None, judge=judge, context=attrs, top=top,
-                      failed=g.graph["run"]["status"] in ("error", "aborted"))
+                      failed=g.graph["run"]["status"] in ("error", "aborted"), params=params)
     if store:
         write_findings(con, g.graph["run"]["run_id"], "attribution", [
             {"kind": c.role, "subject": f"agent:{c.agent}/step:{c.step}", "score": c.score,

@@ -408,4 +408,7 @@ def _backtrace(g: nx.DiGraph, order: list[str], pos: dict[str, int], fail: int, 
             cur = nxt[cur]
             walk.append(nodes[order[cur]]["step"])
         paths[j] = walk
-    return root, {i: s for i, s in explained.items() if s is not None}, paths
+    symptoms = {i: s for i, s in explained.items() if s is not None}
+    if root is not None and root != fail:
+        symptoms.setdefault(fail, root)  # where the failure surfaced is a symptom of the root cause
+    return root, symptoms, paths
