@@ -25,9 +25,18 @@ def span(i: int, **over: object) -> dict:
     return record
 
 
-def new_spool(root: Path, node: str = "rank:0") -> Spool:
+@pytest.fixture(autouse=True)
+def _json_spool_by_default(monkeypatch):
+    """These tests read and damage JSON-lines files by hand; tests of both encodings pass one explicitly."""
+    monkeypatch.setenv("TRACEKIT_SPOOL_FORMAT", "json")
+
+
+ENCODINGS = ["json", "arrow"]  # JSON lines (format 2) and binary Arrow frames (format 3)
+
+
+def new_spool(root: Path, node: str = "rank:0", encoding: str = "json") -> Spool:
     run_id = uuid.uuid4().hex
-    return Spool(root / run_id, run_id, node, flush_interval_ms=60000)
+    return Spool(root / run_id, run_id, node, flush_interval_ms=60000, encoding=encoding)
 
 
 def write_spans(spool: Spool, start: int, n: int) -> Path:
@@ -38,10 +47,17 @@ def write_spans(spool: Spool, start: int, n: int) -> Path:
     return stream.path
 
 
-def test_torn_last_record_is_skipped_reported_and_picked_up_once_complete(tmp_path):
-    spool = new_spool(tmp_path / "spool")
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_torn_last_record_is_skipped_reported_and_picked_up_once_complete(tmp_path, encoding):
+    spool = new_spool(tmp_path / "spool", encoding=encoding)
     path = write_spans(spool, 0, 10)
-    line = (json.dumps(span(10)) + "\n").encode()
+    if encoding == "json":
+        line = (json.dumps(span(10)) + "\n").encode()
+    else:  # the next flush's frame, as the writer appends it
+        size = path.stat().st_size
+        write_spans(spool, 10, 1)
+        line = path.read_bytes()[size:]
+        os.truncate(path, size)
     with path.open("ab") as fh:
         fh.write(line[:25])  # the writer was killed (or is still writing) mid-record
     db = tmp_path / "store.duckdb"
@@ -56,8 +72,9 @@ def test_torn_last_record_is_skipped_reported_and_picked_up_once_complete(tmp_pa
     assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(11, 11)]
 
 
-def test_idempotent_and_incremental_ingest_of_a_growing_file(tmp_path):
-    spool = new_spool(tmp_path / "spool")
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_idempotent_and_incremental_ingest_of_a_growing_file(tmp_path, encoding):
+    spool = new_spool(tmp_path / "spool", encoding=encoding)
     db = tmp_path / "store.duckdb"
     write_spans(spool, 0, 5)
     assert ingest_paths([spool.run_dir], db).records == 5

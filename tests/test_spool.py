@@ -15,6 +15,12 @@ from foundation_helpers import clean_env, cli, query, run_py
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(params=["json", "arrow"])
+def encoding(request):
+    """Every crash-safety test runs on both spool encodings: JSON lines and binary Arrow frames."""
+    return request.param
+
 FANOUT_PROGRAM = """
 import subprocess, sys
 import tracekit
@@ -43,9 +49,10 @@ print(run.run_id)
 """
 
 
-def test_eight_processes_by_four_threads_lose_nothing(tmp_path):
+def test_eight_processes_by_four_threads_lose_nothing(tmp_path, encoding):
     per_thread = 250
-    done = run_py(tmp_path, FANOUT_PROGRAM.replace("{n}", str(per_thread)).replace("{{n}}", "{n}"))
+    done = run_py(tmp_path, FANOUT_PROGRAM.replace("{n}", str(per_thread)).replace("{{n}}", "{n}"),
+                  env=clean_env(tmp_path, TRACEKIT_SPOOL_FORMAT=encoding))
     assert done.code == 0, done.err
     run_id = done.out.strip()
     ingested = cli(tmp_path, "ingest", "spool", "--format", "json")
@@ -76,10 +83,11 @@ while True:  # keep writing until killed
 """
 
 
-def test_sigkill_mid_stream_keeps_every_flushed_record_and_marks_the_run_aborted(tmp_path):
+def test_sigkill_mid_stream_keeps_every_flushed_record_and_marks_the_run_aborted(tmp_path, encoding):
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(KILLED_PROGRAM))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=clean_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
+                            env=clean_env(tmp_path, TRACEKIT_SPOOL_FORMAT=encoding),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().split()
@@ -132,8 +140,8 @@ print(run.run_id)
 """
 
 
-def test_fork_children_write_their_own_files_and_do_not_duplicate_the_parents_buffer(tmp_path):
-    done = run_py(tmp_path, FORK_PROGRAM)
+def test_fork_children_write_their_own_files_and_do_not_duplicate_the_parents_buffer(tmp_path, encoding):
+    done = run_py(tmp_path, FORK_PROGRAM, env=clean_env(tmp_path, TRACEKIT_SPOOL_FORMAT=encoding))
     assert done.code == 0, done.err
     run_id = done.out.strip()
     assert cli(tmp_path, "ingest", "spool").code == 0
@@ -161,10 +169,10 @@ print("result", total)
 """
 
 
-def test_unwritable_spool_directory_keeps_the_program_running(tmp_path):
+def test_unwritable_spool_directory_keeps_the_program_running(tmp_path, encoding):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    env = clean_env(tmp_path, TRACEKIT_SPOOL_DIR=str(blocker / "spool"))  # mkdir fails, even as root
+    env = clean_env(tmp_path, TRACEKIT_SPOOL_DIR=str(blocker / "spool"), TRACEKIT_SPOOL_FORMAT=encoding)  # mkdir fails, even as root
     done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "0"), env=env)
     assert done.code == 0, done.err
     assert done.out.split() == ["result", str(sum(i * 2 for i in range(3000)))]
@@ -187,14 +195,16 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["file-size-limit", "tmpfs"])
-def test_full_disk_keeps_the_program_running_and_what_was_written_loads(tmp_path, how, request):
+def test_full_disk_keeps_the_program_running_and_what_was_written_loads(tmp_path, how, request, encoding):
     if how == "tmpfs":
         small = request.getfixturevalue("small_tmpfs")
-        env = clean_env(tmp_path, TRACEKIT_SPOOL_DIR=str(small / "spool"))
+        env = clean_env(tmp_path, TRACEKIT_SPOOL_DIR=str(small / "spool"), TRACEKIT_SPOOL_FORMAT=encoding)
         done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "0"), env=env)
         reason, spool = "No space left on device", small / "spool"
-    else:  # writes beyond 40 kB fail with EFBIG
-        done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", "40000"))
+    else:  # writes beyond 40 kB (a binary spool's whole frames: 300 kB) fail with EFBIG
+        limit = "40000" if encoding == "json" else "300000"
+        done = run_py(tmp_path, DROPPING_PROGRAM.replace("{limit}", limit),
+                      env=clean_env(tmp_path, TRACEKIT_SPOOL_FORMAT=encoding))
         reason, spool = "File too large", tmp_path / "spool"
     assert done.code == 0, done.err
     assert done.out.split() == ["result", str(sum(i * 2 for i in range(3000)))]

@@ -40,13 +40,29 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tracekit import conventions as conv
+from tracekit import frames
 from tracekit.config import default_node, spool_root
 
+JSON = "json"
+BINARY_STREAMS = ("spans", "events", "collectives", "steps")  # the high-volume streams a binary spool encodes
+FRAME_ROWS = 2048  # rows per binary frame at most: bounds a frame's size (~300 kB of spans) and what a torn one loses
 _IDLE_MAX_S = 5.0  # an idle flusher still looks every 5 s (a producer that did not notify loses no record)
 
 
 class CaptureWarning(RuntimeWarning):
     """Capture could not write some records; the traced program keeps running."""
+
+
+def spool_encoding(explicit: str | None = None) -> str:
+    """The encoding of the high-volume streams (``BINARY_STREAMS``): ``explicit``, else ``TRACEKIT_SPOOL_FORMAT``
+    (``json``: JSON lines, the default; ``arrow``: binary Arrow frames). An unknown value falls back to JSON
+    lines with one warning: capture never raises."""
+    value = (explicit or os.environ.get("TRACEKIT_SPOOL_FORMAT") or JSON).strip().lower()
+    if value == frames.ENCODING:
+        return frames.ENCODING
+    if value not in (JSON, "jsonl"):
+        warnings.warn(f"tracekit: unknown spool format {value!r} (json or arrow); writing json", CaptureWarning, stacklevel=2)
+    return JSON
 
 
 def _default(value: Any) -> Any:
@@ -110,24 +126,34 @@ def write_run_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 class SpoolStream:
-    """One append-only file holding one record stream of this process."""
+    """One append-only file holding one record stream of this process.
 
-    def __init__(self, spool: "Spool", stream: str) -> None:
+    Its encoding is JSON lines (``.jsonl``) or binary (``.tkb``: Arrow IPC frames, see ``tracekit.frames``).
+    A binary stream keeps records handed over as JSON text (``write_lines``: the native writer's) and its
+    file descriptor for a native writer (``_fd``) in a JSON-lines file of the same stream beside it.
+    """
+
+    def __init__(self, spool: "Spool", stream: str, encoding: str = JSON, io_lock: Any = None) -> None:
         self.spool = spool
         self.stream = stream
+        self.encoding = encoding
+        self.binary = encoding == frames.ENCODING
         self.file_id = uuid.uuid4().hex
-        self.path = spool.run_dir / f"{stream}.{os.getpid()}.{self.file_id[:8]}.jsonl"
-        self.records = 0
+        suffix = frames.SUFFIX if self.binary else ".jsonl"
+        self.path = spool.run_dir / f"{stream}.{os.getpid()}.{self.file_id[:8]}{suffix}"
+        self._written = 0
         self.dropped = 0
-        # (fields, values): a row to encode at the flush; (text, count): lines already encoded. Writers
-        # take no lock: deque.append and popleft are atomic, and the flush drains with popleft
+        # (fields, values): a row to encode at the flush; (dict, None): a record (binary streams);
+        # (text, count): lines already encoded. Writers take no lock: deque.append and popleft are
+        # atomic, and the flush drains with popleft
         self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
-        self._io_lock = threading.RLock()
-        self._fd: int | None = None
+        self._io_lock = io_lock or threading.RLock()
+        self._file_fd: int | None = None
+        self._text: SpoolStream | None = None  # a binary stream's JSON-lines file, made on first use
         self._failed = False
         self._closed = False
         header = {
-            conv.HEADER_KEY: conv.SPOOL_VERSION,
+            conv.HEADER_KEY: frames.BINARY_VERSION if self.binary else conv.SPOOL_VERSION,
             "stream": stream,
             "run_id": spool.run_id,
             "file_id": self.file_id,
@@ -137,10 +163,42 @@ class SpoolStream:
             "started_ns": time.time_ns(),
             "argv": list(sys.argv[:16]),
         }
-        self._write_now(_dumps(header) + "\n", 0)
+        if self.binary:
+            header["encoding"] = encoding
+        self._write_now((_dumps(header) + "\n").encode("utf-8"), 0)
+
+    @property
+    def records(self) -> int:
+        """Records this stream's files hold (the native writer adds what it wrote with ``+=``)."""
+        return self._written + (self._text._written if self._text is not None else 0)
+
+    @records.setter
+    def records(self, value: int) -> None:
+        # only the native writer's tally is added from outside: it wrote JSON lines (a binary stream's text file)
+        target = self._text_stream() if self.binary else self
+        target._written += value - self.records
+
+    @property
+    def _fd(self) -> int | None:
+        """The JSON-lines file descriptor, for a native writer appending lines of its own."""
+        return self._text_stream()._file_fd if self.binary else self._file_fd
+
+    def _text_stream(self) -> "SpoolStream":
+        if self._text is None:
+            with self._io_lock:
+                if self._text is None:
+                    self._text = SpoolStream(self.spool, self.stream, JSON, io_lock=self._io_lock)
+        return self._text
+
+    def pending(self) -> bool:
+        """Whether records wait for a flush."""
+        return bool(self._queue) or (self._text is not None and bool(self._text._queue))
 
     def write(self, record: dict[str, Any]) -> None:
         """Buffer one record; it reaches the OS within one flush interval. Never raises."""
+        if self.binary:
+            self._append((record, None))
+            return
         try:
             line = _dumps(record) + "\n"
         except (TypeError, ValueError):
@@ -161,10 +219,10 @@ class SpoolStream:
     def write_lines(self, text: str, count: int) -> None:
         """Buffer ``count`` already-encoded JSON lines at once (``text`` ends in a newline)."""
         if count:
-            self._append((text, count))
+            (self._text_stream() if self.binary else self)._append((text, count))
 
     def _append(self, item: tuple[Any, Any]) -> None:
-        """Buffer a (fields, values) row or (encoded text, how many records)."""
+        """Buffer a (fields, values) row, a (dict, None) record or (encoded text, how many records)."""
         if self._closed:
             self._drop(item[1] if type(item[0]) is str else 1, "the spool was already closed")
             return
@@ -176,15 +234,31 @@ class SpoolStream:
         # and the footer is always the last line
         with self._io_lock:
             items = drain(self._queue)
-            if not items:
-                return
-            data, count, bad = _join(items)
-            if self._closed:  # buffered while close() ran: writing now would land after the footer
-                self._drop(count, "records arrived after the spool was closed")
-                return
-            if bad:
-                self._drop(bad, "a record could not be encoded as JSON")
-            self._write_now(data, count - bad)
+            if items:
+                if self._closed:  # buffered while close() ran: writing now would land after the footer
+                    self._drop(len(items), "records arrived after the spool was closed")
+                else:  # a binary stream writes a frame per FRAME_ROWS rows: each is whole or torn
+                    step = FRAME_ROWS if self.binary else len(items)
+                    for i in range(0, len(items), step):
+                        data, count, bad = self._encode(items[i:i + step])
+                        if bad:
+                            self._drop(bad, "a record could not be encoded")
+                        if count:
+                            self._write_now(data, count)
+            if self._text is not None:
+                self._text.flush()
+
+    def _encode(self, items: list[tuple[Any, Any]]) -> tuple[bytes, int, int]:
+        if not self.binary:
+            text, count, bad = _join(items)
+            return text.encode("utf-8"), count - bad, bad
+        try:
+            from tracekit.capture import arrow_rows  # pyarrow: imported by the first binary flush, never at start-up
+
+            return arrow_rows.encode(conv.STREAMS[self.stream].fields, items)
+        except Exception as exc:  # noqa: BLE001 - never raise from the flusher
+            self.spool._report_drop_reason(f"cannot encode {self.stream} records: {exc}")
+            return b"", 0, len(items)
 
     def close(self) -> None:
         """Flush and write the footer that marks a clean exit."""
@@ -192,34 +266,36 @@ class SpoolStream:
             if self._closed:
                 return
             self.flush()
-            footer = {conv.FOOTER_KEY: time.time_ns(), "records": self.records, "dropped": self.dropped}
-            self._write_now(_dumps(footer) + "\n", 0)
+            footer = _dumps({conv.FOOTER_KEY: time.time_ns(), "records": self._written, "dropped": self.dropped})
+            self._write_now(frames.frame(frames.END, footer.encode()) if self.binary else (footer + "\n").encode(), 0)
             self._closed = True
-            if self._fd is not None:
+            if self._file_fd is not None:
                 try:
-                    os.close(self._fd)
+                    os.close(self._file_fd)
                 except OSError:
                     pass
-                self._fd = None
+                self._file_fd = None
+            if self._text is not None:
+                self._text.close()
 
-    def _write_now(self, data: str, count: int) -> None:
+    def _write_now(self, encoded: bytes, count: int) -> None:
         if self._failed:
             self._drop(count, "")
             return
-        encoded = data.encode("utf-8")
         done = 0
         try:
-            if self._fd is None:
+            if self._file_fd is None:
                 self.spool.run_dir.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._file_fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             view = memoryview(encoded)
             while done < len(encoded):
-                done += os.write(self._fd, view[done:])
-            self.records += count
+                done += os.write(self._file_fd, view[done:])
+            self._written += count
         except OSError as exc:
-            # a short write (disk full) may have landed some whole records before the error
-            landed = min(count, encoded[:done].count(b"\n"))
-            self.records += landed
+            # a short write (disk full) may have landed some whole records (JSON lines) before the error;
+            # a binary frame is whole or torn
+            landed = 0 if self.binary else min(count, encoded[:done].count(b"\n"))
+            self._written += landed
             self._failed = True
             self._drop(count - landed, f"cannot write {self.path}: {exc.strerror or exc}")
 
@@ -231,10 +307,13 @@ class SpoolStream:
 class Spool:
     """All spool streams of one run in this process, and the timer that flushes them."""
 
-    def __init__(self, run_dir: Path, run_id: str, node: str, *, flush_interval_ms: int = 200) -> None:
+    def __init__(
+        self, run_dir: Path, run_id: str, node: str, *, flush_interval_ms: int = 200, encoding: str | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.node = node
+        self.encoding = spool_encoding(encoding)
         self.flush_interval = flush_interval_ms / 1000.0
         self._streams: dict[str, SpoolStream] = {}
         self._lock = threading.Lock()
@@ -266,7 +345,7 @@ class Spool:
             with self._lock:
                 stream = self._streams.get(name)
                 if stream is None:
-                    stream = SpoolStream(self, name)
+                    stream = SpoolStream(self, name, self.encoding if name in BINARY_STREAMS else JSON)
                     self._streams[name] = stream
         return stream
 
@@ -391,7 +470,7 @@ class Spool:
         self._wake.clear()
         self._idle = True
         try:
-            if self._closed or any(stream._queue for stream in list(self._streams.values())) or any(self._watched):
+            if self._closed or any(stream.pending() for stream in list(self._streams.values())) or any(self._watched):
                 return
             self._wake.wait(_IDLE_MAX_S)
         finally:

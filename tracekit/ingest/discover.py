@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit import conventions as conv
+from tracekit import frames
 from tracekit.errors import TracekitError
 
 OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp", ".pb", ".binpb", ".otlp.pb")
@@ -15,7 +16,7 @@ OTLP_SUFFIXES = (".otlp.json", ".otlp.jsonl", ".otlp", ".pb", ".binpb", ".otlp.p
 
 @dataclass
 class Sources:
-    spool_runs: dict[Path, list[Path]] = field(default_factory=dict)  # run dir -> its .jsonl files
+    spool_runs: dict[Path, list[Path]] = field(default_factory=dict)  # run dir -> its spool files (.jsonl, .tkb)
     otlp: list[Path] = field(default_factory=list)
 
     def count(self) -> int:
@@ -44,11 +45,11 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> Sources:
                     continue
                 if file.name.endswith(OTLP_SUFFIXES):
                     sources.otlp.append(file)
-                elif file.suffix == ".jsonl":
+                elif file.suffix in (".jsonl", frames.SUFFIX):
                     sources.spool_runs.setdefault(file.parent, []).append(file)
             for manifest in sorted(path.rglob("run.json")):
                 sources.spool_runs.setdefault(manifest.parent, [])
-        elif looks_like_spool(path) or (path.suffix == ".jsonl" and not path.name.endswith(OTLP_SUFFIXES)):
+        elif looks_like_spool(path) or (path.suffix in (".jsonl", frames.SUFFIX) and not path.name.endswith(OTLP_SUFFIXES)):
             sources.spool_runs.setdefault(path.parent, []).append(path)
         else:
             sources.otlp.append(path)

@@ -19,11 +19,13 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from tracekit import conventions as conv
+from tracekit import frames
 from tracekit.errors import SpoolError
 from tracekit.ingest.report import Quarantined
 from tracekit.store.load import has_invalid_json
 from tracekit.store.streams import STREAMS, StreamSpec
 
+READABLE_VERSIONS = (*conv.READABLE_VERSIONS, frames.BINARY_VERSION)
 _FOOTER_PREFIX = b'{"' + conv.FOOTER_KEY.encode() + b'"'
 _TAIL_BYTES = 4096
 
@@ -184,10 +186,12 @@ def declared_spec(path: Path, header: Any) -> StreamSpec:
     if not isinstance(header, dict) or conv.HEADER_KEY not in header:
         raise SpoolError(f"{path}: no tracekit spool header; this is not a tracekit spool file")
     version = header[conv.HEADER_KEY]
-    if version not in conv.READABLE_VERSIONS or isinstance(version, bool):
+    if (version not in READABLE_VERSIONS or isinstance(version, bool)
+            or (version == frames.BINARY_VERSION) != (header.get("encoding") == frames.ENCODING)):
         raise SpoolError(
-            f"{path}: written in spool format version {version!r}, but this tracekit reads versions "
-            f"{conv.READABLE_VERSIONS[0]} to {conv.SPOOL_VERSION}: ingest it with the tracekit version that recorded it"
+            f"{path}: written in spool format version {version!r} ({header.get('encoding') or 'json'}), but this "
+            f"tracekit reads versions {READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]} (3 is the binary "
+            "encoding): ingest it with the tracekit version that recorded it"
         )
     spec = STREAMS.get(str(header.get("stream")))
     if spec is None:
@@ -212,6 +216,8 @@ def parse_spool_file(path: Path, offset: int, records_before: int) -> ParsedFile
     except ValueError:
         raise SpoolError(f"{path}: the first line is not JSON; this is not a tracekit spool file") from None
     spec = declared_spec(path, header)
+    if header[conv.HEADER_KEY] == frames.BINARY_VERSION:
+        return _parse_binary(path, data, nl + 1, header, spec, offset, records_before)
     last_nl = data.rfind(b"\n")
     torn = len(data) - (last_nl + 1)
     body_end = last_nl + 1
@@ -229,6 +235,58 @@ def parse_spool_file(path: Path, offset: int, records_before: int) -> ParsedFile
     body = data[start:body_end] if body_end > start else b""
     table, bad = parse_body(body, spec, str(path), first_line=records_before + 2)
     return ParsedFile(header, spec, table, bad, max(body_end, start), torn, footer, records_before)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A batch's table with exactly the stream's columns: a missing one is null, an extra one left out.
+    Raises ArrowInvalid when a column cannot be cast."""
+    if table.schema.equals(schema):
+        return table
+    columns = []
+    for fld in schema:
+        if fld.name in table.column_names:
+            columns.append(table.column(fld.name).cast(fld.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, fld.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _parse_binary(
+    path: Path, data: bytes, body_start: int, header: dict[str, Any], spec: StreamSpec, offset: int, records_before: int,
+) -> ParsedFile:
+    """The frames of a binary spool file from `offset`: Arrow record batches, read without parsing (zero copy).
+    A torn last frame is left for later; a record missing a required field is quarantined (line = its number
+    in the file, counting from 1 after the header)."""
+    start = max(offset, body_start)
+    found = frames.scan(data, start)
+    buffer = pa.py_buffer(data)
+    tables = []
+    footer = None
+    for kind, begin, end in found.frames:
+        if kind == frames.END:
+            try:
+                footer = json.loads(bytes(data[begin:end]))
+            except ValueError:
+                footer = None
+            continue
+        try:
+            tables.append(_conform(pa.ipc.open_stream(buffer.slice(begin, end - begin)).read_all(), spec.schema))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise SpoolError(f"{path}: a batch at byte {begin} is not readable Arrow ({exc}); the file is rejected") from None
+    table = pa.concat_tables(tables) if tables else spec.schema.empty_table()
+    bad: list[Quarantined] = []
+    missing = [name for name in spec.required if table.column(name).null_count]
+    if missing:
+        import pyarrow.compute as pc
+
+        ok = pc.and_(*[pc.is_valid(table.column(name)) for name in spec.required]) if len(spec.required) > 1 \
+            else pc.is_valid(table.column(spec.required[0]))
+        for i in pc.indices_nonzero(pc.invert(ok)).to_pylist():
+            name = next(n for n in spec.required if table.column(n)[i].as_py() is None)
+            bad.append(Quarantined(str(path), records_before + i + 1, _record_id(table.slice(i, 1).to_pylist()[0], spec),
+                                   f"required field {name!r} is missing"))
+        table = table.filter(ok)
+    return ParsedFile(header, spec, table, bad, found.end, found.torn, footer, records_before)
 
 
 def peek_file_id(path: Path) -> str | None:
@@ -255,7 +313,7 @@ class Closed:
 
 def peek_closed(path: Path) -> Closed | None:
     """Header and footer of a spool file the fast path can load whole, or None (the careful path decides)."""
-    if any(ch in str(path) for ch in "*?[]{}'"):  # DuckDB would read the path as a glob pattern
+    if path.suffix != ".jsonl" or any(ch in str(path) for ch in "*?[]{}'"):  # DuckDB would read the path as a glob pattern
         return None
     try:
         with path.open("rb") as fh:
@@ -289,7 +347,7 @@ def peek_closed(path: Path) -> Closed | None:
 def raw_lines(path: Path, items: list[Quarantined]) -> dict[int, str]:
     """The text of the quarantined lines of a file (cut at 2000 characters), by line number."""
     wanted = {q.line for q in items if q.line is not None}
-    if not wanted:
+    if not wanted or path.suffix == frames.SUFFIX:  # a binary file's records have no text
         return {}
     out: dict[int, str] = {}
     with path.open("rb") as fh:
