@@ -228,20 +228,25 @@ def agent_step(
 
 def message(
     *, agent: str, content: Any, consumes: Iterable[str] = (), role: str | None = None,
-    tool_call_id: str | None = None, error: str | None = None,
+    tool_call_id: str | None = None, error: str | None = None, signals: dict[str, Any] | None = None,
 ) -> str:
     """Record one message (a step with no body) sent by `agent`; returns its id for ``consumes=``.
 
     ``consumes`` lists ids of earlier messages or steps this one used (declared edges); a message
     whose content contains an earlier step's output gets an observed edge as well. ``tool_call_id``
     says the message answers that tool call (declared edge from the call). ``error`` marks it failed.
+    ``signals`` are general step signals by short name (``role``: task/orchestrator/worker/tool/verifier,
+    ``judgment``: progress/no_progress/loop, ``verdict``: pass/fail, ``exit_code``, ``error``,
+    ``final_answer``), read by attribution.
     """
     try:
         kind = "tool_result" if tool_call_id else "message"
+        stated = {f"{conv.SIGNAL_ROLE.rsplit('.', 1)[0]}.{k}": v for k, v in (signals or {}).items()
+                  if f"{conv.SIGNAL_ROLE.rsplit('.', 1)[0]}.{k}" in conv.SIGNALS and isinstance(v, (str, int, bool))}
         span = _tracer().start_span(
             f"message:{agent}",
             attributes=_step_attributes(agent, kind, {
-                conv.CONTENT: _text(content), conv.ROLE: role, conv.TOOL_CALL_ID: tool_call_id,
+                conv.CONTENT: _text(content), conv.ROLE: role, conv.TOOL_CALL_ID: tool_call_id, **stated,
             }),
         )
         sid = _span_id(span)
