@@ -36,6 +36,10 @@ def run(
     from tracekit.inject.runner import run_campaign
 
     campaign = load_campaign(file, name=name, strategy=strategy)
+    if executor == "ray":
+        from tracekit.cli.extras import require
+
+        require("ray")  # now, not after the first runs
     with progress_bar(campaign.name, quiet=fmt is not Format.table) as advance:
         result = run_campaign(campaign, budget=budget, workers=workers, executor=executor, address=address,
                               db=db, progress=advance, dry_run=dry_run)
