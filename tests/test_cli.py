@@ -223,3 +223,29 @@ def test_analysis_commands_on_a_missing_store_do_not_create_one(tmp_path):
         assert out.returncode == 2, (command, out.stderr)
         assert "no tracekit store" in out.stderr and "Traceback" not in out.stderr
         assert not db.exists()
+
+
+def test_tables_show_12_character_ids_that_every_run_taking_command_accepts(demo):
+    run_id = json.loads(cli_here(demo, "runs", "--format", "json").out)[0]["run_id"]
+    table = cli_here(demo, "runs", COLUMNS="200").out
+    assert run_id[:12] in table and run_id[:13] not in table  # git-style short ids in tables only
+    spans_table = cli_here(demo, "spans", run_id[:12], COLUMNS="200").out
+    span_ids = [s["span_id"] for s in json.loads(cli_here(demo, "spans", run_id[:12], "--format", "json").out)]
+    assert all(len(s) == 16 for s in span_ids)  # json keeps full ids
+    assert span_ids[0][:12] in spans_table and span_ids[0] not in spans_table
+    csv_ids = [r["run_id"] for r in csv.DictReader(io.StringIO(cli_here(demo, "runs", "--format", "csv").out))]
+    assert csv_ids == [run_id]
+    assert cli_here(demo, "export", run_id[:12], "--format", "chrome-trace", "-o", "short.json").code == 0
+
+
+def test_version_option_and_shell_completion():
+    from typer.testing import CliRunner
+
+    from tracekit import __version__
+    from tracekit.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"tracekit {__version__}"
+    done = subprocess.run([sys.executable, "-m", "tracekit", "--show-completion", "bash"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "complete" in done.stdout and "tracekit" in done.stdout, done.stderr
