@@ -112,6 +112,11 @@ def test_import_attribute_and_idg_end_to_end(tmp_path):
     ({"role": "human", "content": "What is 6 x 7?"}, 0, {"role": "task"}),
     ({"role": "assistant", "name": "Math_Expert", "content": "You are given a task: what is 6 x 7? Plan: ..."}, 0,
      {"role": "task"}),
+    # an agent that restates the question and goes on with a plan of its own wrote a step that may be the mistake
+    ({"role": "assistant", "name": "Math_Expert", "content": "You are given a task: what is 6 x 7? Plan: first look "
+      "up the multiplication table for six, then read the seventh entry, then check it against a calculator and "
+      "report the figure to the group with a short justification."}, 0, {"role": "worker"}),
+    ({"role": "user", "content": "What is 6 x 7, please?"}, 0, {"role": "task"}),
     ({"role": "Orchestrator (thought)", "content": 'Updated Ledger: {"is_progress_being_made": {"reason": "no", '
       '"answer": false}, "is_request_satisfied": {"reason": "no", "answer": false}}'}, 4,
      {"role": "orchestrator", "judgment": "no_progress"}),

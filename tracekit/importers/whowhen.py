@@ -9,7 +9,7 @@ and the labels are kept on the run's attributes. A pure parser: it reads files a
 
 What the format's conventions say about a step becomes general step signals (``tracekit.conventions``
 ``SIGNAL_*``), so the attribution method never reads a format's keys: the human/task message (and a
-first entry restating the question) is role ``task``; Magentic-One's ``Orchestrator (...)`` entries
+first entry that is only the question restated) is role ``task``; Magentic-One's ``Orchestrator (...)`` entries
 are role ``orchestrator`` and its ledger's ``is_progress_being_made`` / ``is_in_loop`` answers become
 a ``judgment`` (progress, no_progress, loop) while ``is_request_satisfied`` / "Request satisfied"
 become a ``verdict`` pass; a terminal's ``exitcode: N`` output is role ``tool`` with ``exit_code``
@@ -55,10 +55,21 @@ def agent_of(entry: dict[str, Any]) -> str:
     return _QUALIFIER.sub("", role) or role
 
 
-def _restates(content: str, question: str) -> bool:
-    """Whether a message restates the question (its first 30 words, in order)."""
-    head = " ".join(_WORDS.findall(question.lower())[:30])
-    return bool(head) and head in " ".join(_WORDS.findall(content[:20000].lower()))
+def _only_restates(content: str, question: str) -> bool:
+    """Whether a message is the question and little else (its first 30 words in order, few words added).
+
+    An agent's message that restates the question and goes on with a plan or an answer of its own is
+    a step like any other: what it adds may be the mistake.
+    """
+    asked = _WORDS.findall(question.lower())
+    said = _WORDS.findall(content[:20000].lower())
+    head = " ".join(asked[:30])
+    return bool(head) and head in " ".join(said) and len(said) <= len(asked) + max(15, len(asked) // 5)
+
+
+def _from_a_person(role: str, name: str) -> bool:
+    """Whether an entry was written by the person asking (a human/user role with no agent name)."""
+    return role.lower() == "human" or (role.lower() == "user" and not name)
 
 
 def step_signals(entry: dict[str, Any], index: int, question: str = "") -> dict[str, Any]:
@@ -76,7 +87,7 @@ def step_signals(entry: dict[str, Any], index: int, question: str = "") -> dict[
     content = str(entry.get("content") or "")
     signals: dict[str, Any] = {}
     exit_code = _EXITCODE.match(content)
-    if role.lower() == "human" or (index == 0 and question and _restates(content, question)):
+    if _from_a_person(role, name) or (index == 0 and question and _only_restates(content, question)):
         signals[SIGNAL_ROLE] = "task"
     elif role.startswith("Orchestrator"):
         signals[SIGNAL_ROLE] = "orchestrator"
