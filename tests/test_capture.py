@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from foundation_helpers import cli, query, run_py
+import pytest
+
+from foundation_helpers import clean_env, cli, query, run_py
 
 DECORATED_PROGRAM = """
 import asyncio, json
@@ -215,3 +217,167 @@ def test_tracekit_disabled_turns_capture_off(tmp_path):
     done = run_py(tmp_path, program, env=clean_env(tmp_path, TRACEKIT_DISABLED="1"))
     assert done.code == 0 and done.out.split() == ["4950", "None"], done.err
     assert not (tmp_path / "spool").exists() and not (tmp_path / "store.duckdb").exists()
+
+
+# --- the lean span path (issue #20) ------------------------------------------------------------
+
+BOTH_PATHS_PROGRAM = """
+import asyncio, tracekit
+from opentelemetry import trace
+
+run = tracekit.init(run="paths", node="service:app", flush_interval_ms=50)
+print("lean" if run.lean is not None and run.lean.enabled else "sdk")
+
+@tracekit.trace(name="leaf", attributes={"team": "payments", "n": 3, "tags": ["a", "b"], "skip": None})
+def leaf(i):
+    trace.get_current_span().set_attribute("i", i)
+    return i
+
+@tracekit.trace(node="service:db")
+def fails():
+    raise KeyError("missing")
+
+@tracekit.trace
+def gen():
+    yield leaf(1)
+    yield leaf(2)
+
+@tracekit.trace
+async def coro():
+    return leaf(3)
+
+@tracekit.trace
+def root():
+    leaf(0)
+    list(gen())
+    asyncio.run(coro())
+    with tracekit.span("block", node="rank:2", rows=10) as sp:
+        sp.set_attribute("ratio", 0.5)
+        sp.add_event("retry", {"attempt": 2})
+        sp.set_status(trace.Status(trace.StatusCode.OK))
+    try:
+        fails()
+    except KeyError:
+        pass
+
+root()
+"""
+
+
+def _comparable(db) -> tuple[list, list]:
+    """Every stored span and event with ids replaced by the name of the span they point to, times by order checks."""
+    spans = query(db, "SELECT span_id, parent_id, trace_id, name, node, kind, status, status_message, "
+                      "CAST(attributes AS VARCHAR), start_ns, end_ns FROM spans ORDER BY start_ns")
+    name_of = {s[0]: s[3] for s in spans}
+    assert len({s[2] for s in spans}) == 1 and all(len(s[0]) == 16 and len(s[2]) == 32 for s in spans)
+    assert all(s[9] <= s[10] for s in spans)
+    rows = [(s[3], name_of.get(s[1]), *s[4:8], json.loads(s[8])) for s in spans]
+    events = []
+    for span_id, name, attrs in query(db, "SELECT span_id, name, CAST(attributes AS VARCHAR) FROM events ORDER BY ts_ns"):
+        attrs = json.loads(attrs)
+        stack = attrs.pop("exception.stacktrace", None)
+        assert stack is None or stack.rstrip().endswith("KeyError: 'missing'")
+        events.append((name_of[span_id], name, attrs))
+    return rows, events
+
+
+def test_lean_and_sdk_paths_store_the_same_records(tmp_path):
+    """Field by field (ids and times aside, which differ by nature), the lean path stores what the SDK path does."""
+    stored = {}
+    for path, env in (("lean", {}), ("sdk", {"TRACEKIT_NO_LEAN": "1"})):
+        work = tmp_path / path
+        work.mkdir()
+        done = run_py(work, BOTH_PATHS_PROGRAM, env=clean_env(work, **env))
+        assert done.code == 0, done.err
+        assert done.out.split()[0] == path
+        stored[path] = _comparable(work / "store.duckdb")
+    assert stored["lean"] == stored["sdk"]
+    rows, events = stored["lean"]
+    by_name = {r[0]: r for r in rows}
+    assert [r[:2] for r in rows] == [("root", None), ("leaf", "root"), ("gen", "root"), ("leaf", "gen"), ("leaf", "gen"),
+                                     ("coro", "root"), ("leaf", "coro"), ("block", "root"), ("fails", "root")]
+    assert by_name["block"][2] == "rank:2" and by_name["fails"][2] == "service:db"
+    assert rows[1][6] == {"team": "payments", "n": 3, "tags": ["a", "b"], "i": 0}
+    assert by_name["fails"][4:6] == ("error", "KeyError: 'missing'") and by_name["block"][4] == "ok"
+    assert ("block", "retry", {"attempt": 2}) in events
+    assert ("fails", "exception", {"exception.type": "KeyError", "exception.message": "'missing'",
+                                   "exception.escaped": "False"}) in events
+
+
+NESTING_PROGRAM = """
+import http.server, threading, json
+import requests, tracekit
+from opentelemetry import context, propagate, trace
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+run = tracekit.init(run="nesting", node="service:client", flush_interval_ms=50)
+RequestsInstrumentor().instrument()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        token = context.attach(propagate.extract(dict(self.headers)))
+        try:
+            with tracekit.span("handler", node="service:server"):
+                body = b"ok"
+        finally:
+            context.detach(token)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+
+@tracekit.trace
+def call_service():
+    return requests.get(f"http://127.0.0.1:{server.server_port}/orders", timeout=10).text
+
+with trace.get_tracer("other.instrumentation").start_as_current_span("sdk-outer"):
+    assert call_service() == "ok"
+server.shutdown()
+print(json.dumps({"lean": run.lean is not None and run.lean.enabled}))
+"""
+
+
+def test_other_instrumentation_nests_under_and_around_lean_spans(tmp_path):
+    """A real instrumentation (requests, over a local HTTP server): the SDK span of another instrumentation is the
+    lean span's parent, the requests client span is its child, and the server's lean span (context propagated
+    in the traceparent header) is the client span's child: one trace."""
+    pytest.importorskip("opentelemetry.instrumentation.requests")
+    done = run_py(tmp_path, NESTING_PROGRAM)
+    assert done.code == 0, done.err
+    assert json.loads(done.out.strip().splitlines()[-1]) == {"lean": True}
+    spans = query(tmp_path / "store.duckdb", "SELECT span_id, parent_id, trace_id, name, kind FROM spans")
+    by_name = {s[3]: s for s in spans}
+    assert set(by_name) == {"sdk-outer", "call_service", "GET", "handler"}, spans
+    assert by_name["sdk-outer"][1] is None
+    assert by_name["call_service"][1] == by_name["sdk-outer"][0]
+    assert by_name["GET"][1] == by_name["call_service"][0] and by_name["GET"][4] == "client"
+    assert by_name["handler"][1] == by_name["GET"][0]
+    assert len({s[2] for s in spans}) == 1
+
+
+def test_adding_a_processor_turns_the_lean_path_off(tmp_path):
+    """A user's processor added after init must see tracekit's spans: the decorator goes back to the SDK."""
+    done = run_py(tmp_path, """
+        import tracekit
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        run = tracekit.init(run="mixed", flush_interval_ms=50)
+        @tracekit.trace
+        def work():
+            return 1
+        work()
+        memory = InMemorySpanExporter()
+        trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+        work()
+        print(run.lean.enabled, [s.name for s in memory.get_finished_spans()])
+    """)
+    assert done.code == 0, done.err
+    assert done.out.strip().splitlines()[-1] == "False ['work']"
+    assert query(tmp_path / "store.duckdb", "SELECT count(*) FROM spans") == [(2,)]

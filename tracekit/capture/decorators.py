@@ -18,10 +18,15 @@ _PRIMITIVES = (str, bool, int, float)
 _global_tracer = otel_trace.get_tracer("tracekit")
 
 
-def _tracer() -> otel_trace.Tracer:
+def _tracer() -> Any:
+    """The lean tracer while the run's spool is the only consumer of spans (capture/lean.py), else the SDK's."""
     run = setup._current
-    if run is not None and run.tracer is not None:
-        return run.tracer
+    if run is not None:
+        lean = run.lean
+        if lean is not None and lean.enabled:
+            return lean
+        if run.tracer is not None:
+            return run.tracer
     return _global_tracer  # no init: spans go to whatever provider the program set (or nowhere)
 
 

@@ -38,8 +38,28 @@ def _attrs_json(attributes: Any) -> str:
     )
 
 
-def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
-    """Convert one finished SDK span into the spool's span record (``conventions.SPANS``)."""
+SPAN_FIELDS = tuple(name for name, kind in conv.SPANS.fields if kind != "events")  # a span record's fields
+EVENT_FIELDS = conv.EVENTS.field_names()
+
+
+def span_row(
+    trace_id: int, span_id: int, parent_id: int | None, name: str, node: str, kind: str, start_ns: int | None,
+    end_ns: int | None, status: str, status_message: str | None, attributes: Any,
+) -> tuple[Any, ...]:
+    """A span record's values (``SPAN_FIELDS``): the one encoding of a span, for the SDK and the lean path alike."""
+    return (
+        format(trace_id, "032x"), format(span_id, "016x"), format(parent_id, "016x") if parent_id is not None else None,
+        name, node, kind, start_ns, end_ns, status, status_message, _attrs_json(attributes),
+    )
+
+
+def event_row(span_id: int, ts_ns: int, name: str, attributes: Any) -> tuple[Any, ...]:
+    """A span event's record values (``EVENT_FIELDS``)."""
+    return (format(span_id, "016x"), ts_ns, name, _attrs_json(attributes))
+
+
+def sdk_span_row(span: ReadableSpan, default_node: str) -> tuple[Any, ...]:
+    """Convert one finished SDK span into the spool's span record values (``SPAN_FIELDS``)."""
     ctx = span.context
     attributes = dict(span.attributes or {})
     node = attributes.pop(conv.NODE, None)
@@ -48,29 +68,22 @@ def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
     attributes.pop(conv.RUN_ID, None)
     parent = span.parent
     status = span.status
-    record: dict[str, Any] = {
-        "trace_id": format(ctx.trace_id, "032x"),
-        "span_id": format(ctx.span_id, "016x"),
-        "parent_id": format(parent.span_id, "016x") if parent is not None else None,
-        "name": span.name,
-        "node": str(node or default_node),
-        "kind": _KIND.get(span.kind, "internal"),
-        "start_ns": span.start_time,
-        "end_ns": span.end_time,
-        "status": _STATUS.get(status.status_code, "unset"),
-        "status_message": status.description,
-        "attributes": _attrs_json(attributes),
-    }
-    return record
+    return span_row(
+        ctx.trace_id, ctx.span_id, parent.span_id if parent is not None else None, span.name,
+        str(node or default_node), _KIND.get(span.kind, "internal"), span.start_time, span.end_time,
+        _STATUS.get(status.status_code, "unset"), status.description, attributes,
+    )
+
+
+def span_record(span: ReadableSpan, default_node: str) -> dict[str, Any]:
+    """Convert one finished SDK span into the spool's span record (``conventions.SPANS``)."""
+    return dict(zip(SPAN_FIELDS, sdk_span_row(span, default_node)))
 
 
 def event_records(span: ReadableSpan) -> list[dict[str, Any]]:
     """The span's events as records of the ``events`` stream (spool format 2 keeps spans flat)."""
-    span_id = format(span.context.span_id, "016x")
-    return [
-        {"span_id": span_id, "ts_ns": ev.timestamp, "name": ev.name, "attributes": _attrs_json(ev.attributes)}
-        for ev in span.events
-    ]
+    return [dict(zip(EVENT_FIELDS, event_row(span.context.span_id, ev.timestamp, ev.name, ev.attributes)))
+            for ev in span.events]
 
 
 class SpoolSpanExporter(SpanExporter):
@@ -117,11 +130,12 @@ class SpoolSpanExporter(SpanExporter):
         before = stream.dropped
         for span in spans:
             try:
-                stream.write(span_record(span, self.default_node))
+                stream.write_row(SPAN_FIELDS, sdk_span_row(span, self.default_node))
                 if span.events:
                     events = self.spool.stream("events")
-                    for record in event_records(span):
-                        events.write(record)
+                    for ev in span.events:
+                        events.write_row(EVENT_FIELDS, event_row(span.context.span_id, ev.timestamp, ev.name,
+                                                                 ev.attributes))
             except Exception as exc:  # never raise into the SDK worker
                 stream._drop(1, f"a span could not be converted: {exc}")
         self.exported += len(spans)

@@ -32,6 +32,7 @@ class Run:
     started_ns: int = field(default_factory=time.time_ns)
     provider: Any = None
     tracer: Any = None
+    lean: Any = None  # the lean span path (capture/lean.py), while the spool is the only consumer of spans
     ingest_at_exit: bool = True
     attributes: dict[str, Any] = field(default_factory=dict)
 
@@ -127,14 +128,14 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
     from opentelemetry import trace as otel_trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from tracekit import conventions as conv
     from tracekit.capture.otel import SpoolSpanExporter, SpoolSpanProcessor
 
     provider = otel_trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(
+    ours = not isinstance(provider, TracerProvider)
+    if ours:
+        provider = _spool_provider_class()(
             resource=Resource.create({
                 conv.SERVICE_NAME: state.name, conv.RUN_ID: state.run_id, conv.NODE: state.node,
             })
@@ -142,8 +143,17 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
         otel_trace.set_tracer_provider(provider)
     if span_exporter is None:
         # spans are exported from the spool's own flusher: no second timer thread in the process
-        provider.add_span_processor(SpoolSpanProcessor(SpoolSpanExporter(state.spool, node=state.node)))
+        processor = SpoolSpanProcessor(SpoolSpanExporter(state.spool, node=state.node))
+        provider.add_span_processor(processor)
+        if ours and not os.environ.get("OTEL_TRACES_SAMPLER") and not env_flag("TRACEKIT_NO_LEAN", False):
+            # the spool is the only consumer: tracekit's own spans skip the SDK (see capture/lean.py)
+            from tracekit.capture.lean import LeanTracer
+
+            state.lean = LeanTracer(state.spool, state.node)
+            provider.lean = state.lean  # type: ignore[attr-defined]
     else:  # an exporter of the user's (it may block on the network): on a thread of its own
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         provider.add_span_processor(BatchSpanProcessor(
             span_exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
             max_export_batch_size=4096,
@@ -151,6 +161,30 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
     state.provider = provider
     state.tracer = provider.get_tracer("tracekit")
     state.spool.before_close.append(provider.force_flush)
+
+
+_PROVIDER_CLASS: Any = None
+
+
+def _spool_provider_class() -> Any:
+    """A TracerProvider that turns the lean span path off as soon as a processor other than the spool's
+    is added (a user's exporter must see tracekit's spans too)."""
+    global _PROVIDER_CLASS
+    if _PROVIDER_CLASS is None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from tracekit.capture.otel import SpoolSpanProcessor
+
+        class SpoolTracerProvider(TracerProvider):
+            lean: Any = None
+
+            def add_span_processor(self, span_processor: Any) -> None:
+                if not isinstance(span_processor, SpoolSpanProcessor) and self.lean is not None:
+                    self.lean.enabled = False
+                super().add_span_processor(span_processor)
+
+        _PROVIDER_CLASS = SpoolTracerProvider
+    return _PROVIDER_CLASS
 
 
 def init_from_env() -> Run | None:
