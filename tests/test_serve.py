@@ -429,3 +429,36 @@ def test_files_group_by_session_too(tmp_path: Path) -> None:
     runs = query(tmp_path / "s.duckdb", "SELECT r.name, count(*) FROM runs r JOIN spans s USING (run_id) "
                                         "GROUP BY ALL ORDER BY 1")
     assert runs == [("chat-7", 2), ("part0", 1)]  # a span without a session stays in its file's run
+
+
+# ---------------------------------------------------------------------------------------------
+# content wherever instrumentations put it
+
+
+def test_content_from_genai_span_events_and_openllmetry_attributes(server: Server) -> None:
+    from tracekit.importers.genai import agent_step_of, content_capture_hint
+
+    def span(sid: str, name: str, attrs: dict[str, str], events: list[tuple[str, dict[str, str]]] = ()) -> dict:
+        kv = lambda d: [{"key": k, "value": {"stringValue": v}} for k, v in d.items()]  # noqa: E731
+        return {"traceId": "ab" * 16, "spanId": sid * 8, "name": name, "attributes": kv(attrs),
+                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000001000000000",
+                "events": [{"timeUnixNano": "1700000000500000000", "name": n, "attributes": kv(a)} for n, a in events]}
+
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [
+        span("01", "chat gpt", {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "Coder"},
+             [("gen_ai.user.message", {"content": "write a sort function"}),
+              ("gen_ai.choice", {"message": '{"role": "assistant", "content": "def sort(xs): return sorted(xs)"}'})]),
+        span("02", "planner.agent", {"traceloop.span.kind": "agent", "traceloop.entity.name": "Planner",
+                                     "traceloop.entity.input": '{"task": "plan the release"}',
+                                     "traceloop.entity.output": '{"plan": "tag, build, publish"}'}),
+    ]}]}]}
+    assert post(server.http + "/v1/traces", json.dumps(doc).encode(), "application/json")[0] == 200
+    server.stop()
+    stored = {r[0]: {"name": r[0], "attributes": json.loads(r[1])} for r in query(server.db, "SELECT name, attributes FROM spans")}
+    coder, planner = agent_step_of(stored["chat gpt"]), agent_step_of(stored["planner.agent"])
+    assert (coder["agent"], coder["input"], coder["content"]) == ("Coder", "write a sort function",
+                                                                  "def sort(xs): return sorted(xs)")
+    assert (planner["agent"], planner["input"], planner["content"]) == ("Planner", "plan the release", "tag, build, publish")
+    assert content_capture_hint(list(stored.values())) is None
+    bare = [{"name": "planner.agent", "attributes": {"traceloop.span.kind": "agent", "traceloop.entity.name": "P"}}]
+    assert "TRACELOOP_TRACE_CONTENT=true" in content_capture_hint(bare)

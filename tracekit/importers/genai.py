@@ -25,7 +25,8 @@ from typing import Any
 
 from tracekit import conventions as conv
 
-__all__ = ["agent_step_of", "select_steps", "derive_links", "text_of"]
+__all__ = ["agent_step_of", "select_steps", "derive_links", "text_of", "content_from_events",
+           "content_capture_hint"]
 
 # OpenTelemetry GenAI semantic conventions
 GENAI_OPERATION = "gen_ai.operation.name"
@@ -42,6 +43,18 @@ GENAI_COMPLETION = "gen_ai.completion"  # legacy
 GENAI_AGENT_OPS = ("invoke_agent", "create_agent")
 GENAI_TOOL_OPS = ("execute_tool",)
 GENAI_MODEL_OPS = ("chat", "text_completion", "generate_content", "embeddings")
+
+# GenAI events (span events; OTLP log records carry the same): their names and where their text is
+GENAI_EVENT_INPUT = ("gen_ai.system.message", "gen_ai.user.message", "gen_ai.assistant.message",
+                     "gen_ai.tool.message", "gen_ai.content.prompt")
+GENAI_EVENT_OUTPUT = ("gen_ai.choice", "gen_ai.content.completion")
+GENAI_EVENT_DETAILS = "gen_ai.client.inference.operation.details"
+
+# OpenLLMetry (traceloop) conventions
+TRACELOOP_KIND = "traceloop.span.kind"  # workflow, task, agent, tool
+TRACELOOP_NAME = "traceloop.entity.name"
+TRACELOOP_INPUT = "traceloop.entity.input"
+TRACELOOP_OUTPUT = "traceloop.entity.output"
 
 # OpenInference semantic conventions
 OI_KIND = "openinference.span.kind"
@@ -130,6 +143,75 @@ def _metadata(attrs: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def content_from_events(events: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """GenAI message content that span events hold, as the span attributes this module reads
+    (``gen_ai.input.messages`` / ``gen_ai.output.messages``, JSON text); empty when there is none.
+
+    >>> lifted = content_from_events([("gen_ai.user.message", {"content": "What is 2+2?"}),
+    ...                               ("gen_ai.choice", {"message": '{"content": "4"}'})])
+    >>> text_of(lifted["gen_ai.input.messages"]), text_of(lifted["gen_ai.output.messages"])
+    ('What is 2+2?', '4')
+    """
+    inputs: list[Any] = []
+    outputs: list[Any] = []
+    for name, attrs in events:
+        if name == GENAI_EVENT_DETAILS:
+            inputs += [attrs[GENAI_INPUT_MESSAGES]] if attrs.get(GENAI_INPUT_MESSAGES) else []
+            outputs += [attrs[GENAI_OUTPUT_MESSAGES]] if attrs.get(GENAI_OUTPUT_MESSAGES) else []
+            continue
+        target = inputs if name in GENAI_EVENT_INPUT else outputs if name in GENAI_EVENT_OUTPUT else None
+        if target is None:
+            continue
+        text = [v for k, v in attrs.items() if k in ("content", "message", "body", GENAI_PROMPT, GENAI_COMPLETION,
+                                                      "gen_ai.event.content") and v not in (None, "")]
+        target.extend(text)
+    out: dict[str, str] = {}
+    if inputs:
+        out[GENAI_INPUT_MESSAGES] = json.dumps(inputs, default=str)
+    if outputs:
+        out[GENAI_OUTPUT_MESSAGES] = json.dumps(outputs, default=str)
+    return out
+
+
+_CAPTURE_SWITCHES = (  # (attribute prefix that names the instrumentation, how to turn its content capture on)
+    ("traceloop.", "OpenLLMetry: set TRACELOOP_TRACE_CONTENT=true"),
+    ("openinference.", "OpenInference: unset OPENINFERENCE_HIDE_INPUTS / OPENINFERENCE_HIDE_OUTPUTS "
+                       "(and OPENINFERENCE_HIDE_INPUT_MESSAGES / _OUTPUT_MESSAGES)"),
+    ("gen_ai.", "OpenTelemetry GenAI instrumentation: set OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true"),
+)
+
+
+def content_capture_hint(spans: Sequence[dict[str, Any]]) -> str | None:
+    """A one-line warning when a run's agent steps carry no content at all (capture switched off),
+    naming the switch of the instrumentation in use; None when some step has content.
+
+    >>> content_capture_hint([{"name": "chat", "attributes": {"gen_ai.operation.name": "chat"}}])[:37]
+    'agent steps carry no content (message'
+    """
+    steps = [(span, step) for span in spans if (step := agent_step_of(span)) is not None]
+    if not steps or any(step["content"] or step["input"] for _span, step in steps):
+        return None
+    keys = {key for span, _step in steps for key in (span.get("attributes") or {})}
+    how = [hint for prefix, hint in _CAPTURE_SWITCHES if any(k.startswith(prefix) for k in keys)]
+    return ("agent steps carry no content (message text): content capture looks switched off, so text "
+            "evidence and observed edges are missing; " + ("; ".join(how[:1]) or "turn on your "
+            "instrumentation's message-content capture") + ", then record again")
+
+
+def _traceloop_step(span: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """An OpenLLMetry (``traceloop.*``) agent, task or tool span as an agent step."""
+    kind = str(attrs.get(TRACELOOP_KIND) or "").lower()
+    name = str(attrs.get(TRACELOOP_NAME) or span.get("name"))
+    content, inp = text_of(attrs.get(TRACELOOP_OUTPUT)), text_of(attrs.get(TRACELOOP_INPUT))
+    if kind == "tool":
+        return {"agent": f"tool:{name}", "content": content, "input": inp, "kind": "tool_result", "role": "TOOL",
+                "tool_call_id": ""}
+    if kind in ("agent", "task"):
+        return {"agent": name, "content": content, "input": inp, "kind": "step", "role": kind.upper(),
+                "tool_call_id": ""}
+    return None
+
+
 def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
     """The agent step a span records (agent, content, input, kind, role, tool_call_id), or None.
 
@@ -166,7 +248,7 @@ def agent_step_of(span: dict[str, Any]) -> dict[str, Any] | None:
                 "tool_call_id": str(attrs.get(GENAI_TOOL_CALL_ID) or ""), "conversation": attrs.get(GENAI_CONVERSATION)}
     oi_kind = attrs.get(OI_KIND)
     if oi_kind is None:
-        return None
+        return _traceloop_step(span, attrs) if TRACELOOP_KIND in attrs else None
     oi_kind = str(oi_kind).upper()
     meta = _metadata(attrs)
     if oi_kind == "LLM":

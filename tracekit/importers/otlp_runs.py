@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit import conventions as conv
+from tracekit.importers.genai import content_from_events
 from tracekit.importers.otlp import OTLP_SUFFIXES, BadSpan, OtlpFile, OtlpSpan, ResourceSpans
 
 __all__ = ["span_record", "default_node", "run_identity", "run_by", "trace_runs", "split_runs", "OtlpRun",
@@ -52,6 +53,10 @@ def span_record(span: OtlpSpan, resource: ResourceSpans) -> dict[str, Any]:
     attributes = dict(span.attributes)
     node = attributes.pop(conv.NODE, None)
     attributes.pop(conv.RUN_ID, None)
+    if span.events and any(e.name.startswith("gen_ai.") for e in span.events):
+        # GenAI instrumentations put messages in events: lift them where the agent mapping reads content
+        for key, value in content_from_events([(e.name, e.attributes) for e in span.events]).items():
+            attributes.setdefault(key, value)
     record: dict[str, Any] = {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
