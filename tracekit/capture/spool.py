@@ -1,4 +1,7 @@
-"""Crash-safe per-process spool files: one append-only JSON-lines file per (process, stream), flushed on a timer.
+"""Crash-safe per-process spool files: one append-only file per (process, stream), JSON lines or binary, flushed on a timer.
+
+The high-volume streams (``BINARY_STREAMS``) are written as binary Arrow frames (``tracekit.frames``,
+``.tkb``) when ``TRACEKIT_SPOOL_FORMAT=arrow``; everything else, and the default, is JSON lines.
 
 Layout of a run's spool directory::
 
