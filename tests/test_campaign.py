@@ -209,3 +209,25 @@ def test_zero_code_points_from_source(tmp_path, monkeypatch):
     import sys
 
     sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ModuleFinder"]
+
+
+def test_chain_grows_backwards_to_where_a_linked_exception_comes_from():
+    """Once an exception at `client.call` is linked (it caused something), the next experiment raises at the
+    point that runs within it in another process (`server.parse`), before more breadth or more delays."""
+    from tracekit.inject.budget import Observed, make_allocator
+    from tracekit.inject.campaign import Experiment, PointInfo
+    from tracekit.inject.profile import nested_points
+
+    spans = [{"name": "client.call", "start_ns": 0, "end_ns": 100}, {"name": "server.parse", "start_ns": 10, "end_ns": 20},
+             {"name": "client.idle", "start_ns": 200, "end_ns": 300}, {"name": "server.tick", "start_ns": 150, "end_ns": 160}]
+    inside = nested_points([spans])
+    assert inside == {"client.call": {"server.parse"}}
+    infos = [PointInfo(p, "traced", calls=c, inside=tuple(sorted(inside.get(p, ()))))
+             for p, c in (("client.call", 9.0), ("server.parse", 1.0), ("client.idle", 5.0), ("server.tick", 4.0))]
+    cands = [Experiment("w", i.point, f) for i in infos for f in ("delay", "raise")]
+    alloc = make_allocator("three-phase", cands, {i.point: "delay" for i in infos}, points=infos)
+    first = alloc.next_batch({}, 2)
+    outcomes = {e: Observed() for e in first}
+    outcomes[Experiment("w", "client.call", "raise")] = Observed(frozenset({"client.retry:raise"}))
+    nxt = alloc.next_batch(outcomes, 2)
+    assert nxt[0] == Experiment("w", "server.parse", "raise")

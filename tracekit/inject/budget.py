@@ -19,6 +19,11 @@ only), so later batches spend where new chains are likely. Budgets count runs: a
 3. *diversity* — then the other fault types and variants of points that caused something (points
    whose consequences nobody else has first), then of the rest, by priority.
 
+Chains are valued as well as cycles: among faults to stitch, one that extends a longer known path
+(its causes were themselves caused) goes first; and before the other diversity experiments, an
+exception is raised at the points deepest in the profile call graph (tracekit.inject.profile.call_depth:
+an exception there can leave every traced frame above it, one link per frame) — where a chain starts.
+
 **breadth** is phase 1 alone, in priority order, then the rest by priority: no steering. It is the
 baseline that shows what steering buys.
 """
@@ -30,8 +35,8 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from tracekit.inject.campaign import Experiment
-from tracekit.inject.profile import tie_break
+from tracekit.inject.campaign import Experiment, PointInfo
+from tracekit.inject.profile import call_depth, tie_break
 
 
 @dataclass(frozen=True)
@@ -151,10 +156,13 @@ class ThreePhase(_Ordered):
     name = "three-phase"
 
     def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float] | None = None,
-                 *, seed: int = 0, steering: Steering = Steering(), below: dict[str, int] | None = None) -> None:
+                 *, seed: int = 0, steering: Steering = Steering(), below: dict[str, int] | None = None,
+                 depth: dict[str, int] | None = None, inside: dict[str, tuple[str, ...]] | None = None) -> None:
         super().__init__(candidates, primary, priority or {}, seed)
         self.steering = steering
         self.below = below or {}  # points beneath each point in the profile call graph
+        self.depth = depth or {}  # traced callers above each point
+        self.inside = inside or {}  # points whose spans ran within each point's spans (any process)
         self.by_fault: dict[str, list[Experiment]] = defaultdict(list)
         for exp in sorted(self.candidates, key=self.key):
             self.by_fault[exp.fault_name].append(exp)
@@ -179,6 +187,10 @@ class ThreePhase(_Ordered):
             for name in names:
                 votes[name] += 1
         injected = {e.fault_name for e in done}
+        by_name: dict[str, frozenset[str]] = defaultdict(frozenset)
+        for exp, names in caused.items():
+            by_name[exp.fault_name] |= names
+        reach = _path_lengths(by_name)
         out = []
         for name in sorted(votes, key=lambda n: (-votes[n], tie_break(n, self.seed))):
             if name in injected:
@@ -186,12 +198,32 @@ class ThreePhase(_Ordered):
             options = [e for e in self.by_fault.get(name, []) if e not in done]
             if options:
                 out.append(options[0])
-        # an exception seen leaving several frames is injected where it starts (the deepest frame) first
         # new behaviour (an exception, a flipped check) before "more of the same" (more calls: delay);
-        # an exception seen leaving several frames is injected where it starts (the deepest frame) first
-        out.sort(key=lambda e: (e.fault == "delay", -votes[e.fault_name],
+        # then a fault that extends a longer known path (a chain) first; an exception seen leaving
+        # several frames is injected where it starts (the deepest frame) first
+        out.sort(key=lambda e: (e.fault == "delay", -reach.get(e.fault_name, 0), -votes[e.fault_name],
                                 self.below.get(e.point, 0) if e.fault == "raise" else 0, self.key(e)))
         return out
+
+    def _extend_back(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment]) -> list[Experiment]:
+        """A chain grows backwards too: where an exception already linked at X may come from — an exception
+        at a point that runs within X (a callee, or a server handling what X waits on), the innermost first."""
+        linked = {e.point for e, names in caused.items() if e.fault == "raise" and names}
+        linked |= {n.rsplit(":", 1)[0] for names in caused.values() for n in names if n.endswith(":raise")}
+        raised = {e.point for e in done if e.fault == "raise"}
+        out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
+               and any(e.point in self.inside.get(x, ()) for x in linked)]
+        return sorted(out, key=lambda e: (len(self.inside.get(e.point, ())), self.key(e)))
+
+    def _chain_starts(self, done: set[Experiment]) -> list[Experiment]:
+        """An exception at each point that has traced callers, the deepest first: where chains start."""
+        raised = {e.point for e in done if e.fault == "raise"}
+        out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
+               and self.depth.get(e.point, 0) > 0]
+        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), self.below.get(e.point, 0), self.key(e)))
+
+    def by_fault_kind(self, kind: str) -> list[Experiment]:
+        return [e for e in self.candidates if e.fault == kind]
 
     def _confirm(self, outcomes: Outcomes, partial: dict[Experiment, frozenset[str]]) -> list[Experiment]:
         """Experiments whose injectable consequence showed in some repeats only: one more attempt."""
@@ -224,20 +256,50 @@ class ThreePhase(_Ordered):
         done = {e.base for e in outcomes}
         size = self.first if self.batches == 0 else self.steering.batch
         caused, partial = self._caused(outcomes)
-        order = self._stitch(caused, done) + self._confirm(outcomes, partial) + self.breadth(done)
-        order += self._diversity(caused, done)
+        stitch = self._stitch(caused, done)
+        # new behaviour caused somewhere, then what may cause a linked exception, then more of the same
+        order = [e for e in stitch if e.fault != "delay"] + self._extend_back(caused, done)
+        order += [e for e in stitch if e.fault == "delay"] + self._confirm(outcomes, partial) + self.breadth(done)
+        order += self._chain_starts(done) + self._diversity(caused, done)
         batch = list(dict.fromkeys(e for e in order if e not in outcomes))[:min(size, slots)]
         self.batches += 1
         return batch
 
 
+def _path_lengths(caused: dict[str, frozenset[str]], bound: int = 6) -> dict[str, int]:
+    """For each fault some experiment caused: the links of the longest known path ending at it (bounded).
+
+    >>> _path_lengths({"a": frozenset({"b"}), "b": frozenset({"c"})})
+    {'b': 1, 'c': 2}
+    """
+    best: dict[str, int] = {}
+    frontier = {name: 1 for names in caused.values() for name in names}
+    for _ in range(bound):
+        grown = False
+        for name, n in frontier.items():
+            if n > best.get(name, 0):
+                best[name] = n
+                grown = True
+        if not grown:
+            break
+        frontier = {}
+        for src, n in best.items():
+            for dst in caused.get(src, ()):
+                if dst != src:
+                    frontier[dst] = max(frontier.get(dst, 0), n + 1)
+    return dict(sorted(best.items()))
+
+
 def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[str, str], seed: int = 0,
                    priority: dict[str, float] | None = None, batch: int = 2,
-                   below: dict[str, int] | None = None) -> Allocator:
+                   points: list[PointInfo] | None = None) -> Allocator:
+    """The allocator of `strategy`; `points` (from the profile runs) give the call graph three-phase steers by."""
     if strategy == "exhaustive":
         return Exhaustive(candidates)
     if strategy == "random":
         return UniformRandom(candidates, seed)
     if strategy == "breadth":
         return Breadth(candidates, primary, priority or {}, seed)
-    return ThreePhase(candidates, primary, priority, seed=seed, steering=Steering(batch=max(2, batch)), below=below)
+    below = {i.point: i.below for i in points or ()}
+    return ThreePhase(candidates, primary, priority, seed=seed, steering=Steering(batch=max(2, batch)), below=below,
+                      depth=call_depth(points or []), inside={i.point: i.inside for i in points or ()})

@@ -52,6 +52,7 @@ class PointInfo:
     calls: float = 0.0  # mean calls per profile run
     spread: int = 0  # max - min calls per run across profile repeats (timing-dependent repetition)
     below: int = 0  # distinct points called beneath it (directly or not)
+    inside: tuple[str, ...] = ()  # points whose spans ran within its spans (any process): where its exceptions may come from
 
 
 @dataclass(frozen=True)

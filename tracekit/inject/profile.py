@@ -34,8 +34,10 @@ def tie_break(name: str, seed: int = 0) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big")
 
 
-def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, Any]], runs: int) -> list[PointInfo]:
-    """PointInfos from the store's `reached_points` rows and per-run `run_counts` rows of profile runs."""
+def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, Any]], runs: int,
+                spans: Iterable[list[dict[str, Any]]] = ()) -> list[PointInfo]:
+    """PointInfos from the store's `reached_points` rows and per-run `run_counts` rows of profile runs
+    (and, for `inside`, each profile run's spans with their start and end)."""
     per_run: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     edge_calls: dict[tuple[str | None, str], int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
@@ -48,6 +50,7 @@ def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, An
         if r["parent"] is not None:
             children[r["parent"]].add(r["op"])
     loops = {op for (parent, op), n in edge_calls.items() if parent is not None and n > totals.get(parent, 0)}
+    inside = nested_points(spans)
     runs = max(1, runs)
     out = []
     for r in reached:
@@ -58,9 +61,60 @@ def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, An
         out.append(PointInfo(
             point, r["kind"], parents, r["returns"], r["raises"], point in loops,
             calls=totals.get(point, 0) / runs, spread=(max(series) - min(series)) if series else 0,
-            below=len(below),
+            below=len(below), inside=tuple(sorted(inside.get(point, ()))),
         ))
     return out
+
+
+def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, window: int = 4000) -> dict[str, set[str]]:
+    """For each span name: the other names whose spans started and ended within one of its spans, in
+    any process of the same run (a server handling the request a client waits on). Bounded: at most
+    `per_point` spans of a name per run and `window` later-starting spans each are looked at.
+
+    >>> nested_points([[{"name": "call", "start_ns": 0, "end_ns": 10}, {"name": "handle", "start_ns": 2, "end_ns": 5}]])
+    {'call': {'handle'}}
+    """
+    from bisect import bisect_right
+
+    out: dict[str, set[str]] = defaultdict(set)
+    for spans in runs:
+        spans = sorted((s for s in spans if s.get("start_ns") is not None and s.get("end_ns") is not None),
+                       key=lambda s: s["start_ns"])
+        starts = [s["start_ns"] for s in spans]
+        seen: dict[str, int] = defaultdict(int)
+        for i, outer in enumerate(spans):
+            if seen[outer["name"]] >= per_point:
+                continue
+            seen[outer["name"]] += 1
+            stop = min(bisect_right(starts, outer["end_ns"]), i + 1 + window)
+            for inner in spans[i + 1:stop]:
+                if inner["end_ns"] <= outer["end_ns"] and inner["name"] != outer["name"]:
+                    out[outer["name"]].add(inner["name"])
+    return dict(out)
+
+
+def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
+    """How many traced callers stand above each point (the longest chain of points calling it).
+
+    An exception raised at a deep point leaves every traced frame above it unless one catches it:
+    each frame it leaves is one more link a chain can have.
+
+    >>> call_depth([PointInfo("a", "traced"), PointInfo("b", "traced", parents=("a",)),
+    ...             PointInfo("c", "traced", parents=("b", None))])
+    {'a': 0, 'b': 1, 'c': 2}
+    """
+    parents = {i.point: [p for p in i.parents if p is not None] for i in infos}
+    depth: dict[str, int] = {}
+
+    def walk(point: str, seen: frozenset[str]) -> int:
+        if point not in depth:
+            above = [walk(p, seen | {point}) + 1 for p in parents.get(point, ()) if p in parents and p not in seen]
+            depth[point] = max(above, default=0)
+        return depth[point]
+
+    for point in parents:
+        walk(point, frozenset())
+    return depth
 
 
 def _descendants(point: str, children: dict[str, set[str]]) -> set[str]:

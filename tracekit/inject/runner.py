@@ -97,8 +97,10 @@ def _points(con: Any, run_ids: list[str], campaign: Campaign | None = None) -> l
 
     from tracekit.inject.profile import point_infos
     from tracekit.store.campaigns import reached_points, run_counts
+    from tracekit.store.queries import list_spans
 
-    infos = point_infos(reached_points(con, run_ids), run_counts(con, run_ids), len(run_ids))
+    spans = [list_spans(con, run_id, limit=200_000) for run_id in run_ids]
+    infos = point_infos(reached_points(con, run_ids), run_counts(con, run_ids), len(run_ids), spans)
     if campaign is None or not campaign.modules:
         return infos
     from tracekit.inject.modules import static_points
@@ -244,7 +246,7 @@ def run_campaign(
             status = "dry-run"
             return result
         allocator = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=workers,
-                                   below={i.point: i.below for i in found.points})
+                                   points=found.points)
         outcomes: Outcomes = {}
         while True:
             slots = (budget - result.runs) // repeats
