@@ -462,3 +462,32 @@ def test_content_from_genai_span_events_and_openllmetry_attributes(server: Serve
     assert content_capture_hint(list(stored.values())) is None
     bare = [{"name": "planner.agent", "attributes": {"traceloop.span.kind": "agent", "traceloop.entity.name": "P"}}]
     assert "TRACELOOP_TRACE_CONTENT=true" in content_capture_hint(bare)
+
+
+# ---------------------------------------------------------------------------------------------
+# tracekit.init beside an existing OTLP backend
+
+
+def test_init_honours_otel_env_and_also_exports_over_otlp(server: Server, tmp_path: Path) -> None:
+    app = tmp_path / "init_app.py"
+    app.write_text("import tracekit\n"
+                   "tracekit.init(run='nightly')\n"
+                   "with tracekit.span('load'):\n"
+                   "    with tracekit.span('parse'):\n"
+                   "        pass\n")
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": server.http, "OTEL_SERVICE_NAME": "billing",
+           "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod", "TRACEKIT_DB": str(tmp_path / "own.duckdb"),
+           "TRACEKIT_SPOOL_DIR": str(tmp_path / "own-spool")}
+    for key in ("TRACEKIT_RUN_ID", "TRACEKIT_RECORD", "TRACEKIT_DISABLED"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server.stop()
+    # the same spans in tracekit's own store (run "nightly") and at the OTLP endpoint, under the same run id
+    own = query(tmp_path / "own.duckdb", "SELECT r.run_id, r.name, s.name FROM runs r JOIN spans s USING (run_id) ORDER BY 3")
+    sent = query(server.db, "SELECT r.run_id, s.name, r.attributes FROM runs r JOIN spans s USING (run_id) ORDER BY 2")
+    assert [r[2] for r in own] == ["load", "parse"] and {r[1] for r in own} == {"nightly"}
+    assert [r[1] for r in sent] == ["load", "parse"] and {r[0] for r in sent} == {own[0][0]}
+    resource = json.loads(sent[0][2])["resources"][0]
+    assert resource["service.name"] == "billing" and resource["deployment.environment"] == "prod"
+    assert resource["tracekit.run_name"] == "nightly"

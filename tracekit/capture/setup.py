@@ -135,11 +135,13 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
     provider = otel_trace.get_tracer_provider()
     ours = not isinstance(provider, TracerProvider)
     if ours:
-        provider = _spool_provider_class()(
-            resource=Resource.create({
-                conv.SERVICE_NAME: state.name, conv.RUN_ID: state.run_id, conv.NODE: state.node,
-            })
-        )
+        # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES are honoured (Resource.create reads them); the run
+        # name is an attribute of its own and names the service only when the user's settings do not
+        ids = {conv.RUN_ID: state.run_id, conv.RUN_NAME: state.name, conv.NODE: state.node}
+        resource = Resource.create(ids)
+        if os.environ.get("OTEL_SERVICE_NAME") is None and "service.name=" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+            resource = Resource.create({conv.SERVICE_NAME: state.name, **ids})
+        provider = _spool_provider_class()(resource=resource)
         otel_trace.set_tracer_provider(provider)
     if span_exporter is None:
         # spans are exported from the spool's own flusher: no second timer thread in the process
@@ -158,9 +160,36 @@ def _install_provider(state: Run, interval_ms: int, span_exporter: Any = None) -
             span_exporter, schedule_delay_millis=interval_ms, max_queue_size=1 << 16,
             max_export_batch_size=4096,
         ))
+    if ours and span_exporter is None:
+        _add_otlp_exporter(provider, interval_ms)
     state.provider = provider
     state.tracer = provider.get_tracer("tracekit")
     state.spool.before_close.append(provider.force_flush)
+
+
+def _add_otlp_exporter(provider: Any, interval_ms: int) -> None:
+    """With OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set, also send the spans there through the standard
+    OTLP exporter (protocol from OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, default http/protobuf), so
+    tracekit sits beside an existing backend. A missing exporter package is reported, never raised."""
+    env = os.environ
+    if not (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return
+    if "none" in env.get("OTEL_TRACES_EXPORTER", "").lower():
+        return
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    try:
+        if protocol.strip().lower() == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=interval_ms))
+    except Exception as exc:  # capture never raises into user code: say why the spans go to the spool only
+        import sys
+
+        print(f"tracekit: OTEL_EXPORTER_OTLP_* is set but spans are not exported there ({exc}); install "
+              f"opentelemetry-exporter-otlp-proto-{'grpc' if protocol == 'grpc' else 'http'}", file=sys.stderr)
 
 
 _PROVIDER_CLASS: Any = None
