@@ -491,3 +491,41 @@ def test_init_honours_otel_env_and_also_exports_over_otlp(server: Server, tmp_pa
     resource = json.loads(sent[0][2])["resources"][0]
     assert resource["service.name"] == "billing" and resource["deployment.environment"] == "prod"
     assert resource["tracekit.run_name"] == "nightly"
+
+
+# ---------------------------------------------------------------------------------------------
+# findings back out
+
+
+def test_export_otlp_carries_spans_and_finding_spans_linked_to_what_they_blame(server: Server, tmp_path: Path) -> None:
+    from tracekit.importers.otlp import read_otlp
+    from tracekit.store.db import connect
+    from tracekit.store.findings import write_findings
+
+    source = tmp_path / "source.duckdb"
+    body = export_request(3, seed=5)
+    (tmp_path / "run.otlp.pb").write_bytes(body)
+    from tracekit.ingest import ingest_paths
+
+    (run_id,) = ingest_paths([tmp_path / "run.otlp.pb"], source).runs
+    blamed = (bytes([5, 2]) * 4).hex()
+    with connect(source) as con:
+        write_findings(con, run_id, "attribution", [
+            {"kind": "root_cause", "subject": "agent:Coder/step:1", "score": 0.9, "span_id": blamed},
+            {"kind": "symptom", "subject": "service:handmade", "score": 0.4},
+        ])
+    cli = [sys.executable, "-m", "tracekit", "export", run_id, "--format", "otlp", "--db", str(source), "-o"]
+    done = subprocess.run([*cli, str(tmp_path / "out.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    exported = read_otlp(tmp_path / "out.json")  # OTLP/JSON with hex ids reads back
+    names = sorted(s.name for r in exported.resources for s in r.spans)
+    assert names == ["op0", "op1", "op2", "tracekit.finding: root_cause agent:Coder/step:1",
+                     "tracekit.finding: symptom service:handmade"]
+    done = subprocess.run([*cli, server.http], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server.stop()
+    links = query(server.db, "SELECT l.src_span_id, s.name FROM links l JOIN spans s ON s.span_id = l.dst_span_id "
+                             "ORDER BY 2, 1")
+    root = [src for src, name in links if "root_cause" in name]
+    symptom = [src for src, name in links if "symptom" in name]
+    assert root == [blamed] and len(symptom) == 3  # a node subject blames that node's spans

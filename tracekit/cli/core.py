@@ -123,6 +123,7 @@ def _print_ingest_report(report, fmt: Format) -> None:  # type: ignore[no-untype
 class ExportFormat(str, enum.Enum):
     chrome_trace = "chrome-trace"
     parquet = "parquet"
+    otlp = "otlp"
 
 
 @app.command()
@@ -139,7 +140,12 @@ def export(
 
     with connect(db, read_only=True, sandbox=False) as con:
         run_id = resolve_run(con, run)
-        if fmt is ExportFormat.chrome_trace:
+        if fmt is ExportFormat.otlp:  # a file (.pb, .json) or an OTLP/HTTP URL; findings become spans
+            from tracekit.serve.otlp_out import export_run
+
+            n, k = export_run(con, run_id, str(out))
+            print(f"wrote {n} spans and {k} finding span(s) to {out}")
+        elif fmt is ExportFormat.chrome_trace:
             n = write_chrome_trace(con, run_id, out)
             print(f"wrote {n} spans to {out} (open in https://ui.perfetto.dev or chrome://tracing)")
         else:

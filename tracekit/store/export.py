@@ -41,6 +41,25 @@ def chrome_trace(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"run_id": run_id}}
 
 
+def run_spans_with_events(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """Every span of a run (all columns, attributes decoded) with its events, in start order (for OTLP export)."""
+    cur = con.execute("""
+        SELECT s.trace_id, s.span_id, s.parent_id, s.name, s.node, s.kind, s.start_ns, s.end_ns, s.status,
+               s.status_message, s.attributes,
+               (SELECT list({'ts_ns': e.ts_ns, 'name': e.name, 'attributes': e.attributes} ORDER BY e.ts_ns)
+                FROM events e WHERE e.run_id = s.run_id AND e.span_id = s.span_id) AS events
+        FROM spans s WHERE s.run_id = ? ORDER BY s.start_ns
+    """, [run_id])
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        span = dict(zip(names, row))
+        span["attributes"] = json.loads(span["attributes"] or "{}")
+        span["events"] = [{**e, "attributes": json.loads(e["attributes"] or "{}")} for e in span["events"] or []]
+        out.append(span)
+    return out
+
+
 def write_chrome_trace(con: duckdb.DuckDBPyConnection, run_id: str, out: Path) -> int:
     doc = chrome_trace(con, run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
