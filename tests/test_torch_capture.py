@@ -341,7 +341,8 @@ time.sleep(0.5)
 os.kill(sleeper, signal.SIGTERM)
 _, status = os.waitpid(sleeper, 0)
 time.sleep(1.0)  # the parent's SIGTERM watcher would have ended it by now
-print("child", pid, "sleeper", os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status), "parent alive")
+ended = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
+print("child", pid, "sleeper", ended, "parent alive")
 dist.destroy_process_group()
 """
 

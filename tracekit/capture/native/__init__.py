@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     from tracekit.conventions import Stream
 
-__all__ = ["NAME", "SOURCE", "LAYOUT_STREAMS", "build", "build_dir", "layout_header", "library_path", "load", "load_error"]
+__all__ = ["NAME", "SOURCE", "LAYOUT_STREAMS", "build", "build_dir", "layout_header", "library_path", "load",
+           "load_error"]
 
 NAME = "tracekit_ddp_hook"
 SOURCE = Path(__file__).with_name("ddp_hook.cpp")
