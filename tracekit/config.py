@@ -21,6 +21,15 @@
 | TRACEKIT_JUDGE_API_KEY      | (unset)                | the judge's API key, if the endpoint needs one             |
 | TRACEKIT_JUDGE_TIMEOUT      | 30                     | seconds to wait for one judge reply                        |
 | TRACEKIT_LOCK_TIMEOUT       | 30                     | seconds a writer waits for another writer's store lock     |
+| TRACEKIT_JUDGE_BASE_URL     | (unset)                | OpenAI-compatible /v1 URL of the judge (else JUDGE_URL, OPENAI_BASE_URL) |
+| TRACEKIT_INJECT_MODULES     | (unset)                | set by the campaign runner: modules whose functions are injection points (JSON) |
+| TRACEKIT_SERVE_TOKEN        | (unset)                | `tracekit serve`: token exporters must send (required off loopback) |
+| TRACEKIT_RUN_BY             | session.id,gen_ai.conversation.id,file | how OTLP spans are grouped into runs (attribute names, trace, file) |
+| TRACEKIT_SPOOL_FORMAT       | json                   | spool encoding of spans, events, collectives, steps: json or arrow |
+| TRACEKIT_NO_LEAN            | (unset)                | 1 keeps traced calls on the OpenTelemetry SDK path (no lean spans) |
+| TRACEKIT_FINDING            | (set by tracekit)      | `anomalies --follow --exec`: the finding (JSON) given to the command |
+| TRACEKIT_FINDING_KIND       | (set by tracekit)      | `anomalies --follow --exec`: the finding's kind             |
+| TRACEKIT_FINDING_SUBJECT    | (set by tracekit)      | `anomalies --follow --exec`: the finding's subject (e.g. rank:3) |
 """
 
 from __future__ import annotations
