@@ -235,6 +235,67 @@ def throughput(executor: str, workers: int, tmp: Path, budget: int) -> float:
     return res.runs / ((time.perf_counter() - t0) / 60)
 
 
+def startup_ms(repeats: int = 5) -> dict[str, float]:
+    """Wall time of a bare `python -c pass` and of one with capture's autostart on (what every campaign run pays)."""
+    import os
+    import subprocess
+
+    from tracekit.inject.execute import AUTOSTART_DIR
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_")}
+    traced = dict(base, TRACEKIT_RECORD="1", TRACEKIT_RUN_ID="startup", TRACEKIT_SPOOL_DIR=tempfile.mkdtemp(),
+                  TRACEKIT_INGEST_AT_EXIT="0", PYTHONPATH=str(AUTOSTART_DIR))
+    out = {}
+    for name, env in (("python_ms", base), ("python_with_capture_ms", traced)):
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+            best = min(best, (time.perf_counter() - t0) * 1000)
+        out[name] = round(best, 1)
+    return out
+
+
+def time_breakdown(workers: int, tmp: Path, budget: int = 14, strategy: str = "three-phase") -> dict[str, Any]:
+    """Where a campaign's wall time goes: workload processes (summed and as seen by the runner), ingest
+    and causality analysis in the runner (serial, between and after runs), and the rest."""
+    import tracekit.analysis.causality as causality
+    import tracekit.ingest as ingest
+    import tracekit.inject.execute as execute
+    import tracekit.inject.runner as runner
+    from tracekit.inject.campaign import load_campaign
+
+    spent = {"run_s": 0.0, "ingest_s": 0.0, "analysis_s": 0.0}
+    originals = (execute.execute_run, ingest.ingest_paths, causality.analyze_experiments, runner.observed)
+
+    def timed(key: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    execute.execute_run = timed("run_s", originals[0])
+    ingest.ingest_paths = timed("ingest_s", originals[1])
+    causality.analyze_experiments = timed("analysis_s", originals[2])
+    runner.observed = timed("analysis_s", originals[3])
+    try:
+        campaign = load_campaign(ROOT / "fixtures" / "campaigns" / "tiny.toml")
+        t0 = time.perf_counter()
+        res = runner.run_campaign(campaign, budget=budget, workers=workers, strategy=strategy,
+                                  db=tmp / f"tb-{strategy}-{workers}.duckdb", spool_dir=tmp / "tb-spool")
+        wall = time.perf_counter() - t0
+    finally:
+        execute.execute_run, ingest.ingest_paths, causality.analyze_experiments, runner.observed = originals
+    return {"workers": workers, "strategy": strategy, "runs": res.runs, "wall_s": round(wall, 2),
+            "runs_per_min": round(res.runs / wall * 60, 1), "run_process_s_per_run": round(spent["run_s"] / res.runs, 2),
+            "ingest_s_per_run": round(spent["ingest_s"] / res.runs, 3),
+            "analysis_s_total": round(spent["analysis_s"], 2), "batches": len(res.trajectory),
+            "runner_serial_share": round((spent["ingest_s"] + spent["analysis_s"]) / wall, 3)}
+
+
 def point_cost() -> dict[str, float]:
     import tracekit
     from opentelemetry import trace as otel_trace
@@ -290,6 +351,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where the tiny campaign's time goes with 1 and 2 workers (start-up, runs, ingest, analysis)")
     parser.add_argument("--fixtures", default=",".join(FIXTURES))
     parser.add_argument("--oracle-dir", type=Path, default=None,
                         help="keep each target's exhaustive campaign here and reuse it on the next run")
@@ -307,6 +370,13 @@ def main() -> None:
                 figures["accuracy"][fixture] = accuracy(fixture, args.workers, tmp, args.oracle_dir,
                                                            tuple(s for s in args.strategies.split(",") if s))
                 print(fixture, figures["accuracy"][fixture], flush=True)
+        if args.breakdown:
+            figures["startup"] = startup_ms()
+            figures["time_breakdown"] = [time_breakdown(w, tmp, strategy=s) for s in ("three-phase", "exhaustive")
+                                         for w in (1, 2)]
+            for row in figures["time_breakdown"]:
+                print("time breakdown:", row, flush=True)
+            print("start-up:", figures["startup"], flush=True)
         if not args.no_throughput:
             tp = {"local_1": throughput("local", 1, tmp, 10), "local_2": throughput("local", 2, tmp, 10)}
             if not args.no_ray:

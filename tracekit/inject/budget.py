@@ -198,10 +198,20 @@ class ThreePhase(_Ordered):
             options = [e for e in self.by_fault.get(name, []) if e not in done]
             if options:
                 out.append(options[0])
+        # which points caused each fault: a fault at a point whose own execution runs its cause again
+        # (the cause is within it) is the likeliest to close a loop
+        causes: dict[str, set[str]] = defaultdict(set)
+        for exp, names in caused.items():
+            for name in names:
+                causes[name].add(exp.point)
+
+        def closes(e: Experiment) -> bool:
+            return any(c in self.inside.get(e.point, ()) or c == e.point for c in causes[e.fault_name])
+
         # new behaviour (an exception, a flipped check) before "more of the same" (more calls: delay);
-        # then a fault that extends a longer known path (a chain) first; an exception seen leaving
-        # several frames is injected where it starts (the deepest frame) first
-        out.sort(key=lambda e: (e.fault == "delay", -reach.get(e.fault_name, 0), -votes[e.fault_name],
+        # then one that may close a loop, one that extends a longer known path (a chain); an exception
+        # seen leaving several frames is injected where it starts (the deepest frame) first
+        out.sort(key=lambda e: (e.fault == "delay", not closes(e), -reach.get(e.fault_name, 0), -votes[e.fault_name],
                                 self.below.get(e.point, 0) if e.fault == "raise" else 0, self.key(e)))
         return out
 
