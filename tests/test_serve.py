@@ -529,3 +529,35 @@ def test_export_otlp_carries_spans_and_finding_spans_linked_to_what_they_blame(s
     root = [src for src, name in links if "root_cause" in name]
     symptom = [src for src, name in links if "symptom" in name]
     assert root == [blamed] and len(symptom) == 3  # a node subject blames that node's spans
+
+
+def _poll(db: Path, sql: str, want: object, timeout: float = 30.0) -> object:
+    """Query the store of a running server until the answer is `want` (the ingest loop locks it at times)."""
+    from tracekit.errors import StoreError
+
+    got: object = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = query(db, sql)
+        except StoreError:
+            got = "locked"
+        if got == want:
+            return got
+        time.sleep(0.2)
+    return got
+
+
+def test_a_run_receiving_spans_is_running_then_settles(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--idle", "3")
+    try:
+        sql = "SELECT r.name, r.status, count(*) FROM runs r JOIN spans s USING (run_id) GROUP BY ALL"
+        assert run_app(tmp_path, "http", srv.http, traces=1, children=1, APP_SESSIONS="live-1").returncode == 0
+        assert _poll(srv.db, sql, [("live-1", "running", 2)]) == [("live-1", "running", 2)]
+        assert _poll(srv.db, sql, [("live-1", "ok", 2)]) == [("live-1", "ok", 2)]  # idle for 3 s
+        assert run_app(tmp_path, "grpc", f"http://127.0.0.1:{srv.grpc_port}", traces=1, children=2,
+                       APP_SESSIONS="live-1").returncode == 0  # the conversation goes on
+        assert _poll(srv.db, sql, [("live-1", "running", 5)]) == [("live-1", "running", 5)]
+    finally:
+        srv.stop()
+    assert query(srv.db, sql) == [("live-1", "ok", 5)]  # stopping settles every run

@@ -26,6 +26,7 @@ def serve(
         None, "--max-spool-mb", help="Past this much un-ingested spool, senders are told to retry later."),
     no_ingest: bool = typer.Option(False, "--no-ingest", help="Only spool; load later with `tracekit ingest SPOOL/traces`."),
     interval: float = typer.Option(1.0, help="Seconds between ingest cycles."),
+    idle: float = typer.Option(30.0, help="A run with no new spans for this many seconds is no longer 'running'."),
     run_by: Optional[str] = typer.Option(
         None, "--run-by", envvar="TRACEKIT_RUN_BY",
         help="Span attributes that make a run, in order, then 'trace' [default: session.id,gen_ai.conversation.id,trace]."),
@@ -42,7 +43,7 @@ def serve(
         spool_dir=spool or spool_root() / "otlp", db=str(db) if db else None, token=token,
         max_bytes=int(max_mb * (1 << 20)),
         max_pending_bytes=int(max_spool_mb * (1 << 20)) if max_spool_mb is not None else None,
-        ingest=not no_ingest, interval_s=interval, run_by=run_by,
+        ingest=not no_ingest, interval_s=interval, run_by=run_by, idle_s=idle,
     )
     summary = run_server(options)
     if fmt is Format.json:

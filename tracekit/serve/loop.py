@@ -36,7 +36,7 @@ class IngestLoop:
 
     def __init__(
         self, receiver: Receiver, db: str | None, *, ingest: bool = True, interval_s: float = 1.0,
-        progress_s: float = 2.0, out: TextIO | None = sys.stderr,
+        progress_s: float = 2.0, out: TextIO | None = sys.stderr, idle_s: float = 30.0,
     ) -> None:
         self.receiver = receiver
         self.spool = receiver.spool
@@ -47,6 +47,8 @@ class IngestLoop:
         self.out = out
         self.ingested_spans = 0
         self.runs: set[str] = set()
+        self.idle_s = idle_s
+        self._last_batch: dict[str, float] = {}  # run id -> when spans last arrived for it (monotonic)
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracekit-serve-ingest", daemon=True)
@@ -78,7 +80,26 @@ class IngestLoop:
         self.spool.done([p for p in files if str(p) not in rejected])
         self.ingested_spans += report.records
         self.runs.update(report.runs)
+        now = time.monotonic()
+        self._last_batch.update((run_id, now) for run_id in report.runs)
+        self.settle(running=report.runs)
         return len(files)
+
+    def settle(self, running: set[str] | frozenset[str] = frozenset(), *, everything: bool = False) -> None:
+        """Runs that just got spans show `running`; runs idle for `idle_s` (or all, at stop) are settled."""
+        from tracekit.ingest.live_runs import update_live_runs
+
+        now = time.monotonic()
+        idle = [r for r, t in self._last_batch.items() if everything or (now - t > self.idle_s and r not in running)]
+        if not running and not idle:
+            return
+        try:
+            update_live_runs(self.db, running, idle)
+        except TracekitError as exc:  # locked by a reader this instant: the next cycle tries again
+            self._note_error(str(exc))
+            return
+        for run_id in idle:
+            self._last_batch.pop(run_id, None)
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error and self.out is not None:
@@ -93,6 +114,7 @@ class IngestLoop:
                 try:
                     while self.run_once():
                         pass  # a backlog (or the last cycle at stop): go on without waiting
+                    self.settle(everything=stopping)
                 except Exception as exc:  # a bug in one cycle must not stop the receiver; say it, go on
                     self._note_error(f"{type(exc).__name__}: {exc}")
             if time.monotonic() >= next_print or stopping:

@@ -45,6 +45,7 @@ class ServeOptions:
     # session.id,gen_ai.conversation.id,trace
     interval_s: float = 1.0
     progress_s: float = 2.0
+    idle_s: float = 30.0  # a run with no new spans for this long is no longer `running`
 
 
 @dataclass
@@ -127,7 +128,7 @@ def serve(options: ServeOptions, *, out: TextIO | None = sys.stderr, stop: threa
 
     grpc_server = None
     loop = IngestLoop(receiver, options.db, ingest=options.ingest, interval_s=options.interval_s,
-                      progress_s=options.progress_s, out=out)
+                      progress_s=options.progress_s, out=out, idle_s=options.idle_s)
     try:
         if options.grpc_port is not None:
             grpc_server, summary.grpc_port = start_grpc(receiver, options.host, options.grpc_port)

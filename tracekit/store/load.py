@@ -244,6 +244,11 @@ def upsert_run(
     )
 
 
+def mark_running(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> None:
+    """Set these runs' status to running (spans are still arriving for them)."""
+    con.execute("UPDATE runs SET status = 'running' WHERE list_contains(?, run_id)", [list(run_ids)])
+
+
 def known_span_ids(con: duckdb.DuckDBPyConnection, run_id: str, span_ids: Sequence[str]) -> set[str]:
     """Which of these span ids the run already holds."""
     rows = con.execute(
