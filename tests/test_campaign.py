@@ -231,3 +231,19 @@ def test_chain_grows_backwards_to_where_a_linked_exception_comes_from():
     outcomes[Experiment("w", "client.call", "raise")] = Observed(frozenset({"client.retry:raise"}))
     nxt = alloc.next_batch(outcomes, 2)
     assert nxt[0] == Experiment("w", "server.parse", "raise")
+
+
+def test_one_fault_in_two_call_contexts_is_one_cascade():
+    """A self-loop of `x:delay` under one caller and the loop x:delay <-> y:raise under another are one finding."""
+    from tracekit.graph.propagation import Consequence, Edge, FaultNode, build_graph, collapse_findings, find_cycles
+
+    x1, x2, a = FaultNode("x", "delay", "", "p1"), FaultNode("x", "delay", "", "p2"), FaultNode("a", "raise", "E", None)
+    c = Consequence("E", "a", "error:E", None)
+    edges = [Edge(x1, a, "E", "c", "t", ("r1",), ("p",), c), Edge(a, x1, "S+", "c", "t", ("r2",), ("p",), c),
+             Edge(x2, x2, "S+", "c", "t", ("r3",), ("p",), c)]
+    for order in (edges, edges[::-1]):  # whichever component the graph lists first
+        g = build_graph(order)
+        cycles = find_cycles(g)
+        findings = collapse_findings(g, cycles, [])
+        assert len(cycles) == 2
+        assert [(f["kind"], f["faults"], f["cycles"]) for f in findings] == [("cycle", ["a:raise", "x:delay"], 2)]

@@ -228,10 +228,15 @@ def collapse_findings(graph: nx.DiGraph, cycles: list[dict[str, Any]], chains: l
     """
     graph = without_duplicate_calls(graph)
     names = {n.name for n in graph}
+    # components by fault name: one fault in two call contexts (a self-loop under one caller, a
+    # longer loop under another) is one cascade, not two
+    by_name = nx.DiGraph()
+    by_name.add_nodes_from(names)
+    by_name.add_edges_from((a.name, b.name) for a, b in graph.edges)
     component: dict[str, int] = {}
-    for k, scc in enumerate(nx.strongly_connected_components(graph)):
-        for n in scc:
-            component[n.name] = k
+    for k, scc in enumerate(nx.strongly_connected_components(by_name)):
+        for name in scc:
+            component[name] = k
     grouped: dict[int, list[dict[str, Any]]] = {}
     for cyc in cycles:
         if all(f in names for f in cyc["faults"]):
