@@ -142,7 +142,7 @@ class BatchSpool:
     # -----------------------------------------------------------------------------------------
     # joining batches for ingest
 
-    def claim(self, max_bytes: int = 64 << 20) -> list[Path]:
+    def claim(self, max_bytes: int = 16 << 20) -> list[Path]:
         """The trace files for the next ingest: earlier joins first, else pending protobuf batches
         (oldest first, up to `max_bytes`) joined into one file, plus pending JSON batches as they are."""
         earlier = sorted(self.merged.glob("*.otlp.pb"))
