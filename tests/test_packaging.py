@@ -357,10 +357,14 @@ def check_ray(v: Venv) -> None:
     assert json.loads(done.stdout)["runs"] >= 4
 
 
-def _timed(work) -> float:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    work()
-    return time.perf_counter() - t0
+def _help_cpu_s(v: Venv) -> float:
+    """CPU time (user + system) of one `tracekit --help` in the venv."""
+    proc = subprocess.Popen([str(v.root / "bin" / "tracekit"), "--help"], cwd=v.work, env=v.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_utime + usage.ru_stime
 
 
 CHECKS = {"core": check_core, "torch": check_torch, "dashboard": check_dashboard, "serve": check_serve,
@@ -372,8 +376,8 @@ CHECKS = {"core": check_core, "torch": check_torch, "dashboard": check_dashboard
 def test_every_command_has_help_and_one_real_command_works(venvs: dict[str, Future[Venv]], target: str) -> None:
     v = venvs[target].result()
     _ok(v.tracekit("--help"))  # the first run writes the bytecode that pip (run with --no-compile here) would have
-    help_s = min(_timed(lambda: _ok(v.tracekit("--help"))) for _ in range(3))
-    assert help_s < 1.0, f"tracekit --help took {help_s:.2f} s"
+    help_s = min(_help_cpu_s(v) for _ in range(3))  # CPU seconds: the suite shares 2 cores with whatever else runs
+    assert help_s < 1.0, f"tracekit --help took {help_s:.2f} s of CPU"
     assert _ok(v.tracekit("--version")).stdout.strip() == f"tracekit {PYPROJECT_VERSION}"
     helps = json.loads(_ok(v.python(HELP_DRIVER)).stdout)
     assert CORE_COMMANDS <= set(helps), sorted(helps)
