@@ -1,0 +1,179 @@
+"""Live detection: follow a training run while it runs and report each new collective anomaly once.
+
+Every ``interval`` seconds the follower ingests what the run's spool directories gained (this process
+is then the store's one writer: ingest stays the single writer) and runs the collective detectors
+over the run's last ``window_steps`` steps, so a poll costs the same at step 10 and step 10,000. A
+finding is reported once per (kind, subject), after it was seen in ``confirm_polls`` consecutive
+polls (a rank that stopped looks crashed until its heartbeats show it alive a second later; a lone
+late step is not yet a straggler). When the run has ended, one last ingest and a full-run detection
+(stored in the findings table, as ``tracekit anomalies`` does) report whatever is still new.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import NotFoundError, StoreError, TracekitError
+
+__all__ = ["FollowOptions", "locate_run", "follow", "poll_findings"]
+
+Finding = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    interval_s: float = 1.0    # how often new spool records are ingested and the detectors run
+    window_steps: int = 64     # the detectors see the run's last this many steps
+    confirm_polls: int = 2     # a finding is reported after this many consecutive polls saw it
+    wait_s: float | None = None  # give up when the run has not appeared after this long (None: wait)
+
+
+def _spool_candidates(ref: str, spools: Sequence[Path]) -> list[Path]:
+    """Run directories under the spool paths whose id starts with `ref` or whose manifest names it."""
+    import json
+
+    hits: list[Path] = []
+    for root in spools:
+        dirs = [root] if (root / "run.json").exists() else ([d for d in root.iterdir() if d.is_dir()]
+                                                             if root.is_dir() else [])
+        for d in dirs:
+            if d.name.startswith(ref.lower()):
+                hits.append(d)
+                continue
+            try:
+                if json.loads((d / "run.json").read_text()).get("name") == ref:
+                    hits.append(d)
+            except (OSError, ValueError, AttributeError):
+                continue
+    return hits
+
+
+def locate_run(ref: str, spools: Sequence[Path], db: Path | None) -> tuple[str, list[Path]] | None:
+    """The run id `ref` names (in the store, else among the spool directories) and the run directories
+    to ingest from (one per spool path: a host's spool root or the run directory itself); None when
+    it is nowhere yet."""
+    from tracekit.config import db_path
+    from tracekit.store.db import connect
+    from tracekit.store.queries import resolve_run
+
+    run_id = None
+    store = db_path(db)
+    if store.exists():
+        try:
+            with connect(store, read_only=True) as con:
+                run_id = resolve_run(con, ref)
+        except (NotFoundError, StoreError):
+            run_id = None
+    if run_id is None:
+        hits = _spool_candidates(ref, spools)
+        if not hits:
+            return None
+        newest = max(hits, key=lambda d: d.stat().st_mtime)
+        run_id = newest.name
+    paths = [root if root.name == run_id else root / run_id for root in spools]
+    return run_id, paths
+
+
+def poll_findings(con: Any, run_id: str, options: FollowOptions) -> tuple[list[Finding], tuple[int, int]]:
+    """The findings of the run's last window of steps (detected, not stored), and the run's progress
+    (collective records in the window, the latest sequence number): unchanged progress is a stall."""
+    import polars as pl
+
+    from tracekit.analysis.collectives import RunFrames, detect
+    from tracekit.store.live import window_tables
+
+    tables = window_tables(con, run_id, options.window_steps)
+    frames = RunFrames(**{name: pl.from_arrow(table) for name, table in tables.items()})  # type: ignore[arg-type]
+    c = frames.collectives
+    progress = (c.height, int(c["seq"].max() or 0) if c.height else -1)
+    return [f.to_dict() for f in detect(frames)], progress
+
+
+def follow(
+    ref: str, *, db: Path | None, spools: Sequence[Path], on_finding: Callable[[Finding], bool],
+    stop: threading.Event | None = None, options: FollowOptions = FollowOptions(),
+    on_poll: Callable[[float], None] | None = None,
+) -> list[Finding]:
+    """Follow a run until it ends (or `stop` is set, or `on_finding` returns False); returns the
+    findings reported, in order. `on_poll(seconds)` hears each poll's cost."""
+    from tracekit.analysis.collectives import detect_run
+    from tracekit.config import db_path
+    from tracekit.ingest import ingest_paths
+    from tracekit.store.db import connect
+    from tracekit.store.live import run_state
+
+    stop = stop or threading.Event()
+    store = db_path(db)
+    started = time.monotonic()
+    located = None
+    while located is None:
+        located = locate_run(ref, spools, db)
+        if located is None:
+            if options.wait_s is not None and time.monotonic() - started > options.wait_s:
+                raise NotFoundError(f"no run {ref!r} in {store} or under {', '.join(map(str, spools))}")
+            if stop.wait(options.interval_s):
+                return []
+    run_id, paths = located
+    reported: list[Finding] = []
+    seen: dict[tuple[str, str], int] = {}  # (kind, subject) -> consecutive polls it was found in
+    done: set[tuple[str, str]] = set()
+    progress: tuple[int, int] | None = None
+    stalled = 0  # consecutive polls in which the run recorded no new collective
+
+    def report(finding: Finding) -> bool:
+        done.add((finding["kind"], finding["subject"]))
+        reported.append(finding)
+        return on_finding(finding)
+
+    while not stop.is_set():
+        t0 = time.monotonic()
+        existing = [p for p in paths if p.exists()]
+        try:
+            if existing:
+                ingest_paths(existing, store)
+            with connect(store, create=False) as con:
+                state = run_state(con, run_id)
+                ended = state is not None and state[0] != "running" and state[1] is not None
+                found = []
+                if state is not None and not ended:
+                    found, now = poll_findings(con, run_id, options)
+                    stalled = stalled + 1 if now == progress else 0
+                    progress = now
+                if ended:  # the whole run, once, stored as `tracekit anomalies` stores it
+                    found = detect_run(con, run_id)
+        except StoreError:  # another writer (the recorder's own ingest at exit) holds the store: next poll
+            found, ended = [], False
+        if on_poll:
+            on_poll(time.monotonic() - t0)
+        keys = {(f["kind"], f["subject"]) for f in found}
+        seen = {k: seen.get(k, 0) + 1 for k in keys}
+        for f in found:
+            key = (f["kind"], f["subject"])
+            # a missing rank is only missing once the others stopped making progress: while the run
+            # moves on, it is a rank whose last records are still on their way to the spool
+            missing = f["kind"] in ("hang", "crash") and stalled < options.confirm_polls - 1
+            if key not in done and (ended or (seen[key] >= options.confirm_polls and not missing)):
+                if not report(f):
+                    return reported
+        if ended:
+            return reported
+        stop.wait(max(0.0, options.interval_s - (time.monotonic() - t0)))
+    return reported
+
+
+def default_spools(spools: Sequence[Path]) -> list[Path]:
+    """The spool paths to follow: the ones given, else the spool root (TRACEKIT_SPOOL_DIR)."""
+    from tracekit.config import spool_root
+
+    if spools:
+        for path in spools:
+            if not Path(path).exists():
+                raise TracekitError(f"{path} does not exist: give a spool root or a run's spool directory")
+        return [Path(p) for p in spools]
+    return [spool_root(os.environ.get("TRACEKIT_SPOOL_DIR"))]
