@@ -561,3 +561,37 @@ def test_a_run_receiving_spans_is_running_then_settles(tmp_path: Path) -> None:
     finally:
         srv.stop()
     assert query(srv.db, sql) == [("live-1", "ok", 5)]  # stopping settles every run
+
+
+def test_genai_log_records_become_the_content_of_their_spans(server: Server) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tracekit.importers.genai import agent_step_of
+
+    trace_id, span_id = bytes(range(1, 17)), bytes(range(1, 9))
+    logs = ExportLogsServiceRequest()
+    scope = logs.resource_logs.add().scope_logs.add()
+    asked = scope.log_records.add(trace_id=trace_id, span_id=span_id, time_unix_nano=1_700_000_000_100_000_000,
+                                  event_name="gen_ai.user.message")
+    asked.body.kvlist_value.values.add(key="content").value.string_value = "draft a haiku about rain"
+    answer = scope.log_records.add(trace_id=trace_id, span_id=span_id, time_unix_nano=1_700_000_000_200_000_000)
+    answer.attributes.add(key="event.name").value.string_value = "gen_ai.choice"
+    message = answer.body.kvlist_value.values.add(key="message").value.kvlist_value
+    message.values.add(key="content").value.string_value = "soft rain on tin roofs"
+    scope.log_records.add(trace_id=trace_id, span_id=bytes(8 * [9]), event_name="gen_ai.choice")  # another span
+    assert post(server.http + "/v1/logs", logs.SerializeToString())[0] == 200
+    spans = ExportTraceServiceRequest()
+    span = spans.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=trace_id, span_id=span_id, name="chat", start_time_unix_nano=1_700_000_000_000_000_000,
+        end_time_unix_nano=1_700_000_001_000_000_000)
+    span.attributes.add(key="gen_ai.operation.name").value.string_value = "chat"
+    span.attributes.add(key="gen_ai.agent.name").value.string_value = "Poet"
+    assert post(server.http + "/v1/traces", spans.SerializeToString())[0] == 200
+    server.stop()
+    (name, attrs), = query(server.db, "SELECT name, attributes FROM spans")
+    step = agent_step_of({"name": name, "attributes": json.loads(attrs)})
+    assert (step["agent"], step["input"], step["content"]) == ("Poet", "draft a haiku about rain", "soft rain on tin roofs")
+    assert [r[0] for r in query(server.db, "SELECT name FROM events ORDER BY ts_ns")] == ["gen_ai.user.message", "gen_ai.choice"]
+    # one record names a span not seen yet: its batch waits in logs/ (retired once all match, or after 120 s)
+    assert len(list((server.spool / "logs").glob("*.otlp-logs"))) == 1

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from tracekit.errors import TracekitError
-from tracekit.serve.batches import Signal
+from tracekit.serve.batches import Encoding, Signal
+from tracekit.serve.spool import SUFFIXES
 from tracekit.serve.receiver import Receiver
 
 __all__ = ["IngestLoop", "ingest_entry"]
@@ -68,6 +69,11 @@ class IngestLoop:
         files = self.spool.claim()
         if not files:
             return 0
+        if files[0].name.endswith(SUFFIXES[Signal.traces, Encoding.protobuf]):  # GenAI log records -> span events
+            from tracekit.serve.logs import attach_logs
+
+            logs = [p for p in self.spool.pending(Signal.logs) if p.name.endswith(SUFFIXES[Signal.logs, Encoding.protobuf])]
+            attach_logs(files[0], logs, self.spool.dirs[Signal.logs] / "done")
         try:
             report = ingest_entry()(files, self.db)
         except TracekitError as exc:  # e.g. the store is locked by a reader or another writer: next cycle

@@ -16,14 +16,15 @@ from typing import Any
 from tracekit import conventions as conv
 from tracekit.errors import TracekitError
 
-__all__ = ["run_request", "blamed_span_ids", "export_run", "FINDING_SPAN_PREFIX"]
+__all__ = ["run_request", "blamed_span_ids", "export_run", "set_any_value", "FINDING_SPAN_PREFIX"]
 
 FINDING_SPAN_PREFIX = "tracekit.finding"
 _KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 _STATUS = {"unset": 0, "ok": 1, "error": 2}
 
 
-def _set_value(target: Any, value: Any) -> None:
+def set_any_value(target: Any, value: Any) -> None:
+    """Fill an OTLP AnyValue from a plain Python value (lists as arrays; anything else as JSON text)."""
     if isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, int) and -(1 << 63) <= value < (1 << 63):
@@ -34,7 +35,7 @@ def _set_value(target: Any, value: Any) -> None:
         target.string_value = value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _set_value(target.array_value.values.add(), item)
+            set_any_value(target.array_value.values.add(), item)
     else:
         target.string_value = json.dumps(value, default=str)
 
@@ -42,7 +43,7 @@ def _set_value(target: Any, value: Any) -> None:
 def _set_attributes(repeated: Any, attributes: dict[str, Any]) -> None:
     for key, value in attributes.items():
         if value is not None:
-            _set_value(repeated.add(key=key).value, value)
+            set_any_value(repeated.add(key=key).value, value)
 
 
 def blamed_span_ids(finding: dict[str, Any], spans: list[dict[str, Any]]) -> list[str]:
