@@ -9,8 +9,7 @@ the top step's own evidence, so a run where nothing but position points anywhere
 **Fitting** (`fit`): listwise logistic ranking — maximise the log-probability of the labelled step
 among the candidates of its run — with an L2 penalty pulling every weight towards its prior
 (`PRIOR`): a feature the training logs never show keeps its prior, one they show often moves where
-the data says. Newton's method on the (small, convex) problem; numpy is needed only for fitting
-(``pip install 'tracekit[analysis]'``). `DEFAULT` holds the weights fitted on all 58 Who&When
+the data says. Newton's method on the (small, convex) problem; numpy is imported only when fitting. `DEFAULT` holds the weights fitted on all 58 Who&When
 Hand-Crafted logs; `tracekit eval whowhen DIR --folds K` reports the cross-validated figures.
 """
 
@@ -179,10 +178,8 @@ def predict(run: LabelledRun, params: AttributionParams) -> tuple[int, str, floa
 
 
 def _numpy() -> Any:
-    try:
-        import numpy as np
-    except ModuleNotFoundError:
-        raise TracekitError("fitting attribution weights needs numpy: pip install 'tracekit[analysis]'") from None
+    import numpy as np  # a core dependency, imported here so attributing with fixed weights never loads it
+
     return np
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from tracekit.cli import app
+from tracekit.cli.root import app
 from tracekit.cli.output import DB_OPTION, FORMAT_OPTION, Format, emit
 
 
