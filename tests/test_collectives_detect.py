@@ -243,7 +243,7 @@ def test_detectors_are_injectable_and_findings_sorted() -> None:
     found = detect(build(), detectors=[mine])
     assert calls == [4]
     assert [f.subject for f in found] == ["rank:1", "rank:2"]  # the straggler after the hang's onset is a symptom
-    assert len(DEFAULT_DETECTORS) == 5
+    assert len(DEFAULT_DETECTORS) == 6
 
 
 def test_finding_dict_is_the_json_contract() -> None:

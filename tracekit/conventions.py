@@ -157,6 +157,12 @@ HEARTBEATS = _register(Stream(  # a rank's liveness and in-flight collective, wr
      ("state", "string"), ("sched_lag_ns", "int64"), ("lag_step", "int64")),
     required=("rank", "ts_ns"),
 ))
+WORKER_EXITS = _register(Stream(  # a torchrun worker's exit as its launcher saw it (under `tracekit record`)
+    "worker_exits", "worker_exits",
+    (("rank", "int32"), ("local_rank", "int32"), ("worker_pid", "int64"), ("exit_code", "int32"),
+     ("signal", "int32"), ("ts_ns", "int64"), ("host", "string")),
+    required=("rank", "ts_ns"),
+))
 FAULTS = _register(Stream(
     "faults", "faults",
     (("campaign", "string"), ("test", "string"), ("point", "string"), ("fault_type", "string"),

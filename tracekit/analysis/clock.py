@@ -38,6 +38,7 @@ _TIME_COLUMNS = {
     "probes": ("ts_ns",),
     "heartbeats": ("ts_ns", "inflight_since_ns"),
     "rank_exits": ("ended_ns", "started_ns"),
+    "worker_exits": ("ts_ns",),
 }
 
 

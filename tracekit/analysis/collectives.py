@@ -44,7 +44,7 @@ import polars as pl
 __all__ = [
     "RunFrames", "Finding", "Thresholds", "Detector", "DEFAULT_DETECTORS", "frames_from_store", "detect",
     "detect_run", "detect_stragglers", "detect_missing_rank", "detect_nonfinite", "detect_slow_links",
-    "naive_slowest_rank", "infer_period", "Arrivals", "arrivals",
+    "naive_slowest_rank", "infer_period", "Arrivals", "arrivals", "detect_first_exit",
 ]
 
 MS = 1_000_000
@@ -61,6 +61,7 @@ class RunFrames:
     heartbeats: pl.DataFrame = field(default_factory=pl.DataFrame)
     rank_exits: pl.DataFrame = field(default_factory=pl.DataFrame)
     clock_offsets: dict[str, int] | None = None  # per host, ns (analysis.clock); None: not yet aligned
+    worker_exits: pl.DataFrame = field(default_factory=pl.DataFrame)  # as torchrun's launcher saw them
 
     @property
     def world_size(self) -> int:
@@ -133,6 +134,7 @@ def frames_from_store(con: Any, run_id: str) -> RunFrames:
         probes=pl.from_arrow(q.probes_table(con, run_id)),  # type: ignore[arg-type]
         heartbeats=pl.from_arrow(q.heartbeats_table(con, run_id)),  # type: ignore[arg-type]
         rank_exits=pl.from_arrow(q.rank_exits_table(con, run_id)),  # type: ignore[arg-type]
+        worker_exits=pl.from_arrow(q.worker_exits_table(con, run_id)),  # type: ignore[arg-type]
     )
 
 
@@ -647,8 +649,16 @@ def _collective_slowdown(frames: RunFrames, onset: Any) -> dict[str, Any]:
 # running
 
 
+def detect_first_exit(frames: RunFrames, th: Thresholds) -> list[Finding]:
+    """The crashed rank as torchrun's launcher saw it: the first worker to fail, clearly before the others."""
+    from tracekit.analysis.launcher import first_failure, next_step
+
+    found = first_failure(frames.worker_exits, lambda rank: next_step(frames, rank))
+    return [] if found is None else [Finding(**found)]
+
+
 DEFAULT_DETECTORS: tuple[Detector, ...] = (detect_missing_rank, detect_nonfinite, detect_slow_links, detect_stragglers,
-                                           detect_starved_ranks)
+                                           detect_starved_ranks, detect_first_exit)
 
 
 def detect(
@@ -660,11 +670,12 @@ def detect(
     findings on steps after a hang/crash onset are dropped.
     """
     from tracekit.analysis.clock import align_clocks, clock_evidence
+    from tracekit.analysis.launcher import merge_launcher_view
 
     th = thresholds or Thresholds()
     if frames.clock_offsets is None:  # a multi-host run: every timestamp onto one host's clock first
         frames = align_clocks(frames)
-    findings = _merge_slow_rank_findings([f for d in detectors for f in d(frames, th)])
+    findings = merge_launcher_view(_merge_slow_rank_findings([f for d in detectors for f in d(frames, th)]))
     stops = [f.first_step for f in findings if f.kind in ("hang", "crash") and f.first_step is not None]
     if stops:
         findings = [f for f in findings if not (f.kind in ("straggler", "throttle")

@@ -37,6 +37,11 @@ GROUP BY 1
 """
 
 
+_WORKER_EXITS_SQL = """
+SELECT rank, local_rank, worker_pid, exit_code, signal, ts_ns, host FROM worker_exits WHERE run_id = $run
+"""
+
+
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> pa.Table:
     cursor = con.cursor()  # a fresh cursor: the caller's connection may hold an unfinished result
     try:
@@ -63,6 +68,10 @@ def heartbeats_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
 
 def rank_exits_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
     return _arrow(con, _RANK_EXITS_SQL, run_id)
+
+
+def worker_exits_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
+    return _arrow(con, _WORKER_EXITS_SQL, run_id)
 
 
 def run_exit_code(con: duckdb.DuckDBPyConnection, run_id: str) -> int | None:

@@ -79,6 +79,11 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "training: the step in progress at a heartbeat's worst wake-up", """
     ALTER TABLE heartbeats ADD COLUMN lag_step BIGINT;
     """),
+    Migration(13, "training: each torchrun worker's exit as its launcher saw it", """
+    CREATE TABLE worker_exits (
+        run_id VARCHAR, rank INTEGER, local_rank INTEGER, worker_pid BIGINT, exit_code INTEGER,
+        signal INTEGER, ts_ns BIGINT, host VARCHAR, pid INTEGER);
+    """),
     Migration(30, "fault-injection campaigns", """
     CREATE TABLE campaigns (
         campaign_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, strategy VARCHAR, budget INTEGER,

@@ -36,6 +36,9 @@ def _on_torch_distributed_imported() -> None:
     """torch.distributed is loaded (torch itself may be half-imported): wrap the functions now, the rest
     (DDP, optimizer) when the process group is created, once torch is fully imported."""
     try:
+        from tracekit.capture.torch.launcher import watch_workers
+
+        watch_workers()  # in torchrun's launcher: record each worker's exit
         patch_functions()
         dist = sys.modules["torch.distributed"]
         init_pg = getattr(dist, "init_process_group", None)

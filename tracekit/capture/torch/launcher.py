@@ -1,0 +1,119 @@
+"""The launcher's view: in a torchrun launcher under `tracekit record`, record each worker's exit (code, signal, time).
+
+torchrun knows which worker failed first and how; its workers often do not live long enough to say
+so themselves (an early crash kills the others before their first flush). Under ``tracekit record``
+the launcher is a Python process with capture on, so one daemon thread here registers every worker
+torchrun starts (its ``SubprocessHandler``) and polls them every 20 ms; each exit becomes one
+``worker_exits`` record (global rank, local rank, pid, exit code, signal, wall time, host), written
+to the spool at once. ``Popen.poll`` is thread-safe and caches the exit status, so torchrun's own
+monitoring sees exactly what it would without us.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from tracekit.capture.multihost import host_name
+
+_HANDLER_MODULE = "torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler"
+POLL_S = 0.02
+_lock = threading.Lock()
+_workers: list[tuple[Any, int, int]] = []  # (handler, global rank, local rank)
+_started = False
+
+
+def is_launcher() -> bool:
+    """Whether this process is torchrun's launcher (``torchrun`` or ``python -m torch.distributed.run``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "torchrun" or (
+        spec is not None and spec.name in ("torch.distributed.run", "torch.distributed.launch"))
+
+
+def watch_workers() -> None:
+    """Start recording worker exits if this is a torchrun launcher with capture on. Never raises."""
+    global _started
+    try:
+        from tracekit.capture.setup import current_run
+
+        run = current_run()
+        if _started or run is None or not is_launcher():
+            return
+        _started = True
+        import atexit
+
+        threading.Thread(target=_watch, args=(run,), daemon=True, name="tracekit-workers").start()
+        atexit.register(_sweep, run, _done)  # the launcher may exit between two polls: the last exits
+    except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
+        print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
+
+
+def _patch(module: Any) -> None:
+    cls = module.SubprocessHandler
+    init = cls.__init__
+    if getattr(init, "__tracekit_original__", None) is not None:
+        return
+
+    @functools.wraps(init)
+    def __init__(self: Any, entrypoint: str, args: tuple, env: dict[str, str], *rest: Any, **kw: Any) -> None:
+        init(self, entrypoint, args, env, *rest, **kw)
+        try:
+            with _lock:
+                _workers.append((self, int(env.get("RANK", -1)), int(env.get("LOCAL_RANK", -1))))
+        except Exception:  # noqa: BLE001
+            pass
+
+    __init__.__tracekit_original__ = init  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+
+
+_done: set[int] = set()  # workers whose exit was recorded (by id of their handler)
+
+
+def _sweep(run: Any, done: set[int]) -> None:
+    """Record every worker exit not recorded yet (a poll; also the last one, at the launcher's exit)."""
+    host = host_name()
+    with _lock:
+        workers = [w for w in _workers if id(w[0]) not in done]
+        exited = []
+        for handler, rank, local_rank in workers:
+            code = handler.proc.poll()
+            if code is None:
+                continue
+            done.add(id(handler))
+            exited.append({"rank": rank, "local_rank": local_rank, "worker_pid": handler.proc.pid,
+                           "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
+                           "ts_ns": time.time_ns(), "host": host})
+    if exited:
+        try:
+            for record in exited:
+                run.spool.write("worker_exits", record)
+            run.spool.flush()
+        except Exception:  # noqa: BLE001 - the spool counts what it drops
+            pass
+
+
+def _watch(run: Any) -> None:
+    patched = False
+    while True:
+        if not patched and _HANDLER_MODULE in sys.modules:
+            _patch(sys.modules[_HANDLER_MODULE])
+            patched = True
+        _sweep(run, _done)
+        time.sleep(POLL_S)
+
+
+def signal_name(number: int | None) -> str | None:
+    """SIGTERM for 15, and so on (None for no signal)."""
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
