@@ -595,3 +595,40 @@ def test_genai_log_records_become_the_content_of_their_spans(server: Server) -> 
     assert [r[0] for r in query(server.db, "SELECT name FROM events ORDER BY ts_ns")] == ["gen_ai.user.message", "gen_ai.choice"]
     # one record names a span not seen yet: its batch waits in logs/ (retired once all match, or after 120 s)
     assert len(list((server.spool / "logs").glob("*.otlp-logs"))) == 1
+
+
+# LangGraph workflow (fixtures/agents_workflow.py) instrumented by OpenInference, exported by the stock
+# OTLP/HTTP exporter: the receiving end must give `tracekit attribute` the same answer as recording does
+LANGGRAPH_APP = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+from agents_workflow import Workflow, instrument
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+instrumentor = instrument(provider)
+Workflow("wrong_tool", 1).run()
+instrumentor.uninstrument()
+provider.shutdown()
+'''
+
+
+def test_openinference_langgraph_over_otlp_is_attributed(server: Server, tmp_path: Path) -> None:
+    pytest.importorskip("openinference.instrumentation.langchain")
+    repo = Path(__file__).resolve().parents[1]
+    app = tmp_path / "lg_app.py"
+    app.write_text(LANGGRAPH_APP)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": server.http, "OTEL_SERVICE_NAME": "agents"}
+    done = subprocess.run([sys.executable, str(app), str(repo / "fixtures")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    server.stop()
+    (run_id, spans), = query(server.db, "SELECT run_id, count(*) FROM spans GROUP BY run_id")  # one trace, one run
+    assert spans > 10
+    ranked = subprocess.run([sys.executable, "-m", "tracekit", "attribute", run_id, "--db", str(server.db),
+                             "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert ranked.returncode == 0, ranked.stderr
+    top = json.loads(ranked.stdout)
+    assert (top[0]["agent"], top[0]["role"]) == ("tool:lookup_population", "root_cause")
