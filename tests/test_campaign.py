@@ -55,7 +55,8 @@ def test_cli_run_and_report_contract(env):
     listing = cli("campaign", "list", "--format", "json", env=env)
     assert [c["name"] for c in json.loads(listing.stdout)] == ["tiny"]
     table = cli("campaign", "report", "tiny", env=env)
-    assert table.returncode == 0 and "fault-propagation edges" in table.stdout
+    assert table.returncode == 0 and "findings (one per cascade)" in table.stdout
+    assert f"{len(data['edges'])} edges" in table.stdout  # the table says how many edges its findings collapse
 
 
 def test_bad_campaign_file_is_a_clean_error(env, tmp_path):

@@ -74,16 +74,20 @@ class _Session:
         )
 
     def execute(self, specs: list[RunSpec], result: CampaignResult) -> None:
+        """Run `specs` and ingest their spool files in one pass when all ended: one store connection per
+        batch, not per run (the runner is the serial part of a campaign; see bench_campaign --breakdown)."""
         from tracekit.ingest import ingest_paths
 
+        run_dirs = []
         for outcome in self.executor.run_all(specs):
-            run_dir = materialize(outcome, self.root)
-            ingest_paths([run_dir], self.db)
+            run_dirs.append(materialize(outcome, self.root))
             result.runs += 1
             result.outcomes[outcome.outcome] += 1
             self.done += 1
             if self.progress:
                 self.progress(self.done, self.total, _label(outcome))
+        if run_dirs:
+            ingest_paths(run_dirs, self.db)
 
 
 def _label(outcome: RunResult) -> str:
