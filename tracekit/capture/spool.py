@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import json
 import math
 import os
@@ -243,13 +244,20 @@ class SpoolStream:
                 else:  # a binary stream writes a frame per FRAME_ROWS rows: each is whole or torn
                     step = FRAME_ROWS if self.binary else len(items)
                     for i in range(0, len(items), step):
-                        data, count, bad = self._encode(items[i:i + step])
-                        if bad:
-                            self._drop(bad, "a record could not be encoded")
-                        if count:
-                            self._write_now(data, count)
+                        self._write_items(items[i:i + step])
             if self._text is not None:
                 self._text.flush()
+
+    def _write_items(self, items: list[tuple[Any, Any]], *, first_try: bool = True) -> None:
+        """Encode and write buffered items; a binary frame that did not fit on the disk is taken back and its
+        rows written in two smaller frames, so a full disk keeps as many whole records as fit (as JSON lines do)."""
+        data, count, bad = self._encode(items)
+        if bad and first_try:  # a value converts the same way every time: a retried half drops no new rows
+            self._drop(bad, "a record could not be encoded")
+        if count and not self._write_now(data, count):
+            half = len(items) // 2
+            self._write_items(items[:half], first_try=False)
+            self._write_items(items[half:], first_try=False)
 
     def _encode(self, items: list[tuple[Any, Any]]) -> tuple[bytes, int, int]:
         if not self.binary:
@@ -281,10 +289,12 @@ class SpoolStream:
             if self._text is not None:
                 self._text.close()
 
-    def _write_now(self, encoded: bytes, count: int) -> None:
+    def _write_now(self, encoded: bytes, count: int) -> bool:
+        """Write encoded records; False when a binary frame of several records only partly fit (its torn part is
+        cut off again: the caller writes them in smaller frames)."""
         if self._failed:
             self._drop(count, "")
-            return
+            return True
         done = 0
         try:
             if self._file_fd is None:
@@ -295,12 +305,26 @@ class SpoolStream:
                 done += os.write(self._file_fd, view[done:])
             self._written += count
         except OSError as exc:
+            if self.binary and count > 1 and done and exc.errno in (errno.ENOSPC, errno.EFBIG) and self._cut_torn(done):
+                return False
             # a short write (disk full) may have landed some whole records (JSON lines) before the error;
             # a binary frame is whole or torn
             landed = 0 if self.binary else min(count, encoded[:done].count(b"\n"))
             self._written += landed
             self._failed = True
             self._drop(count - landed, f"cannot write {self.path}: {exc.strerror or exc}")
+        return True
+
+    def _cut_torn(self, written: int) -> bool:
+        """Cut the ``written`` bytes of a frame that did not fit off the end of the file again; whether it worked."""
+        fd = self._file_fd
+        if fd is None:
+            return False
+        try:
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            return True
+        except OSError:
+            return False
 
     def _drop(self, count: int, reason: str) -> None:
         self.dropped += count

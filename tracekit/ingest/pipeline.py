@@ -27,10 +27,10 @@ from tracekit.ingest.discover import discover
 from tracekit.ingest.liveness import read_manifest, refresh_run
 from tracekit.ingest.report import IngestReport
 from tracekit.ingest.resume import Prepared, is_unchanged, prepare, split_closed, spool_file_row
-from tracekit.ingest.spool import Closed, parse_spool_file, raw_lines
+from tracekit.ingest.spool import Closed, ParsedFile, parse_spool_file, raw_lines
 from tracekit.store.db import connect
 from tracekit.store.load import (
-    load_ndjson_files, load_table, quarantine, remember_files, tune_for_bulk_load, unordered_inserts,
+    Part, load_ndjson_files, load_tables, quarantine, remember_files, tune_for_bulk_load, unordered_inserts,
 )
 from tracekit.store.sql import transaction
 
@@ -45,6 +45,11 @@ PARSE_AHEAD_BYTES = 512 << 20  # how much spool the parser may read ahead of the
 # the fast path: DuckDB's own JSON reader loads cleanly closed files whole (no Python, no Arrow hop)
 
 
+def _pid(header: dict[str, Any]) -> int | None:
+    pid = header.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
 class _NotClean(Exception):
     """Some record of a closed file was not loadable as is: the careful path takes the files."""
 
@@ -56,9 +61,7 @@ def _load_closed(con: duckdb.DuckDBPyConnection, files: list[Closed], report: In
     spec = files[0].spec
     sources = []
     for c in files:
-        pid = c.header.get("pid")
-        sources.append((c.path, str(c.header["run_id"]), pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-                        str(c.header.get("node") or "unknown")))
+        sources.append((c.path, str(c.header["run_id"]), _pid(c.header), str(c.header.get("node") or "unknown")))
     expected = sum(int(c.footer["records"]) for c in files)
     try:
         with unordered_inserts(con), transaction(con):
@@ -156,11 +159,15 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[Prepared], report: I
     parsed_files = [item.parsed for item in batch if item.parsed is not None]
     if not parsed_files:
         return
-    with transaction(con):
-        for parsed in parsed_files:  # inserts into one table within one transaction write whole row groups
-            pid = parsed.header.get("pid")
-            load_table(con, parsed.spec, parsed.table, run_id=str(parsed.header["run_id"]),
-                       pid=pid if isinstance(pid, int) else None, default_node=parsed.header.get("node"))
+    by_stream: dict[tuple[str, ...], list[ParsedFile]] = {}
+    for parsed in parsed_files:
+        by_stream.setdefault((parsed.spec.name, *parsed.spec.schema.names), []).append(parsed)
+    with unordered_inserts(con), transaction(con):
+        for group in by_stream.values():  # one INSERT per stream: whole row groups, nothing for the checkpoint to redo
+            load_tables(con, group[0].spec, [
+                Part(parsed.table, str(parsed.header["run_id"]), _pid(parsed.header), parsed.header.get("node"))
+                for parsed in group
+            ])
         remembered = []
         for item in batch:
             parsed = item.parsed

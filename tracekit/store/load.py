@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,41 +49,65 @@ def _value_exprs(spec: StreamSpec, fields: list[str], node_default: str) -> list
     return select
 
 
+@dataclass(frozen=True)
+class Part:
+    """One file's records for :func:`load_tables`: an Arrow table of the stream's schema and where it came from."""
+
+    table: pa.Table
+    run_id: str
+    pid: int | None = None
+    node: str | None = None  # the default for records without a node
+
+
+def load_tables(con: duckdb.DuckDBPyConnection, spec: StreamSpec, parts: Sequence[Part]) -> int:
+    """Insert the records of many files of one stream (tables of one schema) with one INSERT; returns the rows.
+
+    Runs inside the caller's transaction. One statement per stream matters: each INSERT leaves a part-filled
+    row group that the checkpoint rewrites, which cost as much as the insert itself for a file at a time.
+    Each row carries the index of its part; its run id, pid and default node come from lists passed as
+    parameters. Format-1 span records carry their events nested; those go to the ``events`` table.
+    """
+    parts = [p for p in parts if p.table.num_rows]
+    if not parts:
+        return 0
+    tables = [p.table.append_column("tk_part", pa.repeat(pa.scalar(i, pa.int32()), p.table.num_rows))
+              for i, p in enumerate(parts)]
+    batch = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    params: dict[str, Any] = {"run_ids": [p.run_id for p in parts]}
+    con.register("tk_batch", batch)
+    try:
+        fields = [f.name for f in spec.schema if f.name != "events"]
+        columns = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
+        values = ["$run_ids[tk_part + 1]", *_value_exprs(spec, fields, "$nodes[tk_part + 1]")]
+        if spec.with_pid:
+            values.append("$pids[tk_part + 1]")
+            params["pids"] = [p.pid for p in parts]
+        if "node" in fields:
+            params["nodes"] = [p.node or "unknown" for p in parts]
+        con.execute(  # table and column names come from the stream declarations, values are parameters
+            f"INSERT INTO {spec.table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM tk_batch",
+            params,
+        )
+        if "events" in spec.schema.names and batch.column("events").null_count < batch.num_rows:
+            con.execute(
+                "INSERT INTO events (run_id, span_id, ts_ns, name, attributes) "
+                "SELECT $run_ids[tk_part + 1], span_id, e.ts_ns, e.name, coalesce(e.attributes, '{}') "
+                "FROM (SELECT tk_part, span_id, unnest(events) AS e FROM tk_batch WHERE events IS NOT NULL)",
+                {"run_ids": params["run_ids"]},
+            )
+    finally:
+        con.unregister("tk_batch")
+    return batch.num_rows
+
+
 def load_table(
     con: duckdb.DuckDBPyConnection, spec: StreamSpec, table: pa.Table, *, run_id: str,
     pid: int | None = None, default_node: str | None = None,
 ) -> int:
     """Insert one stream's records (an Arrow table of ``spec.schema``) into its table; returns the rows.
 
-    Runs inside the caller's transaction. Format-1 span records carry their events nested; those go
-    to the ``events`` table.
-    """
-    if table.num_rows == 0:
-        return 0
-    con.register("tk_batch", table)
-    try:
-        fields = [f.name for f in spec.schema if f.name != "events"]
-        columns = ["run_id", *fields] + (["pid"] if spec.with_pid else [])
-        values = ["$run_id", *_value_exprs(spec, fields, "$node")] + (["$pid"] if spec.with_pid else [])
-        params: dict[str, Any] = {"run_id": run_id}
-        if spec.with_pid:
-            params["pid"] = pid
-        if "node" in fields:
-            params["node"] = default_node or "unknown"
-        con.execute(  # table and column names come from the stream declarations, values are parameters
-            f"INSERT INTO {spec.table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM tk_batch",
-            params,
-        )
-        if "events" in spec.schema.names and table.column("events").null_count < table.num_rows:
-            con.execute(
-                "INSERT INTO events (run_id, span_id, ts_ns, name, attributes) "
-                "SELECT $run_id, span_id, e.ts_ns, e.name, coalesce(e.attributes, '{}') "
-                "FROM (SELECT span_id, unnest(events) AS e FROM tk_batch WHERE events IS NOT NULL)",
-                {"run_id": run_id},
-            )
-    finally:
-        con.unregister("tk_batch")
-    return table.num_rows
+    Runs inside the caller's transaction (see :func:`load_tables`)."""
+    return load_tables(con, spec, [Part(table, run_id, pid, default_node)])
 
 
 def load_records(

@@ -108,10 +108,11 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Apply every migration not yet recorded, each in its own transaction; returns the schema version.
+    """Apply every migration not yet recorded, all in one transaction (all or none); returns the schema version.
 
     Versions are grouped by area (1-9 core, 10-19 training, 20-29 agents, 30-39 campaigns,
     40-49 dashboard), so a migration is applied when it is missing, not only when it is newest.
+    One transaction for all of them: a new store is made with one commit (one WAL sync), not one per migration.
     """
     version = current_version(con)
     if version > LATEST:
@@ -125,18 +126,19 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             "(version INTEGER PRIMARY KEY, name VARCHAR, applied_ns BIGINT)"
         )
     applied = {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
-    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
-        if migration.version in applied:
-            continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+    pending = [m for m in sorted(MIGRATIONS, key=lambda m: m.version) if m.version not in applied]
+    if not pending:
+        return version
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for migration in pending:
             con.execute(migration.sql)
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                 [migration.version, migration.name, time.time_ns()],
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
     return current_version(con)
