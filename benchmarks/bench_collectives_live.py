@@ -6,7 +6,8 @@
 Each run is `tracekit record -- torchrun --nproc-per-node 4 fixtures/ddp_job.py --fault KIND` with a
 follower (`tracekit anomalies RUN --follow --format json`) started beside it; each line the follower
 prints is time-stamped as it arrives. The fault onset is read back from the recorded run: the wall
-time the culprit finished the step before `--fault-step` (its last collective of that step). Per
+time the culprit finished the step before `--fault-step` (its last collective of that step); for a
+crash, the time its launcher saw it exit. Per
 kind: the latency of the first printed finding (median, max), and whether it named the culprit and
 the kind. Healthy runs are followed to their end: every printed finding is a false alarm. The last
 line is one JSON object with the figures.
@@ -40,11 +41,17 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _onset_ns(db: Path, rank: int, step: int) -> int | None:
+def _onset_ns(db: Path, rank: int, step: int, fault: str) -> int | None:
+    """When the fault began: a crash when its worker exited (the launcher's record; the rank's last 200 ms
+    of records die with it), any other fault when the culprit finished the step before the onset step."""
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
-        row = con.execute("SELECT max(exit_ns) FROM collectives WHERE rank = ? AND step = ?", [rank, step - 1]).fetchone()
+        if fault == "crash":
+            row = con.execute("SELECT min(ts_ns) FROM worker_exits WHERE rank = ?", [rank]).fetchone()
+        else:
+            row = con.execute("SELECT max(exit_ns) FROM collectives WHERE rank = ? AND step = ?",
+                              [rank, step - 1]).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
@@ -86,7 +93,7 @@ def one_run(fault: str, rank: int, steps: int, onset: int, seed: int, world: int
         reader.join(timeout=5)
         out: dict = {"fault": fault, "rank": rank, "seed": seed, "findings": [(f["kind"], f["subject"]) for _t, f in lines]}
         if fault != "none" and lines:
-            onset = _onset_ns(tmp / "t.duckdb", rank, onset)
+            onset = _onset_ns(tmp / "t.duckdb", rank, onset, fault)
             t, first = lines[0]
             out["latency_s"] = None if onset is None else round((t - onset) / 1e9, 2)
             out["correct"] = (first["kind"], first["subject"]) == (KINDS[fault], f"rank:{rank}")

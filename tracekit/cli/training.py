@@ -82,3 +82,32 @@ def _follow(run: str, db: Optional[Path], fmt: Format, spool: list[Path], interv
             child.wait()
     if exit_on_finding and found:
         raise typer.Exit(1)
+
+
+def _register_import() -> None:
+    from tracekit.cli.agents import import_app
+
+    @import_app.command("flight-recorder")
+    def flight_recorder(
+        files: list[Path] = typer.Argument(..., help="Dump files, one per rank (<prefix><rank>, pickle or JSON), "
+                                           "or directories of them."),
+        name: Optional[str] = typer.Option(None, "--name", help="Run name [default: flight-recorder-<directory>]."),
+        db: Optional[Path] = DB_OPTION,
+        fmt: Format = FORMAT_OPTION,
+    ) -> None:
+        """Import PyTorch Flight Recorder dumps as a training run's collectives; print the run id.
+
+        Then `tracekit anomalies RUN` names a hung or crashed rank and the process group and sequence
+        number where it stopped. Importing the same files again replaces the run.
+        """
+        from tracekit.cli.output import emit_object
+        from tracekit.ingest.flight_recorder import import_flight_recorder
+
+        result = import_flight_recorder(files, db, name=name)
+        if fmt is Format.json:
+            emit_object(result.to_dict(), fmt)
+        else:
+            print(result.run_id)
+
+
+_register_import()
