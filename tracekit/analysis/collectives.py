@@ -205,10 +205,10 @@ def arrivals(frames: RunFrames) -> Arrivals | None:
         return None
     t0 = int(c["enter_ns"].min())
     c = c.select(
-        key=pl.col("process_group").cast(pl.Categorical).to_physical().cast(pl.Int64) * (1 << 40) + pl.col("seq"),
+        group=pl.col("process_group").cast(pl.Categorical).to_physical().cast(pl.Int64), seq=pl.col("seq"),
         rank=pl.col("rank"), step=pl.col("step").fill_null(-1),
         enter=(pl.col("enter_ns") - t0).cast(pl.Float64), exit=(pl.col("exit_ns") - t0).cast(pl.Float64))
-    keys, inverse = np.unique(c["key"].to_numpy(), return_inverse=True)
+    keys, inverse = _collective_index(c["group"].to_numpy(), c["seq"].to_numpy())
     rank = c["rank"].to_numpy()
     enter = np.full((len(keys), world), np.nan)
     leave = np.full((len(keys), world), np.nan)
@@ -228,6 +228,22 @@ def arrivals(frames: RunFrames) -> Arrivals | None:
     steps, start = np.unique(step_of, return_index=True)
     count = np.diff(np.append(start, len(step_of)))[:, None]
     return Arrivals(steps, np.add.reduceat(lag, start, axis=0) / count, np.add.reduceat(wait, start, axis=0) / count)
+
+
+def _collective_index(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct (group, seq) keys in order, each row's index among them), like np.unique(key,
+    return_inverse=True) but in linear time when sequence numbers are dense (they count up per group):
+    33 M rows take one pass instead of a sort."""
+    lo = int(seq.min())
+    span = int(seq.max()) - lo + 1
+    key = group * span + (seq - lo)
+    slots = (int(group.max()) + 1) * span
+    if slots > max(4 * len(key), 1 << 20):  # sparse keys: sort
+        return np.unique(key, return_inverse=True)
+    present = np.zeros(slots, dtype=bool)
+    present[key] = True
+    position = np.cumsum(present) - 1
+    return np.flatnonzero(present), position[key]
 
 
 def _bucket_span(frames: RunFrames, ranks: Sequence[int]) -> pl.DataFrame:
