@@ -462,3 +462,35 @@ def test_format_1_files_with_nested_span_events_still_load(tmp_path):
 
     assert report.records == 1 and not report.rejected
     assert query(db, "SELECT span_id, name, ts_ns FROM events") == [(f"{1:016x}", "exception", 5)]
+
+
+@pytest.mark.parametrize("errors", ["none", "few", "many"])
+def test_collectives_read_back_with_coded_text_columns_equal_the_stored_rows(tmp_path, errors):
+    """The analysis reads text columns of few values as codes (and skips ones null or constant throughout):
+    what it gets must equal a plain read, whatever the values look like."""
+    import polars as pl
+    import pyarrow as pa
+
+    from tracekit.store import collectives as q
+    from tracekit.store.db import connect
+
+    n = 600
+    error = {"none": [None] * n, "few": [None if i % 7 else "NCCL timeout" for i in range(n)],
+             "many": [None if i % 2 else f"error {i}" for i in range(n)]}[errors]  # 300 values: read as text
+    rows = pa.table({
+        "rank": pa.array([i % 4 for i in range(n)], pa.int32()), "seq": pa.array(range(n), pa.int64()),
+        "process_group": ["default"] * n, "op": [("all_reduce", "broadcast", "it's")[i % 3] for i in range(n)],
+        "source": [None if i % 5 == 0 else ("ddp", "call")[i % 2] for i in range(n)], "error": error,
+    })
+    con = connect(tmp_path / "store.duckdb")
+    con.register("rows", rows)
+    con.execute("INSERT INTO collectives BY NAME SELECT 'r1' AS run_id, * FROM rows")
+    con.execute("INSERT INTO collectives BY NAME SELECT 'r2' AS run_id, * FROM rows WHERE rank = 0")
+    plain = pl.from_arrow(con.sql(q._COLLECTIVES_SQL, params={"run": "r1"}).to_arrow_table())
+    coded = q.collectives_table(con, "r1")
+    frame = q.to_polars(coded)
+    assert frame.schema == plain.schema and frame.sort("seq").equals(plain.sort("seq"))
+    assert pa.types.is_dictionary(coded.schema.field("op").type)  # the text really crossed as codes
+    assert pa.types.is_dictionary(coded.schema.field("error").type) == (errors != "many")
+    assert q.to_polars(q.collectives_table(con, "nothing")).height == 0
+    con.close()

@@ -129,7 +129,7 @@ def frames_from_store(con: Any, run_id: str) -> RunFrames:
     from tracekit.store import collectives as q
 
     return RunFrames(
-        collectives=pl.from_arrow(q.collectives_table(con, run_id)),  # type: ignore[arg-type]
+        collectives=q.to_polars(q.collectives_table(con, run_id)),
         steps=pl.from_arrow(q.steps_table(con, run_id)),  # type: ignore[arg-type]
         probes=pl.from_arrow(q.probes_table(con, run_id)),  # type: ignore[arg-type]
         heartbeats=pl.from_arrow(q.heartbeats_table(con, run_id)),  # type: ignore[arg-type]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import duckdb
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # A collective interrupted at SIGTERM is written once, as failed; the detectors compare only completed
 # ones across ranks, so no de-duplication pass is needed here (it costs seconds on 8 M rows).
@@ -50,8 +55,73 @@ def _arrow(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> pa.Table:
         cursor.close()
 
 
+# Text columns with a few values per run cross into Python as codes into those values (dictionary-encoded
+# Arrow columns): 8 M process groups, ops and sources as Arrow strings, then as polars string views, cost
+# more than all the numeric columns together; `to_polars` rebuilds them with a gather of the codes. A column
+# that is null throughout (error, in a run without failures) or one value throughout is not read at all.
+_CODED = ("process_group", "op", "source", "error")
+_MAX_CODES = 256  # more distinct values than this: the column is read as text
+
+
+def _coded(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], coded: tuple[str, ...]) -> pa.Table:
+    """The result of ``sql`` (``SELECT col, col, ... FROM ...``: plain column names) with the ``coded``
+    columns dictionary-encoded."""
+    head, rest = sql.split("FROM", 1)
+    columns = [c.strip() for c in head.strip().removeprefix("SELECT").split(",")]
+    cursor = con.cursor()
+    try:
+        found = cursor.sql(
+            "SELECT count(*), "
+            + ", ".join(f"count({c}), list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)" for c in coded) + " FROM" + rest,
+            params=params,
+        ).fetchall()[0]
+        rows = int(found[0])
+        values = {c: sorted(found[2 + 2 * i] or []) for i, c in enumerate(coded) if len(found[2 + 2 * i] or []) <= _MAX_CODES}
+        fixed = {c: v for c, v in values.items() if not v or (len(v) == 1 and found[1 + 2 * coded.index(c)] == rows)}
+        select = [c if c not in values else f"CAST(list_position($tk_{c}, {c}) - 1 AS INTEGER) AS {c}"
+                  for c in columns if c not in fixed]
+        table = cursor.sql(
+            f"SELECT {', '.join(select)} FROM{rest}",
+            params={**params, **{f"tk_{c}": v for c, v in values.items() if c not in fixed}},
+        ).to_arrow_table()
+    finally:
+        cursor.close()
+    for c, v in values.items():
+        dictionary = pa.array(v, pa.string())
+        if c in fixed:  # null or one value throughout
+            codes = pa.chunked_array([pa.repeat(pa.scalar(0 if v else None, pa.int32()), rows)])
+            table = table.add_column(columns.index(c), c, _dictionary(codes, dictionary))
+        else:
+            i = table.schema.get_field_index(c)
+            table = table.set_column(i, c, _dictionary(table.column(i), dictionary))
+    return table
+
+
+def _dictionary(codes: pa.ChunkedArray, dictionary: pa.Array) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in codes.chunks],
+                            pa.dictionary(pa.int32(), pa.string()))
+
+
+def to_polars(table: pa.Table) -> "pl.DataFrame":
+    """A polars frame of one of these tables, its dictionary-encoded text columns decoded by a gather of
+    their codes into plain strings (a cast of polars' categoricals costs twice as much)."""
+    import polars as pl
+
+    decoded = {}
+    for i, fld in enumerate(table.schema):
+        if pa.types.is_dictionary(fld.type):
+            column = table.column(i)
+            dictionary = column.chunks[0].dictionary if column.num_chunks else pa.array([], pa.string())
+            codes = pa.chunked_array([c.indices for c in column.chunks], pa.int32())
+            decoded[fld.name] = pl.Series(fld.name, dictionary.to_pylist(), pl.String).gather(pl.from_arrow(codes))
+            table = table.set_column(i, fld.name, codes)  # replaced by the decoded column, in its place
+    frame = cast("pl.DataFrame", pl.from_arrow(table))
+    return frame.with_columns(list(decoded.values())) if decoded else frame
+
+
 def collectives_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
-    return _arrow(con, _COLLECTIVES_SQL, run_id)
+    """A run's collectives; process group, op and source dictionary-encoded (see :func:`to_polars`)."""
+    return _coded(con, _COLLECTIVES_SQL, {"run": run_id}, _CODED)
 
 
 def steps_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
