@@ -159,6 +159,40 @@ def test_seeded_retry_storm_cycle_found_at_one_third_budget_and_cli_ux(env):
     assert ambiguous.returncode == 2 and "2 campaigns are named 'storm-ci'" in ambiguous.stderr
 
 
+@pytest.mark.slow
+def test_timeout_raised_inside_the_delayed_call_closes_the_redelivery_loop(tmp_path):
+    """A real process with a job runner's deadline (SIGALRM) and retry: the injected delay is interrupted
+    by the runner's own TimeoutError in the same call. That timeout is a consequence at the injected
+    point (only the injected fault itself is left out), so the timeout -> re-run loop is a cycle."""
+    toml = tmp_path / "deadline.toml"
+    toml.write_text(f"""
+[campaign]
+name = "deadline"
+root = "{ROOT}"
+budget = 6
+profile_repeats = 2
+injection_repeats = 2
+timeout_s = 20
+strategy = "exhaustive"
+[[workload]]
+name = "jobs"
+target = "fixtures.tiny_retry.app:deadline"
+[faults]
+types = ["raise", "delay"]
+delays_ms = [600]
+exception = "TimeoutError"
+[points]
+include = ["tiny.job"]
+""")
+    result = run_campaign(load_campaign(toml), workers=2, db=tmp_path / "s.duckdb", spool_dir=tmp_path / "spool")
+    assert result.runs == 6
+    edges = {(e["src"], e["dst"], e["dst_variant"]) for e in result.report["edges"]}
+    assert ("tiny.job:delay", "tiny.job:raise", "TimeoutError") in edges  # the timeout in the delayed call itself
+    assert ("tiny.job:raise", "tiny.job:delay", "") in edges  # a failed job runs again
+    assert ("tiny.job:raise", "tiny.job:raise", "TimeoutError") not in edges  # the injected exception is no consequence
+    assert ["tiny.job:delay", "tiny.job:raise"] in result.report["cycles"]
+
+
 def test_breadth_order_does_not_depend_on_names():
     from tracekit.inject.budget import ThreePhase
     from tracekit.inject.campaign import Experiment, PointInfo

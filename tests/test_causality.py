@@ -90,6 +90,33 @@ def test_chains_stitch_across_tests_and_stop_at_cycles():
     assert to_names(find_cycles(graph)) == [["l:delay"]]
 
 
+def test_a_timeout_raised_inside_the_delayed_call_is_a_consequence_at_the_injected_point():
+    # RQ's job timeout: the injected delay is interrupted by the system's own exception in the same call
+    profile = [obs(f"p{i}", [("job", "ok", None)], {(None, "job"): 3}) for i in range(2)]
+
+    def injected(run: str, fault: str, outcome: str, count: int = 3) -> RunObservation:
+        return RunObservation(run, frozenset({("job", "ok", None)}), {(None, "job"): count},
+                              frozenset({("job", outcome, None, fault)}))
+
+    timed_out = [injected("i1", "delay", "error:JobTimeoutException"), injected("i2", "delay", "error:JobTimeoutException")]
+    assert [c.node() for c in fca(profile, timed_out)] == [FaultNode("job", "raise", "JobTimeoutException", None)]
+    # ... but the injection's own doing is never its consequence: the raised fault, the flipped or dropped value
+    assert fca(profile, [injected(f"i{i}", "raise", "error:JobTimeoutException") for i in (1, 2)]) == []
+    assert fca(profile, [injected(f"i{i}", "error_return", "ret:false") for i in (1, 2)]) == []
+    assert fca(profile, [injected(f"i{i}", "drop", "ret:false") for i in (1, 2)]) == []
+    # a check that returns the other value after a delay is a consequence; so is an exception leaving a flipped body
+    assert [c.node().name for c in fca(profile, [injected(f"i{i}", "delay", "ret:false") for i in (1, 2)])] \
+        == ["job:error_return"]
+    assert [c.node().name for c in fca(profile, [injected(f"i{i}", "error_return", "error:KeyError") for i in (1, 2)])] \
+        == ["job:raise"]
+    # stitched with the re-run the timeout causes (RQ's retry: one more job), it is the timeout -> redelivery loop
+    delay, timeout = FaultNode("job", "delay", "", None), FaultNode("job", "raise", "JobTimeoutException", None)
+    rerun = [injected(f"i{i}", "raise", "error:JobTimeoutException", count=4) for i in (1, 2)]
+    edges = [Edge(src, c.node(), c.kind, "c", "t", ("r",), ("p",), c)
+             for src, runs in ((delay, timed_out), (timeout, rerun)) for c in fca(profile, runs)]
+    assert to_names(find_cycles(build_graph(edges))) == [["job:delay", "job:raise"]]
+
+
 def test_jaccard_clusters():
     assert jaccard_distance(frozenset(), frozenset()) == 0.0
     clusters = cluster_points({"p": frozenset("xy"), "q": frozenset("xy"), "r": frozenset("z"), "s": frozenset()})

@@ -9,6 +9,10 @@ are compared with the profile repeats of the same test (no injection):
 * an **S+ edge** (more of the same): the number of spans per (parent, operation) rises
   significantly — a one-sided Welch t-test with p < 0.1 — and exceeds every profile repeat.
 
+The injected span itself is compared too, minus what the injection put there (`own_effect`): a
+delay that makes the system raise its own timeout inside the injected call (RQ's job timeout
+interrupting the delayed job) is a consequence at the injected point — another fault there.
+
 Each consequence is named as the fault that would reproduce it, so consequences of one injection
 can be stitched to injections elsewhere (tracekit.graph.propagation): an exception at a point is
 ``point:raise``, a negated check ``point:error_return``, more calls of a loop body ``point:delay``.
@@ -28,7 +32,7 @@ from tracekit.faults import resolve_exception
 from tracekit.graph.propagation import Consequence, Edge, FaultNode, consequence_node
 
 __all__ = [
-    "CausalityParams", "RunObservation", "FaultNode", "Consequence", "Edge", "consequence_node", "welch_greater",
+    "CausalityParams", "RunObservation", "own_effect", "FaultNode", "Consequence", "Edge", "consequence_node", "welch_greater",
     "fca", "injection_nodes", "ExperimentResult", "CampaignAnalysis", "observations", "analyze_experiments",
     "analyze_campaign", "report_findings", "analyze_run",
 ]
@@ -55,11 +59,45 @@ DEFAULTS = CausalityParams()
 
 @dataclass(frozen=True)
 class RunObservation:
-    """What FCA needs from one run: its span signatures and its span counts per (parent, op)."""
+    """What FCA needs from one run: its span signatures and its span counts per (parent, op).
+
+    `signatures` leaves out the spans a fault was injected into; `injected` holds those spans'
+    signatures with the injected fault type (op, outcome, parent, fault).
+    """
 
     run_id: str
     signatures: frozenset[tuple[str, str, str | None]]
     counts: dict[tuple[str | None, str], int] = field(default_factory=dict)
+    injected: frozenset[tuple[str, str, str | None, str]] = frozenset()
+
+    def compared(self) -> frozenset[tuple[str, str, str | None]]:
+        """The signatures FCA compares: every span's, the injected spans' only where the outcome is
+        not the injection's own doing (`own_effect`)."""
+        extra = {(op, outcome, parent) for op, outcome, parent, fault in self.injected
+                 if not own_effect(fault, outcome)}
+        return self.signatures | extra if extra else self.signatures
+
+
+def own_effect(fault: str, outcome: str) -> bool:
+    """Whether the outcome of a span a fault was injected into is the injection itself, not a consequence.
+
+    A ``raise`` fault never runs the body: any exception leaving the span is the injected one. An
+    ``error_return`` or ``drop`` fault puts the span's value there: a return (or a plain ``ok``) is
+    its own; an exception leaving the body is not. A ``delay`` only waits before the body, which runs
+    as usual: whatever the span ends with — the system's own timeout raised in the delayed call, a
+    check that now returns the other value — is a consequence at the injected point.
+
+    >>> own_effect("raise", "error:RuntimeError"), own_effect("delay", "error:JobTimeoutException")
+    (True, False)
+    >>> own_effect("error_return", "ret:false"), own_effect("drop", "ok"), own_effect("delay", "ret:false")
+    (True, True, False)
+    """
+    kind = outcome.partition(":")[0]
+    if fault == "raise":
+        return kind == "error"
+    if fault in ("error_return", "drop"):
+        return kind != "error"
+    return False
 
 
 def welch_greater(injected: list[int], profile: list[int]) -> float:
@@ -101,8 +139,8 @@ def fca(profile: list[RunObservation], injected: list[RunObservation], *,
     """
     if len(profile) < params.min_repeats or len(injected) < params.min_repeats:
         return []
-    seen_in_profile = frozenset().union(*(r.signatures for r in profile))
-    in_every_injection = frozenset.intersection(*(r.signatures for r in injected))
+    seen_in_profile = frozenset().union(*(r.compared() for r in profile))
+    in_every_injection = frozenset.intersection(*(r.compared() for r in injected))
     out = [Consequence("E", op, outcome, parent)
            for op, outcome, parent in sorted(in_every_injection - seen_in_profile, key=str)]
     keys = set().union(*(r.counts for r in profile), *(r.counts for r in injected))
@@ -164,12 +202,17 @@ def observations(con: Any, run_ids: list[str]) -> dict[str, RunObservation]:
     from tracekit.store.campaigns import run_counts, run_signatures
 
     sigs: dict[str, set[tuple[str, str, str | None]]] = defaultdict(set)
+    injected: dict[str, set[tuple[str, str, str | None, str]]] = defaultdict(set)
     counts: dict[str, dict[tuple[str | None, str], int]] = defaultdict(dict)
     for r in run_signatures(con, run_ids):
-        sigs[r["run_id"]].add((r["op"], r["outcome"], r["parent"]))
+        if r["injected"] is None:
+            sigs[r["run_id"]].add((r["op"], r["outcome"], r["parent"]))
+        else:
+            injected[r["run_id"]].add((r["op"], r["outcome"], r["parent"], r["injected"]))
     for r in run_counts(con, run_ids):
         counts[r["run_id"]][(r["parent"], r["op"])] = int(r["n"])
-    return {rid: RunObservation(rid, frozenset(sigs.get(rid, ())), counts.get(rid, {})) for rid in run_ids}
+    return {rid: RunObservation(rid, frozenset(sigs.get(rid, ())), counts.get(rid, {}), frozenset(injected.get(rid, ())))
+            for rid in run_ids}
 
 
 def analyze_experiments(con: Any, campaign_ids: list[str], *, params: CausalityParams = DEFAULTS) -> CampaignAnalysis:

@@ -111,22 +111,24 @@ SELECT DISTINCT s.run_id, s.name AS op,
          WHEN json_extract(s.attributes, $returned) IS NOT NULL
               THEN 'ret:' || json_extract_string(s.attributes, $returned)
          ELSE 'ok' END AS outcome,
-    p.name AS parent
+    p.name AS parent, json_extract_string(s.attributes, $injected) AS injected
 FROM spans s LEFT JOIN spans p ON p.run_id = s.run_id AND p.span_id = s.parent_id
-WHERE list_contains($ids, s.run_id) AND json_extract(s.attributes, $injected) IS NULL
+WHERE list_contains($ids, s.run_id)
 UNION
 SELECT DISTINCT run_id, point AS op, 'fault:' || fault_type AS outcome,
-    json_extract_string(detail, '$.parent') AS parent
+    json_extract_string(detail, '$.parent') AS parent, NULL AS injected
 FROM faults
 WHERE list_contains($ids, run_id) AND NOT injected AND fault_type NOT IN ('raise', 'timeout')
 """
 
 
 def run_signatures(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[dict[str, Any]]:
-    """Distinct span signatures (op, outcome, parent op) per run; the injected span itself is left out.
+    """Distinct span signatures (op, outcome, parent op, injected) per run.
 
     outcome is ``error:<ExceptionType>``, ``ret:true|false`` for a boolean check, ``ok``, or
     ``fault:<type>`` for a fault the program reported (a retry, a crash or hang of the workload).
+    injected is the fault type a campaign injected into that span (None for every other span): the
+    analysis decides which of the injected span's outcomes are the injection itself.
     """
     return rows(con, _SIGNATURES, {"ids": run_ids, "returned": _path(conv.RETURN), "injected": _path(conv.INJECTED)})
 
