@@ -200,7 +200,11 @@ def arrivals(frames: RunFrames) -> Arrivals | None:
     c = frames.collectives
     if c.height == 0 or world < 2:
         return None
-    c = _with_steps(c.filter(pl.col("peer").is_null() & pl.col("ok") & pl.col("exit_ns").is_not_null()))
+    done = pl.col("peer").is_null() & pl.col("ok") & pl.col("exit_ns").is_not_null()
+    if c["step"].null_count():
+        c = _with_steps(c.filter(done))
+    else:  # only the columns needed, without copying every column of every row first
+        c = c.lazy().filter(done).select("process_group", "seq", "rank", "step", "enter_ns", "exit_ns").collect()
     if c.height == 0:
         return None
     t0 = int(c["enter_ns"].min())
@@ -445,8 +449,8 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
     c = frames.collectives
     if c.height == 0 or world < 2:
         return []
-    c = c.filter(pl.col("peer").is_null())
-    per_group = c.group_by("process_group", "rank").agg(max_seq=pl.col("seq").max(), n=pl.len())
+    per_group = (c.lazy().filter(pl.col("peer").is_null()).group_by("process_group", "rank")
+                 .agg(max_seq=pl.col("seq").max(), n=pl.len()).collect())
     group = per_group.group_by("process_group").agg(pl.col("n").sum()).sort("n", descending=True)["process_group"][0]
     last = per_group.filter(pl.col("process_group") == group).select("rank", "max_seq")
     hb = frames.heartbeats
@@ -460,8 +464,10 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
     lowest = min(per_rank.values())
     if lowest >= max_seq:
         return []
-    g = c.filter(pl.col("process_group") == group)
     culprits = [r for r, s in per_rank.items() if s == lowest]
+    # the rows the rest needs: the main group's past the culprits' last (few, unless nobody is missing)
+    g = c.lazy().filter(pl.col("peer").is_null() & (pl.col("process_group") == group)
+                        & (pl.col("seq") > lowest)).collect()
     # where the others got stuck: their first failed or in-flight collective past the culprit's last
     # (the culprit's own last records may be up to one flush interval older than its death)
     blocked = g.filter(~pl.col("ok").fill_null(False) & (pl.col("seq") > lowest) & ~pl.col("rank").is_in(culprits))
