@@ -119,6 +119,7 @@ def init(
     })
     _install_provider(state, settings.flush_interval_ms, span_exporter)
     _current = state
+    _flush_at_os_exit()
     if owner:
         atexit.register(_finish_owned_run, state)
     return state
@@ -214,6 +215,35 @@ def _spool_provider_class() -> Any:
 
         _PROVIDER_CLASS = SpoolTracerProvider
     return _PROVIDER_CLASS
+
+
+_real_os_exit: Any = None
+
+
+def _flush_at_os_exit() -> None:
+    """Make ``os._exit`` close this process's spool first (installed once, when capture starts).
+
+    A forked child that leaves through ``os._exit`` — RQ's work horse, a pre-fork server's worker,
+    any ``fork`` + ``_exit`` — runs no atexit handler and no finalizer: without this its buffered
+    spans and faults never reach the spool. Closing is best effort and never raises; the process
+    exits with its status either way."""
+    global _real_os_exit
+    if _real_os_exit is not None:
+        return
+    _real_os_exit = os._exit
+
+    def _exit(status: int) -> Any:
+        try:
+            state = _current
+            if state is not None:
+                state.spool.close()  # flush + footers; idempotent (a multiprocessing child closed it already)
+        except BaseException:  # noqa: BLE001 - capture never stops a process from exiting
+            pass
+        finally:
+            _real_os_exit(status)
+
+    _exit.__doc__ = _real_os_exit.__doc__
+    os._exit = _exit
 
 
 def init_from_env() -> Run | None:

@@ -3,7 +3,7 @@
 The campaign runner hands each run its plan in ``TRACEKIT_INJECT`` (JSON). A plan names the mode
 (``profile``: inject nothing, only observe; ``inject``: one fault), the point, the fault type, its
 variant (exception type, delay and whether it is busy, a return value) and which occurrence of the
-point fires (per process). Every injected fault and every fault observed at an injection point (an
+point fires (per process; a forked child continues its parent's count: `_ForkSharedCount`). Every injected fault and every fault observed at an injection point (an
 exception leaving it, a timeout, a retry declared with `observe_fault`) is written to the run's
 ``faults`` stream with the span it happened in; every point reached is written once per call
 context to the ``inject_points`` stream, which is how a campaign discovers its points.
@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import mmap
 import os
+import struct
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,6 +76,48 @@ _lock = threading.Lock()
 _counts: dict[str, int] = {}
 _seen: set[tuple[str, str | None]] = set()
 _plan: Plan | None = None
+
+
+class _ForkSharedCount:
+    """Calls of the planned point, counted by this process and every child forked from it.
+
+    A fork-per-task server (RQ's work horse, a pre-fork pool) runs each task in a fresh fork of one
+    parent that never calls the point itself: counted per process, every task's call would be "the
+    first" and the fault would fire in each. The count lives in an anonymous shared mapping made
+    before any fork, so forks continue one count; a POSIX record lock (held per process, never
+    inherited) orders increments between processes, `_lock` between threads. A process started
+    anew (exec: another node, a subprocess) counts on its own, as before.
+    """
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 8)  # MAP_SHARED | MAP_ANONYMOUS: shared with forked children
+        self._file = tempfile.TemporaryFile(prefix="tracekit-inject-")  # only its lock is used
+
+    def increment(self) -> int:
+        import fcntl
+
+        fd = self._file.fileno()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            n = struct.unpack("q", self._map[:8])[0] + 1
+            self._map[:8] = struct.pack("q", n)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        return n
+
+    def value(self) -> int:
+        return struct.unpack("q", self._map[:8])[0]
+
+
+_shared: _ForkSharedCount | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current_plan() -> Plan | None:
@@ -143,7 +188,13 @@ def _firing(point: str) -> Plan | None:
     if plan is None or plan.mode != "inject" or plan.point != point:
         return None
     with _lock:
-        n = _counts.get(point, 0) + 1
+        if _shared is not None:
+            try:
+                n = _shared.increment()
+            except OSError:  # the lock file is gone: count in this process only
+                n = _counts.get(point, 0) + 1
+        else:
+            n = _counts.get(point, 0) + 1
         _counts[point] = n
     if plan.occurrence <= n < plan.occurrence + max(1, plan.times):
         return plan
@@ -294,8 +345,15 @@ def arm() -> bool:
 
     The package root calls this at import; outside a campaign run the slot stays empty. Returns
     whether the hook is in."""
-    if current_plan() is None:
+    global _shared
+    plan = current_plan()
+    if plan is None:
         return False
+    if plan.mode == "inject" and _shared is None:
+        try:
+            _shared = _ForkSharedCount()
+        except (OSError, ValueError):  # no shared memory or temp dir: per-process counts
+            _shared = None
     hooks.install(CampaignHook())
     return True
 
