@@ -324,3 +324,46 @@ def test_spec_style_json_uppercase_hex_numeric_times_and_snake_case_fields(tmp_p
     assert rows[0][7] == 1544712660000000000
     assert rows[1][3:6] == ("client", "ok", "service:unknown_service")
     assert sorted(r[0] for r in query(db, "SELECT name FROM runs")) == ["camel", "snake"]
+
+
+def test_a_batch_of_many_traces_loads_as_many_runs_at_once_without_duplicates(tmp_path, monkeypatch):
+    """One run per trace (serve's rule): all runs of a file load together; a later batch repeating
+    some traces adds none of their spans again, extends a trace that goes on, and settles status and times."""
+    from opentelemetry import trace as otel_trace
+
+    monkeypatch.setenv("TRACEKIT_RUN_BY", "trace")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "chat"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    roots = []
+    for i in range(120):
+        with tracer.start_as_current_span(f"turn {i}") as root:
+            with tracer.start_as_current_span("llm.call"):
+                pass
+            if i % 7 == 0:
+                root.set_status(Status(StatusCode.ERROR, "failed"))
+        roots.append(root)
+    first_batch = list(memory.get_finished_spans())
+    memory.clear()
+    with tracer.start_as_current_span("late tool call", context=otel_trace.set_span_in_context(roots[0])):
+        pass
+    late = list(memory.get_finished_spans())
+    provider.shutdown()
+    db = tmp_path / "store.duckdb"
+    one = ingest_paths([write_encoded(first_batch[: 2 * 90], tmp_path / "a.otlp.pb", "pb")], db)
+    assert (one.records, len(one.runs)) == (180, 90)
+    # traces 60..119 again (60..89 already stored), in another encoding, plus a span continuing trace 0
+    two = ingest_paths([write_encoded(first_batch[2 * 60:] + late, tmp_path / "b.otlp.json", "json-hex")], db)
+    assert (two.records, len(two.runs)) == (2 * 30 + 1, 61)
+    assert query(db, "SELECT count(*), count(DISTINCT (run_id, span_id)), count(DISTINCT run_id) FROM spans") == \
+        [(241, 241, 120)]
+    trace0 = format(roots[0].get_span_context().trace_id, "032x")
+    assert query(db, "SELECT count(*) FROM spans WHERE run_id = ?", [trace0]) == [(3,)]
+    assert query(db, "SELECT any_value(r.ended_ns) = max(s.end_ns), any_value(r.started_ns) = min(s.start_ns), "
+                     "any_value(r.name) FROM runs r JOIN spans s USING (run_id) WHERE run_id = ?", [trace0]) == \
+        [(True, True, f"turn 0 {trace0[:8]}")]
+    errors = {format(r.get_span_context().trace_id, "032x") for i, r in enumerate(roots) if i % 7 == 0}
+    statuses = dict(query(db, "SELECT run_id, status FROM runs"))
+    assert len(statuses) == 120 and {r for r, s in statuses.items() if s == "error"} == errors
+    assert set(statuses.values()) == {"ok", "error"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 
 from tracekit.store.agents import has_agent_spans, replace_derived_links, run_spans
+from tracekit.store.load_runs import runs_with_agent_spans
 
 
 def derive_links(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
@@ -21,3 +24,10 @@ def derive_links(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
 def derive_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Every derivation for one ingested run."""
     derive_links(con, run_id)
+
+
+def derive_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> None:
+    """Every derivation for the ingested runs; runs without agent spans are found in one query
+    (an OTLP batch split by trace holds thousands of runs)."""
+    for run_id in runs_with_agent_spans(con, run_ids):
+        derive_run(con, run_id)

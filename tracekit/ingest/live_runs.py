@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from tracekit.ingest.liveness import refresh_run
 from tracekit.store.db import connect
 from tracekit.store.load import mark_running
+from tracekit.store.load_runs import runs_fed_by_processes, settle_span_runs
 from tracekit.store.sql import transaction
 
 
@@ -26,7 +27,9 @@ def update_live_runs(db: str | os.PathLike[str] | None, running: Iterable[str], 
         with transaction(con):
             if running:
                 mark_running(con, running)
-            for run_id in settled:
+            fed = runs_fed_by_processes(con, settled)
+            for run_id in fed:  # a spool's processes feed it too: the run-by-run liveness rules
                 refresh_run(con, run_id, None)
+            settle_span_runs(con, [], [r for r in settled if r not in fed])  # all others in one statement
     finally:
         con.close()

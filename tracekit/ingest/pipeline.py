@@ -22,7 +22,7 @@ import duckdb
 from tracekit import conventions as conv
 from tracekit.capture.multihost import read_host_manifests
 from tracekit.errors import SpoolError
-from tracekit.ingest.derive import derive_run
+from tracekit.ingest.derive import derive_runs
 from tracekit.ingest.discover import discover
 from tracekit.ingest.liveness import read_manifest, refresh_run
 from tracekit.ingest.report import IngestReport
@@ -267,8 +267,7 @@ def ingest_paths(
             for path in sources.otlp:
                 ingest_otlp_file(con, path, report)
                 on_done(path)
-        for run_id in sorted(report.runs):
-            derive_run(con, run_id)
+        derive_runs(con, sorted(report.runs))
     finally:
         con.close()
     return report
