@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tracekit.analysis.causality import CausalityParams, RunObservation, fca, report_findings, welch_greater
-from tracekit.graph.propagation import (Consequence, Edge, FaultNode, build_graph, consequence_node, find_chains,
-                                       find_cycles, to_names)
+from tracekit.graph.propagation import (Consequence, Edge, FaultNode, build_graph, collapse_findings, consequence_node,
+                                       find_chains, find_cycles, to_names)
 from tracekit.inject.budget import ThreePhase, UniformRandom, Exhaustive, cluster_points, jaccard_distance
 from tracekit.inject.campaign import Experiment, PointInfo, primary_fault
 
@@ -115,6 +115,27 @@ def test_a_timeout_raised_inside_the_delayed_call_is_a_consequence_at_the_inject
     edges = [Edge(src, c.node(), c.kind, "c", "t", ("r",), ("p",), c)
              for src, runs in ((delay, timed_out), (timeout, rerun)) for c in fca(profile, runs)]
     assert to_names(find_cycles(build_graph(edges))) == [["job:delay", "job:raise"]]
+
+
+def test_a_chain_passes_through_a_fault_that_only_loops_on_itself_and_its_sources_are_one_finding():
+    # RQ shop: a job dying after its hold (price raising or slow) -> every retry's reservation fails (and
+    # keeps failing: a self-loop) -> RQ gives up and the producer's collect raises
+    price_raise, price_delay = FaultNode("price", "raise", "E", "charge"), FaultNode("price", "delay", "", "charge")
+    held = FaultNode("reserve", "error_return", "false", "charge")
+    failed = FaultNode("collect", "raise", "JobFailed", None)
+    graph = build_graph([edge(price_raise, held, "r1"), edge(price_delay, held, "r2"), edge(held, held, "r3"),
+                         edge(held, failed, "r4")])
+    chains = find_chains(graph)
+    assert to_names(chains) == [["price:delay", "reserve:error_return", "collect:raise"],
+                                ["price:raise", "reserve:error_return", "collect:raise"]]
+    assert to_names(find_cycles(graph)) == [["reserve:error_return"]]
+    findings = collapse_findings(graph, find_cycles(graph), chains)
+    assert [(f["kind"], f["chains"]) for f in findings] == [("cycle", 0), ("chain", 2)]  # two ways into one cascade
+    # a loop of two faults still ends a chain (the cycle is reported on its own)
+    other = FaultNode("retry", "delay", "", None)
+    looped = build_graph([edge(price_raise, held, "r1"), edge(held, other, "r2"), edge(other, held, "r3"),
+                          edge(held, failed, "r4")])
+    assert to_names(find_chains(looped)) == []
 
 
 def test_jaccard_clusters():

@@ -281,7 +281,7 @@ def analyze_campaign(con: Any, campaign_ids: list[str] | str, *, params: Causali
 
 def report_findings(report: dict[str, Any], params: CausalityParams = DEFAULTS) -> list[dict[str, Any]]:
     """A causality report as findings rows: one per cascade (cycles of one component collapsed, ranked
-    first), then one per group of chains sharing their first link."""
+    first), then one per group of chains sharing their first consequence."""
     return [{"subject": " -> ".join(f["representative"]),
              "score": params.cycle_score if f["kind"] == "cycle" else params.chain_score, **f}
             for f in report.get("findings", [])]

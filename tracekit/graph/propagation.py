@@ -156,8 +156,10 @@ def find_cycles(graph: nx.DiGraph, *, length_bound: int | None = None) -> list[d
 def find_chains(graph: nx.DiGraph, *, cutoff: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Maximal stitched paths of two or more links (and at most `cutoff`) from a fault nothing else causes.
 
-    A chain ends where nothing follows, or where it enters a cycle (the cycle is reported on its own).
-    The search stops after `limit` distinct paths.
+    A chain ends where nothing follows, or where it enters a loop of two or more faults (the cycle is
+    reported on its own). A fault whose only loop is itself (more of the same: a stale hold makes every
+    retry's reservation fail again) does not end a chain: the chain passes through it once (its
+    self-loop is reported as a cycle). The search stops after `limit` distinct paths.
 
     >>> x, y, z = (FaultNode(p, "raise", "E", None) for p in "xyz")
     >>> c = Consequence("E", "y", "error:E", None)
@@ -166,9 +168,8 @@ def find_chains(graph: nx.DiGraph, *, cutoff: int | None = None, limit: int | No
     [['x:raise', 'y:raise', 'z:raise']]
     """
     cyclic = {n for scc in nx.strongly_connected_components(graph) if len(scc) > 1 for n in scc}
-    cyclic |= {n for n in graph if graph.has_edge(n, n)}
     walk = graph.copy()
-    walk.remove_edges_from([(a, b) for a, b in graph.edges if a in cyclic])  # a chain stops where it enters a cycle
+    walk.remove_edges_from([(a, b) for a, b in graph.edges if a in cyclic or a == b])  # a chain stops where it enters a loop
     sources = [n for n in walk if walk.in_degree(n) == 0 and n not in cyclic]
     targets = [n for n in walk if walk.out_degree(n) == 0]
     found: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -216,8 +217,9 @@ def collapse_findings(graph: nx.DiGraph, cycles: list[dict[str, Any]], chains: l
     """One finding per cascade: every cycle of one strongly connected component (rotations, sub-loops)
     becomes one ``cycle`` finding with its member faults and its strongest cycle (the one whose weakest
     link has the most evidence runs, then the shortest); chains that enter it are listed as its
-    entries; the remaining chains are grouped by their first link (a shared prefix) into one ``chain``
-    finding each, represented by the longest.
+    entries; the remaining chains are grouped by their first consequence into one ``chain`` finding
+    each (chains sharing a prefix, and chains that differ only in the fault that starts them: one
+    cascade with several ways in), represented by the longest.
 
     >>> a, b = FaultNode("x", "delay", "", None), FaultNode("y", "raise", "E", None)
     >>> c = Consequence("E", "y", "error:E", None)
@@ -252,7 +254,7 @@ def collapse_findings(graph: nx.DiGraph, cycles: list[dict[str, Any]], chains: l
         out.append({"kind": "cycle", "faults": faults, "representative": best["faults"], "links": best["links"],
                     "cycles": len(members), "entries": [], "chains": 0, "_component": k})
     by_component = {f["_component"]: f for f in out}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for chain in chains:
         if not all(f in names for f in chain["faults"]):
             continue
@@ -260,7 +262,7 @@ def collapse_findings(graph: nx.DiGraph, cycles: list[dict[str, Any]], chains: l
         if into is not None and len(chain["faults"]) >= 2:
             into["entries"] = sorted(set(into["entries"]) | {" -> ".join(chain["faults"])})
             continue
-        groups.setdefault((chain["faults"][0], chain["faults"][1]), []).append(chain)
+        groups.setdefault(chain["faults"][1], []).append(chain)
     for members in groups.values():
         best = max(members, key=lambda c: (len(c["faults"]), strength(c)))
         out.append({"kind": "chain", "faults": sorted({f for c in members for f in c["faults"]}),
