@@ -23,12 +23,16 @@ EDGE_STYLE = {"declared": ("#1f77b4", "solid", 2.6), "observed": ("#2ca02c", "so
 def load_graph(con, run_id: str):  # type: ignore[no-untyped-def]
     """The run's IDG, built by tracekit.graph.idg from its stored spans and links."""
     from tracekit.graph.idg import build_idg, steps_from_spans
-    from tracekit.importers.genai import derive_links
+    from tracekit.importers.genai import content_capture_hint, derive_links
     from tracekit.store.agents import run_links, run_spans
 
     spans = run_spans(con, run_id)
     steps = steps_from_spans(spans)
-    return build_idg(steps, run_links(con, run_id), derived=derive_links(spans)) if steps else None
+    if not steps:
+        return None
+    g = build_idg(steps, run_links(con, run_id), derived=derive_links(spans))
+    g.graph["content_hint"] = content_capture_hint(spans)  # steps without text: capture looks switched off
+    return g
 
 
 def candidates_of(con, run_id: str) -> tuple[list[dict], str]:  # type: ignore[no-untyped-def]
@@ -103,6 +107,8 @@ with tkui.store() as con:
 tkui.open_links(run, here="views/agents.py")
 if size > MAX_SPANS:
     st.warning(f"This run has {size:,} spans: too many to draw its dependency graph here; its stored findings follow.")
+if g is not None and g.graph.get("content_hint"):
+    st.warning(g.graph["content_hint"][0].upper() + g.graph["content_hint"][1:] + ".")
 if g is not None and g.number_of_nodes() == 0:
     g = None
 

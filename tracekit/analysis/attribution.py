@@ -157,6 +157,7 @@ def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
     derived from GenAI/OpenInference span attributes at ingest); edges are inferred when none were
     recorded. ``g.graph`` holds the run row."""
     from tracekit.graph.idg import build_idg, steps_from_spans
+    from tracekit.importers.genai import content_capture_hint
     from tracekit.store.agents import run_links, run_spans
     from tracekit.store.queries import get_run, resolve_run
 
@@ -168,15 +169,20 @@ def load_idg(con: Any, run: str, *, infer: bool | str = "auto") -> nx.DiGraph:
                             "tracekit.message, GenAI/OpenInference spans, or `tracekit import whowhen`)")
     g = build_idg(steps, run_links(con, run_row["run_id"]), infer=infer)  # type: ignore[arg-type]
     g.graph["run"] = run_row
+    g.graph["content_hint"] = content_capture_hint(spans)  # steps without text: capture looks switched off
     return g
 
 
 def attribute_run(con: Any, run_id: str, *, judge: Any = None, store: bool = True,
-                  infer: bool | str = "auto", top: int = 10, params: AttributionParams | None = None) -> list[Candidate]:
-    """Attribute one stored run: build its IDG, rank candidates, store them as findings."""
+                  infer: bool | str = "auto", top: int = 10, params: AttributionParams | None = None,
+                  hints: list[str] | None = None) -> list[Candidate]:
+    """Attribute one stored run: build its IDG, rank candidates, store them as findings. When its
+    steps carry no text (content capture off), the warning saying how to turn it on goes to `hints`."""
     from tracekit.store.findings import write_findings
 
     g = load_idg(con, run_id, infer=infer)
+    if hints is not None and g.graph["content_hint"]:
+        hints.append(g.graph["content_hint"])
     attrs = g.graph["run"]["attributes"]
     found = attribute(g, ground_truth=attrs.get("ground_truth") or None, judge=judge, context=attrs, top=top,
                       failed=g.graph["run"]["status"] in ("error", "aborted"), params=params)
@@ -190,7 +196,8 @@ def attribute_run(con: Any, run_id: str, *, judge: Any = None, store: bool = Tru
 
 def attribute_runs(db: Any, run: str | None, *, judge: Any = None, top: int = 10) -> list[dict[str, Any]]:
     """Attribute one run (`run`) or, with ``run=None``, every run of kind agents; findings are stored.
-    Returns ``[{"run_id", "name", "candidates"}]``."""
+    Returns ``[{"run_id", "name", "candidates", "content_hint"}]`` (the hint: None, or how to turn on
+    the content capture a run's steps look recorded without)."""
     from tracekit.store.agents import agent_run_ids
     from tracekit.store.db import connect
     from tracekit.store.queries import get_run, resolve_run
@@ -199,6 +206,8 @@ def attribute_runs(db: Any, run: str | None, *, judge: Any = None, top: int = 10
         ids = [resolve_run(con, run)] if run is not None else agent_run_ids(con)
         out = []
         for run_id in ids:
+            hints: list[str] = []
             out.append({"run_id": run_id, "name": get_run(con, run_id)["name"],
-                        "candidates": attribute_run(con, run_id, judge=judge, top=top)})
+                        "candidates": attribute_run(con, run_id, judge=judge, top=top, hints=hints),
+                        "content_hint": hints[0] if hints else None})
     return out

@@ -53,6 +53,9 @@ def attribute(
     if (run is None) == (not all_runs):
         raise typer.BadParameter("give a RUN or --all (not both)")
     results = attribute_runs(db, None if all_runs else run, judge=judge_from_env() if judge else None, top=top)
+    for r in results:  # on stderr: the JSON on stdout keeps its shape (--all json also carries it per run)
+        if r["content_hint"]:
+            print(f"warning: {r['name']}: {r['content_hint']}", file=sys.stderr)
     if fmt is Format.json:
         emit([{**r, "candidates": [c.to_dict() for c in r["candidates"]]} for r in results] if all_runs
              else [c.to_dict() for c in results[0]["candidates"]], fmt)
