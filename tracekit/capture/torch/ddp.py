@@ -139,8 +139,14 @@ _native_groups: list[Any] = []
 
 
 def _hook_ddp(ddp: Any, cap: Capture, register: Callable[..., Any]) -> None:
-    """Give a DDP model tracekit's recording all-reduce hook: the native one when it is built, else Python's."""
+    """Give a DDP model tracekit's recording all-reduce hook: for a CUDA model the device-side one, else the
+    native one when it is built, else Python's."""
     try:
+        from tracekit.capture.torch.cuda import cuda_allreduce_hook, uses_cuda
+
+        if uses_cuda(ddp):  # the native hook reads bucket memory on the host: never hand it a CUDA bucket
+            register(ddp, ddp.process_group, cuda_allreduce_hook)
+            return
         if cap.native is not None and cap.ready():
             cap.native.register_hook(ddp.reducer, ddp.process_group, cap.group_name(ddp.process_group), True)
             # The hook holds the process group in C++. Keep a Python reference too, so the group is never

@@ -20,6 +20,11 @@ def end_step(cap: Capture, *, loss: float | None = None, grad_norm: float | None
     by the DDP hook on each bucket before the reduction, or else from ``optimizer``'s gradients."""
     if cap.rank is None and not cap.ready():
         return
+    if grad_norm is None and "cuda_buckets" in cap.__dict__:
+        from tracekit.capture.torch.cuda import end_cuda_step
+
+        if end_cuda_step(cap, loss):  # buckets on CUDA: the record is written one step later
+            return
     now = time.time_ns()
     sqsum, cap.grad_sqsum = cap.grad_sqsum, None
     native = cap.native
