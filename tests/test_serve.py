@@ -243,7 +243,8 @@ def test_json_over_http_and_logs(server: Server) -> None:
     assert status == 200
     server.stop()
     assert query(server.db, "SELECT name, node FROM spans") == [("GET /cart", "service:js")]
-    assert len(list((server.spool / "logs").iterdir())) == 1  # kept for the log-record importer
+    # a record naming no span has nothing to join: its batch is retired at once
+    assert [p.name.endswith(".otlp-logs.json") for p in (server.spool / "logs" / "done").iterdir()] == [True]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +596,41 @@ def test_genai_log_records_become_the_content_of_their_spans(server: Server) -> 
     assert [r[0] for r in query(server.db, "SELECT name FROM events ORDER BY ts_ns")] == ["gen_ai.user.message", "gen_ai.choice"]
     # one record names a span not seen yet: its batch waits in logs/ (retired once all match, or after 120 s)
     assert len(list((server.spool / "logs").glob("*.otlp-logs"))) == 1
+
+
+def test_json_log_records_join_spans_ingested_in_an_earlier_cycle_once(server: Server) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tracekit.importers.genai import agent_step_of
+
+    trace_id, span_id = bytes(range(1, 17)), bytes(range(1, 9))
+    spans = ExportTraceServiceRequest()
+    span = spans.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=trace_id, span_id=span_id, name="chat", start_time_unix_nano=1_700_000_000_000_000_000,
+        end_time_unix_nano=1_700_000_001_000_000_000)
+    span.attributes.add(key="gen_ai.operation.name").value.string_value = "chat"
+    span.attributes.add(key="gen_ai.agent.name").value.string_value = "Poet"
+    assert post(server.http + "/v1/traces", spans.SerializeToString())[0] == 200
+    assert _poll(server.db, "SELECT count(*) FROM spans", [(1,)]) == [(1,)]  # ingested: the cycle is over
+    kv = lambda k, v: {"key": k, "value": {"stringValue": v}}  # noqa: E731
+    logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"timeUnixNano": "1700000000100000000", "traceId": trace_id.hex(), "spanId": span_id.hex(),
+         "eventName": "gen_ai.user.message", "body": {"kvlistValue": {"values": [kv("content", "a haiku on rain")]}}},
+        {"timeUnixNano": "1700000000200000000", "traceId": trace_id.hex(), "spanId": span_id.hex(),
+         "attributes": [kv("event.name", "gen_ai.choice")],
+         "body": {"kvlistValue": {"values": [{"key": "message", "value": {"kvlistValue": {"values": [
+             kv("content", "soft rain on tin roofs")]}}}]}}},
+    ]}]}]}
+    for _retry in range(2):  # an exporter retrying the batch adds nothing twice
+        assert post(server.http + "/v1/logs", json.dumps(logs).encode(), "application/json")[0] == 200
+        assert _poll(server.db, "SELECT count(*) FROM events", [(2,)]) == [(2,)]
+    server.stop()
+    (name, attrs), = query(server.db, "SELECT name, attributes FROM spans")
+    step = agent_step_of({"name": name, "attributes": json.loads(attrs)})
+    assert (step["agent"], step["input"], step["content"]) == ("Poet", "a haiku on rain", "soft rain on tin roofs")
+    assert query(server.db, "SELECT name FROM events ORDER BY ts_ns") == [("gen_ai.user.message",), ("gen_ai.choice",)]
+    assert not list((server.spool / "logs").glob("*.otlp-logs*")) and \
+        len(list((server.spool / "logs" / "done").iterdir())) == 2  # every record found its span: retired
 
 
 # LangGraph workflow (fixtures/agents_workflow.py) instrumented by OpenInference, exported by the stock

@@ -25,7 +25,7 @@ from tracekit.errors import SpoolError
 
 __all__ = [
     "OtlpEvent", "OtlpLink", "OtlpSpan", "BadSpan", "ResourceSpans", "OtlpFile",
-    "read_otlp", "parse_otlp",
+    "read_otlp", "parse_otlp", "LogEvent", "parse_otlp_logs",
 ]
 
 _KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -507,3 +507,71 @@ def read_otlp(path: str | Path) -> OtlpFile:
     except OSError as exc:
         raise SpoolError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return parse_otlp(data, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# OTLP log records (ExportLogsServiceRequest): GenAI events sent as logs, as events of their spans
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One OTLP log record as an event of the span it names (ids hex; None when it names no valid span):
+    name = its event name (or ``event.name``), attributes = its attributes plus its body's fields."""
+
+    trace_id: str | None
+    span_id: str | None
+    name: str
+    ts_ns: int
+    attributes: dict[str, Any]
+
+
+def _log_event(trace_id: Any, span_id: Any, event_name: str, attributes: dict[str, Any], body: Any,
+               ts: int) -> LogEvent:
+    try:
+        tid, sid = _hex_id(trace_id, 16, "trace_id", optional=True), _hex_id(span_id, 8, "span_id", optional=True)
+    except _BadValue:
+        tid = sid = None
+    name = event_name or str(attributes.pop("event.name", "") or "log")
+    if isinstance(body, dict):
+        for key, value in body.items():
+            attributes.setdefault(key, value if isinstance(value, (str, int, float, bool)) else json.dumps(value))
+    elif body not in (None, ""):
+        attributes.setdefault("body", body if isinstance(body, str) else json.dumps(body))
+    return LogEvent(tid, sid, name, ts, attributes)
+
+
+def parse_otlp_logs(data: bytes, *, json_encoded: bool) -> list[LogEvent]:
+    """The log records of an OTLP logs request (protobuf, or OTLP/JSON with hex or base64 ids);
+    SpoolError when the body is not one. Records whose values cannot be decoded name no span."""
+    events: list[LogEvent] = []
+    if not json_encoded:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+        request = ExportLogsServiceRequest()
+        try:
+            request.ParseFromString(data)
+        except DecodeError as exc:
+            raise SpoolError(f"not an OTLP logs request ({exc})") from None
+        for rl in request.resource_logs:
+            for sl in rl.scope_logs:
+                for r in sl.log_records:
+                    events.append(_log_event(r.trace_id, r.span_id, r.event_name, _pb_attrs(r.attributes),
+                                             _pb_any(r.body), r.time_unix_nano or r.observed_time_unix_nano))
+        return events
+    try:
+        doc = json.loads(data)
+        for rl in _list(doc, "resourceLogs", "resource_logs"):
+            for sl in _list(rl, "scopeLogs", "scope_logs"):
+                for r in _list(sl, "logRecords", "log_records"):
+                    try:
+                        attributes, body = _json_attrs(r.get("attributes")), _json_any(r.get("body"))
+                        ts = int(_get(r, "timeUnixNano", "time_unix_nano", 0) or 0) \
+                            or int(_get(r, "observedTimeUnixNano", "observed_time_unix_nano", 0) or 0)
+                    except (_BadValue, TypeError, ValueError):
+                        continue
+                    events.append(_log_event(_get(r, "traceId", "trace_id"), _get(r, "spanId", "span_id"),
+                                             str(_get(r, "eventName", "event_name", "") or ""), attributes, body, ts))
+    except (ValueError, AttributeError, _BadValue) as exc:
+        raise SpoolError(f"not an OTLP/JSON logs request ({exc})") from None
+    return events

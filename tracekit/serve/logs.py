@@ -1,107 +1,88 @@
-"""OTLP log records joined to their spans: GenAI events sent as logs become span events before ingest.
+"""OTLP log records joined to their spans: GenAI events sent as logs become span events.
 
 GenAI instrumentations emit message content as log records (``gen_ai.user.message``,
 ``gen_ai.choice``, ...) carrying the trace and span id of the span they belong to. The span usually
-ends, and is exported, after its log records, so the ingest loop keeps protobuf log batches in the
-spool and, before each ingest, adds the records of spans in the batch being ingested as span events
-(name = the record's event name, attributes = its attributes plus its body's fields). The OTLP
-importer then lifts their text into the span's content like any GenAI span event. A log batch is
-retired (to ``logs/done/``) once every record in it found its span, or after `hold_s`.
+ends, and is exported, after its log records, so the ingest loop keeps log batches (protobuf or
+OTLP/JSON) in the spool and, each cycle:
+
+1. before ingest, adds the records of spans in the protobuf batch being ingested to those spans as
+   events (name = the record's event name, attributes = its attributes plus its body's fields), so
+   the OTLP importer lifts their text into the span's content like any GenAI span event;
+2. after ingest, adds the records whose span is already in the store (it arrived in an earlier
+   cycle, or in a JSON batch) to the store (``tracekit.ingest.live_runs.join_log_events``; a record
+   is never added twice).
+
+A log batch is retired (to ``logs/done/``) once every record in it found its span, or after `hold_s`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from tracekit.errors import SpoolError
+from tracekit.importers.otlp import LogEvent, parse_otlp_logs
 from tracekit.serve.otlp_out import set_any_value
 
-__all__ = ["attach_logs"]
+__all__ = ["read_logs", "attach_logs", "retire_logs"]
+
+Matched = set[tuple[Path, int]]  # (log file, index of the record in it)
 
 
-def _plain(value: Any) -> Any:
-    """An OTLP AnyValue as a plain Python value."""
-    which = value.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if which == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if which == "bytes_value":
-        return value.bytes_value.hex()
-    return getattr(value, which)
+def read_logs(paths: list[Path]) -> dict[Path, list[LogEvent]]:
+    """The log records of each spooled log batch (an unreadable one holds none: it is retired)."""
+    out: dict[Path, list[LogEvent]] = {}
+    for path in paths:
+        try:
+            out[path] = parse_otlp_logs(path.read_bytes(), json_encoded=path.name.endswith(".json"))
+        except (OSError, SpoolError):
+            out[path] = []
+    return out
 
 
-def _records(path: Path) -> Iterator[tuple[bytes, Any]]:
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    request = ExportLogsServiceRequest()
-    request.ParseFromString(path.read_bytes())
-    for rl in request.resource_logs:
-        for sl in rl.scope_logs:
-            for record in sl.log_records:
-                yield record.span_id, record
-
-
-def _event_of(record: Any) -> tuple[str, int, dict[str, Any]]:
-    attributes = {kv.key: _plain(kv.value) for kv in record.attributes}
-    name = record.event_name or str(attributes.pop("event.name", "") or "log")
-    body = _plain(record.body)
-    if isinstance(body, dict):
-        for key, value in body.items():
-            attributes.setdefault(key, value if isinstance(value, (str, int, float, bool)) else json.dumps(value))
-    elif body not in (None, ""):
-        attributes.setdefault("body", body if isinstance(body, str) else json.dumps(body))
-    return name, record.time_unix_nano or record.observed_time_unix_nano, attributes
-
-
-def attach_logs(trace_file: Path, log_files: list[Path], done_dir: Path, *, hold_s: float = 120.0) -> int:
-    """Add the log records of `log_files` whose spans are in `trace_file` to those spans as events
-    (the file is rewritten atomically); retire log files fully used or older than `hold_s`.
-    Returns how many records were attached."""
-    from google.protobuf.message import DecodeError
+def attach_logs(trace_file: Path, logs: dict[Path, list[LogEvent]]) -> Matched:
+    """Add the log records whose spans are in the protobuf batch `trace_file` to those spans as events
+    (the file is rewritten atomically); returns the records attached."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    if not log_files:
-        return 0
+    matched: Matched = set()
+    if not any(logs.values()):
+        return matched
     request = ExportTraceServiceRequest()
     request.ParseFromString(trace_file.read_bytes())
-    spans = {sp.span_id: sp for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans}
-    attached = 0
-    retire: list[Path] = []
-    for path in log_files:
-        try:
-            records = list(_records(path))
-        except (OSError, DecodeError):
-            retire.append(path)
-            continue
-        pending = 0
-        for span_id, record in records:
-            span = spans.get(span_id) if span_id else None
+    spans = {sp.span_id.hex(): sp for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans}
+    for path, records in logs.items():
+        for i, record in enumerate(records):
+            span = spans.get(record.span_id) if record.span_id else None
             if span is None:
-                pending += bool(span_id)
                 continue
-            name, ts, attributes = _event_of(record)
-            event = span.events.add(name=name, time_unix_nano=ts or span.start_time_unix_nano)
-            for key, value in attributes.items():
+            event = span.events.add(name=record.name, time_unix_nano=record.ts_ns or span.start_time_unix_nano)
+            for key, value in record.attributes.items():
                 set_any_value(event.attributes.add(key=key).value, value)
-            attached += 1
-        if pending == 0 or time.time() - path.stat().st_mtime > hold_s:
-            retire.append(path)
-    if attached:
+            matched.add((path, i))
+    if matched:
         tmp = trace_file.with_name(trace_file.name + ".tmp")
         with tmp.open("wb") as out:
             out.write(request.SerializeToString())
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, trace_file)
-    done_dir.mkdir(exist_ok=True)
-    for path in retire:
-        path.rename(done_dir / path.name)
-    return attached
+    return matched
 
+
+def retire_logs(logs: dict[Path, list[LogEvent]], matched: Matched, done_dir: Path, *, hold_s: float = 120.0) -> int:
+    """Move log batches whose every record (naming a span) found it, or older than `hold_s`, to `done_dir`;
+    returns how many were retired."""
+    retired = 0
+    for path, records in logs.items():
+        waiting = any(r.span_id and (path, i) not in matched for i, r in enumerate(records))
+        try:
+            if waiting and time.time() - path.stat().st_mtime <= hold_s:
+                continue
+            done_dir.mkdir(exist_ok=True)
+            path.rename(done_dir / path.name)
+            retired += 1
+        except OSError:
+            continue
+    return retired

@@ -13,12 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tracekit.errors import TracekitError
 from tracekit.serve.batches import Encoding, Signal
 from tracekit.serve.spool import SUFFIXES
 from tracekit.serve.receiver import Receiver
+
+if TYPE_CHECKING:
+    from tracekit.importers.otlp import LogEvent
 
 __all__ = ["IngestLoop", "ingest_entry"]
 
@@ -66,19 +70,22 @@ class IngestLoop:
 
     def run_once(self) -> int:
         """One ingest cycle over the pending trace batches; returns how many files it took."""
-        files = self.spool.claim()
-        if not files:
-            return 0
-        if files[0].name.endswith(SUFFIXES[Signal.traces, Encoding.protobuf]):  # GenAI log records -> span events
-            from tracekit.serve.logs import attach_logs
+        from tracekit.serve.logs import attach_logs, read_logs
 
-            logs = [p for p in self.spool.pending(Signal.logs) if p.name.endswith(SUFFIXES[Signal.logs, Encoding.protobuf])]
-            attach_logs(files[0], logs, self.spool.dirs[Signal.logs] / "done")
+        files = self.spool.claim()
+        logs = read_logs(self.spool.pending(Signal.logs))  # GenAI log records -> span events
+        matched: set[tuple[Path, int]] = set()
+        if not files:
+            self._join_logs(logs, matched)
+            return 0
+        if logs and files[0].name.endswith(SUFFIXES[Signal.traces, Encoding.protobuf]):
+            matched = attach_logs(files[0], logs)
         try:
             report = ingest_entry()(files, self.db)
         except TracekitError as exc:  # e.g. the store is locked by a reader or another writer: next cycle
             self._note_error(str(exc))
             return 0
+        self._join_logs(logs, matched)
         rejected = dict(report.rejected)
         for path in files:
             if str(path) in rejected:
@@ -90,6 +97,26 @@ class IngestLoop:
         self._last_batch.update((run_id, now) for run_id in report.runs)
         self.settle(running=report.runs)
         return len(files)
+
+    def _join_logs(self, logs: dict[Path, list[LogEvent]], matched: set[tuple[Path, int]]) -> None:
+        """Log records whose span is stored (ingested in an earlier cycle, or from a JSON batch) join it
+        in the store; log batches all of whose records found their span retire."""
+        from tracekit.config import db_path
+        from tracekit.ingest.live_runs import join_log_events
+        from tracekit.serve.logs import retire_logs
+
+        if not logs:
+            return
+        late = [(path, i, r) for path, records in logs.items() for i, r in enumerate(records)
+                if r.span_id and (path, i) not in matched]
+        if late and db_path(self.db).exists():
+            try:
+                found = join_log_events(self.db, [r for _p, _i, r in late])
+            except TracekitError as exc:  # locked this instant: the next cycle tries again
+                self._note_error(str(exc))
+                return
+            matched = matched | {(late[k][0], late[k][1]) for k in found}
+        retire_logs(logs, matched, self.spool.dirs[Signal.logs] / "done")
 
     def settle(self, running: set[str] | frozenset[str] = frozenset(), *, everything: bool = False) -> None:
         """Runs that just got spans show `running`; runs idle for `idle_s` (or all, at stop) are settled."""

@@ -116,3 +116,69 @@ def runs_with_agent_spans(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]
            OR contains(CAST(s.attributes AS VARCHAR), '"gen_ai.operation.name"')
     """)
     return sorted(r[0] for r in found)
+
+
+def spans_named(con: duckdb.DuckDBPyConnection, span_ids: Sequence[str]) -> set[str]:
+    """Which of these span ids some stored span has."""
+    if not span_ids:
+        return set()
+    found = _with_table(con, "tk_ids", pa.table({"span_id": pa.array(list(span_ids), pa.string())}),
+                        "SELECT DISTINCT s.span_id FROM spans s SEMI JOIN tk_ids q ON s.span_id = q.span_id")
+    return {r[0] for r in found}
+
+
+def add_span_events(con: duckdb.DuckDBPyConnection, events: Sequence[tuple[str, int, str, str]]) -> list[tuple[str, str]]:
+    """Add events (span id, time ns or 0 for the span's start, name, attributes JSON) to the stored spans
+    they name, leaving out any the span holds already (same name and time); returns the (run id, span id)
+    of spans that got one."""
+    if not events:
+        return []
+    table = pa.table({
+        "span_id": pa.array([e[0] for e in events], pa.string()), "ts_ns": pa.array([e[1] for e in events], pa.int64()),
+        "name": pa.array([e[2] for e in events], pa.string()), "attributes": pa.array([e[3] for e in events], pa.string()),
+    })
+    found = _with_table(con, "tk_events", table, """
+        INSERT INTO events (run_id, span_id, ts_ns, name, attributes)
+        SELECT DISTINCT m.run_id, m.span_id, m.ts_ns, m.name, m.attributes::JSON FROM (
+            SELECT s.run_id, e.span_id, CASE WHEN e.ts_ns > 0 THEN e.ts_ns ELSE s.start_ns END AS ts_ns, e.name, e.attributes
+            FROM tk_events e JOIN spans s ON s.span_id = e.span_id
+        ) m ANTI JOIN events v ON v.run_id = m.run_id AND v.span_id = m.span_id AND v.ts_ns = m.ts_ns AND v.name = m.name
+        RETURNING run_id, span_id
+    """)
+    return sorted({(r[0], r[1]) for r in found})
+
+
+def span_events_of(con: duckdb.DuckDBPyConnection, spans: Sequence[tuple[str, str]],
+                   prefix: str) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+    """(run id, span id, attributes JSON, [(event name, event attributes JSON)] in time order) of these
+    spans, with their events whose name starts with `prefix`."""
+    if not spans:
+        return []
+    keys = pa.table({"run_id": pa.array([s[0] for s in spans], pa.string()),
+                     "span_id": pa.array([s[1] for s in spans], pa.string())})
+    con.register("tk_keys", keys)
+    try:
+        found = con.execute("""
+            SELECT s.run_id, s.span_id, any_value(s.attributes)::VARCHAR,
+                   list((v.name, v.attributes::VARCHAR) ORDER BY v.ts_ns) FILTER (WHERE v.name IS NOT NULL)
+            FROM spans s SEMI JOIN tk_keys k ON s.run_id = k.run_id AND s.span_id = k.span_id
+            LEFT JOIN events v ON v.run_id = s.run_id AND v.span_id = s.span_id AND starts_with(v.name, $prefix)
+            GROUP BY s.run_id, s.span_id
+        """, {"prefix": prefix}).fetchall()
+    finally:
+        con.unregister("tk_keys")
+    return [(r[0], r[1], r[2], [(e[0], e[1]) if isinstance(e, tuple) else (e["name"], e["attributes"])
+                                for e in (r[3] or [])]) for r in found]
+
+
+def set_span_attributes(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, str, str]]) -> None:
+    """Replace the attributes (JSON text) of stored spans: (run id, span id, attributes)."""
+    if not rows:
+        return
+    table = pa.table({"run_id": pa.array([r[0] for r in rows], pa.string()),
+                      "span_id": pa.array([r[1] for r in rows], pa.string()),
+                      "attributes": pa.array([r[2] for r in rows], pa.string())})
+    _with_table(con, "tk_upd", table, """
+        UPDATE spans SET attributes = u.attributes::JSON FROM tk_upd u
+        WHERE spans.run_id = u.run_id AND spans.span_id = u.span_id
+    """)
