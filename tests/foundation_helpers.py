@@ -111,3 +111,34 @@ def cli_here(tmp: Path, *args: str, **env: str) -> Done:
         os.environ.clear()
         os.environ.update(saved_env)
     return Done(code, out.getvalue(), err.getvalue())
+
+
+def spool_streams(root: Path, pattern: str = "*", key: str = "stream") -> dict[object, list[dict]]:
+    """The spool files under ``root`` matching ``pattern`` (JSON lines or binary frames: either encoding),
+    merged by a header field (``key``: the stream, or the pid): the first file's header, every record, then a
+    footer summing the files' footers (left out when no file has one). A binary stream's records handed over as
+    JSON text (the native writer's) are in a JSON-lines file beside it, so one stream may have two files."""
+    import json
+
+    from tracekit import frames
+    from tracekit.ingest.spool import parse_spool_file
+
+    merged: dict[object, list[dict]] = {}
+    footers: dict[object, list[dict]] = {}
+    for path in sorted(root.rglob(f"{pattern}")):
+        if path.suffix == frames.SUFFIX:
+            parsed = parse_spool_file(path, 0, 0)
+            header, records, footer = parsed.header, parsed.table.to_pylist(), parsed.footer
+        elif path.suffix == ".jsonl":
+            lines = [json.loads(line) for line in path.read_text().splitlines()]
+            footer = lines[-1] if len(lines) > 1 and "tracekit_end" in lines[-1] else None
+            header, records = lines[0], lines[1:-1] if footer else lines[1:]
+        else:
+            continue
+        merged.setdefault(header[key], [header]).extend(records)
+        if footer:
+            footers.setdefault(header[key], []).append(footer)
+    for k, found in footers.items():
+        merged[k].append({"tracekit_end": max(f["tracekit_end"] for f in found),
+                          "records": sum(f["records"] for f in found), "dropped": sum(f.get("dropped", 0) for f in found)})
+    return merged

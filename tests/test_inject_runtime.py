@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import tracekit
+from foundation_helpers import spool_streams
 from tracekit.capture import hooks
 from tracekit.inject.runtime import FAULT_TYPES, Plan, resolve_exception
 
@@ -69,11 +70,9 @@ def run_plan(tmp_path: Path, plan: Plan | None, script: str = SCRIPT) -> tuple[d
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    def records(stream: str) -> list[dict]:
-        out = []
-        for f in (tmp_path / "spool").rglob(f"{stream}.*.jsonl"):
-            out += [json.loads(line) for line in f.read_text().splitlines()[1:] if '"tracekit_end"' not in line]
-        return out
+    def records(stream: str) -> list[dict]:  # either spool encoding (spans are binary by default)
+        lines = spool_streams(tmp_path / "spool", f"{stream}.*").get(stream, [])
+        return [r for r in lines[1:] if "tracekit_end" not in r]
 
     return result, records("faults"), records("spans")
 

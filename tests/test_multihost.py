@@ -99,11 +99,12 @@ def test_a_host_still_writing_keeps_the_run_running(tmp_path: Path) -> None:
     fast = _as_host("tkhostA", tmp_path, spools["tkhostA"], "record", "--run-id", "job-43", "--kind", "training",
                     "--db", str(tmp_path / "a.duckdb"), "--", sys.executable, "job.py")
     slow = _as_host("tkhostB", tmp_path, spools["tkhostB"], "record", "--run-id", "job-43", "--kind", "training",
-                    "--db", str(tmp_path / "b.duckdb"), "--", sys.executable, "job.py", extra={"WORK_S": "2"})
+                    "--db", str(tmp_path / "b.duckdb"), "--", sys.executable, "job.py",
+                    extra={"WORK_S": "5"})  # still writing while a loaded machine starts the ingest CLI
     fast.communicate(timeout=120)
     db = tmp_path / "all.duckdb"
     deadline = time.monotonic() + 60
-    while not list(spools["tkhostB"].glob("*/spans.*.jsonl")) and time.monotonic() < deadline:
+    while not list(spools["tkhostB"].glob("*/spans.*")) and time.monotonic() < deadline:  # .tkb or .jsonl
         time.sleep(0.1)
     assert cli(tmp_path, "ingest", str(spools["tkhostA"]), str(spools["tkhostB"]), "--db", str(db)).code == 0
     assert query(db, "SELECT status FROM runs") == [("running",)]

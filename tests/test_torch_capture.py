@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation_helpers import spool_streams
 from tracekit.conventions import STREAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,9 +118,8 @@ dist.destroy_process_group()
 """
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), check=True, timeout=120)
     rows = {}
-    for path in (tmp_path / "spool").rglob("*.jsonl"):
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        rows[lines[0]["stream"]] = lines[1:-1]
+    for stream, lines in spool_streams(tmp_path / "spool").items():
+        rows[stream] = lines[1:-1]
         assert "tracekit_end" in lines[-1]  # clean exit: footer written
     steps = rows["steps"]
     assert [(s["step"], s["loss"], s["grad_norm"]) for s in steps] == [(0, 0.0, 1.5), (1, 0.5, 1.5), (2, 1.0, 1.5)]
@@ -215,7 +215,9 @@ for step in range(20):
     opt.step()
     time.sleep(0.03)
 time.sleep(0.5)  # more than a flush interval
-on_disk = {s: getattr(cap, s).path.read_text().count("\\n") - 1 for s in ("collectives", "steps")}
+# the native writer writes JSON lines (beside a binary stream's .tkb file): count its lines on disk
+on_disk = {s: sum(p.read_text().count("\\n") - 1 for p in getattr(cap, s).path.parent.glob(f"{s}.*.jsonl"))
+           for s in ("collectives", "steps")}
 print(json.dumps({"writer": cap.writer, "on_disk": on_disk, "threads": sorted(t.name for t in threading.enumerate())}))
 dist.destroy_process_group()
 """
@@ -223,19 +225,12 @@ dist.destroy_process_group()
 
 def _spool_records(tmp_path: Path) -> dict[str, list[dict]]:
     """Every record of every spool file under ``tmp_path``, by stream (headers and footers left out)."""
-    records: dict[str, list[dict]] = {}
-    for path in (tmp_path / "spool").rglob("*.jsonl"):
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        records.setdefault(lines[0]["stream"], []).extend(r for r in lines[1:] if "tracekit_end" not in r)
-    return records
+    return {stream: [r for r in lines[1:] if "tracekit_end" not in r]
+            for stream, lines in spool_streams(tmp_path / "spool").items()}  # type: ignore[misc]
 
 
 def _spool_files(tmp_path: Path) -> dict[str, list[dict]]:
-    files = {}
-    for path in (tmp_path / "spool").rglob("*.jsonl"):
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        files[lines[0]["stream"]] = lines
-    return files
+    return spool_streams(tmp_path / "spool")  # type: ignore[return-value]
 
 
 @pytest.mark.slow
@@ -359,10 +354,7 @@ def test_a_forked_worker_writes_its_own_spool_files_and_dies_of_sigterm_alone(tm
     words = proc.stdout.split()
     child, sleeper_signal = int(words[1]), int(words[3])
     assert sleeper_signal == 15 and words[-2:] == ["parent", "alive"], proc.stdout
-    by_pid: dict[int, list[dict]] = {}
-    for path in (tmp_path / "spool").rglob("collectives.*.jsonl"):
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        by_pid[lines[0]["pid"]] = lines
+    by_pid = spool_streams(tmp_path / "spool", "collectives.*", key="pid")
     mine = by_pid[child]
     assert [r["op"] for r in mine[1:-1]] == ["barrier"] and mine[-1]["records"] == 1
     parent = next(lines for pid, lines in by_pid.items() if pid != child)

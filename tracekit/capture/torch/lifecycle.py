@@ -114,8 +114,8 @@ def _write_shared_manifest(run: Any) -> None:
         atexit.register(finish)
 
 
-def _all_footers(run_dir: Any) -> bool:
-    for path in run_dir.glob("*.jsonl"):
+def _all_footers(run_dir: Any) -> bool:  # a binary file's footer frame holds the same JSON
+    for path in [*run_dir.glob("*.jsonl"), *run_dir.glob("*.tkb")]:
         try:
             with path.open("rb") as fh:
                 fh.seek(max(0, path.stat().st_size - 200))
