@@ -227,6 +227,36 @@ def test_unmodified_app_lands_in_the_store(server: Server, tmp_path: Path, proto
     assert not list((server.spool / "traces").iterdir()), "ingested batches stay in the spool"
 
 
+def test_ingest_of_a_serve_spool_forms_the_runs_serve_forms(tmp_path: Path) -> None:
+    """The spool says how serve groups its files (one run per trace here), so `tracekit ingest` of it,
+    with no TRACEKIT_RUN_BY, gives the same runs, and serve ingesting the same batches later adds nothing."""
+    srv = start_server(tmp_path, "--no-ingest")
+    try:
+        done = run_app(tmp_path, "http", srv.http, traces=3, children=2)
+        assert done.returncode == 0, done.stderr
+    finally:
+        srv.stop()
+    spooled = sorted((srv.spool / "traces").glob("*.otlp.pb"))
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for path in spooled:  # kept to hand to serve afterwards
+        (copies / path.name).write_bytes(path.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "TRACEKIT_RUN_BY"}
+    ingested = subprocess.run([sys.executable, "-m", "tracekit", "ingest", str(srv.spool / "traces"), "--db", str(srv.db)],
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert ingested.returncode == 0, ingested.stderr
+    sql = "SELECT r.run_id, count(*), count(DISTINCT s.trace_id), min(s.trace_id) FROM runs r JOIN spans s USING (run_id) GROUP BY ALL ORDER BY 1"
+    runs = query(srv.db, sql)
+    assert len(runs) == 3 and all(n == 3 and traces == 1 and run_id == trace for run_id, n, traces, trace in runs)
+    # serve now receives the same batches (joined into one file: another content hash) into the same store
+    for path in copies.iterdir():
+        path.rename(srv.spool / "traces" / path.name)
+    again = start_server(tmp_path)
+    again.stop()
+    assert not list((again.spool / "traces").glob("*.otlp.pb"))  # serve took them
+    assert query(srv.db, sql) == runs and query(srv.db, "SELECT count(*) FROM spans") == [(9,)]
+
+
 def test_json_over_http_and_logs(server: Server) -> None:
     doc = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "js"}}]},
                               "scopeSpans": [{"spans": [{
@@ -552,7 +582,7 @@ def _poll(db: Path, sql: str, want: object, timeout: float = 30.0) -> object:
 def test_a_run_receiving_spans_is_running_then_settles(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--idle", "3")
     try:
-        sql = "SELECT r.name, r.status, count(*) FROM runs r JOIN spans s USING (run_id) GROUP BY ALL"
+        sql = "SELECT r.name, r.status, count(*) FROM runs r JOIN spans s USING (run_id) GROUP BY ALL ORDER BY 1"
         assert run_app(tmp_path, "http", srv.http, traces=1, children=1, APP_SESSIONS="live-1").returncode == 0
         assert _poll(srv.db, sql, [("live-1", "running", 2)]) == [("live-1", "running", 2)]
         assert _poll(srv.db, sql, [("live-1", "ok", 2)]) == [("live-1", "ok", 2)]  # idle for 3 s

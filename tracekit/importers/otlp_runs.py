@@ -10,7 +10,9 @@ of the run keys (``TRACEKIT_RUN_BY``, comma-separated; default ``session.id,gen_
 that any span of the trace (or its resource) carries: spans of one session or conversation are one
 run, whichever files and batches they arrive in, so a conversation continuing later extends its run.
 The last resort is ``trace`` (one run per trace id: what `tracekit serve` uses) or ``file`` (one run
-per file, an id derived from the content hash, named after the file). Ingesting the same file
+per file, an id derived from the content hash, named after the file). A directory holding
+``RUN_BY_MARKER`` (a `tracekit serve` spool) names the keys its files are grouped by, whatever
+``TRACEKIT_RUN_BY`` says, so serve and `tracekit ingest` of its spool form the same runs. Ingesting the same file
 twice adds nothing (ingest records it in ``spool_files`` under ``otlp:<sha256>``).
 """
 
@@ -29,7 +31,7 @@ from tracekit.importers.genai import content_from_events
 from tracekit.importers.otlp import OTLP_SUFFIXES, BadSpan, OtlpFile, OtlpSpan, ResourceSpans
 
 __all__ = ["span_record", "default_node", "run_identity", "run_by", "trace_runs", "split_runs", "OtlpRun",
-           "SpanMapper", "SPAN_MAPPERS"]
+           "SpanMapper", "SPAN_MAPPERS", "RUN_BY_MARKER", "spool_run_by", "write_run_by_marker"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +128,27 @@ def run_by(raw: str | None = None) -> tuple[str, ...]:
     if not any(k in (conv.RUN_BY_TRACE, conv.RUN_BY_FILE) for k in keys):
         keys += (conv.RUN_BY_FILE,)
     return keys
+
+
+RUN_BY_MARKER = ".tracekit-run-by"  # in a directory of OTLP files: the run keys its files were grouped by
+
+
+def spool_run_by(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The run keys written beside an OTLP file (``RUN_BY_MARKER`` in its directory: `tracekit serve`
+    writes one in its spool, so `tracekit ingest SPOOL/traces` forms the same runs), or None."""
+    try:
+        text = (Path(path).parent / RUN_BY_MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return run_by(text) if text else None
+
+
+def write_run_by_marker(directory: str | os.PathLike[str], keys: tuple[str, ...]) -> None:
+    """Write ``RUN_BY_MARKER`` into `directory` (atomically): OTLP files there are grouped into runs by `keys`."""
+    target = Path(directory) / RUN_BY_MARKER
+    tmp = target.with_name(f"{RUN_BY_MARKER}.{os.getpid()}.tmp")
+    tmp.write_text(",".join(keys) + "\n")
+    os.replace(tmp, target)
 
 
 def trace_runs(otlp: OtlpFile, keys: tuple[str, ...]) -> dict[str, tuple[str, str] | None]:

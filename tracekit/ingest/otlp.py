@@ -18,7 +18,7 @@ import pyarrow as pa
 from tracekit import conventions as conv
 from tracekit.errors import SpoolError
 from tracekit.importers.otlp import OtlpFile, read_otlp
-from tracekit.importers.otlp_runs import SPAN_MAPPERS, OtlpRun, split_runs
+from tracekit.importers.otlp_runs import SPAN_MAPPERS, OtlpRun, split_runs, spool_run_by
 from tracekit.ingest.liveness import refresh_run
 from tracekit.ingest.report import IngestReport, Quarantined
 from tracekit.ingest.spool import rows_to_table
@@ -75,7 +75,7 @@ def ingest_otlp_file(con: duckdb.DuckDBPyConnection, path: Path, report: IngestR
         return None
     if otlp.torn_bytes:
         report.torn.append((str(path), otlp.torn_bytes))
-    runs, bad = split_runs(otlp)
+    runs, bad = split_runs(otlp, spool_run_by(path))  # a serve spool's files: the keys serve grouped them by
     quarantined = [
         (run_id, Quarantined(str(path), None, b.span_id, f"span #{b.index}: {b.error}"), b.raw) for run_id, b in bad
     ]

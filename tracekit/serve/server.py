@@ -105,7 +105,10 @@ def serve(options: ServeOptions, *, out: TextIO | None = sys.stderr, stop: threa
     os.environ["TRACEKIT_RUN_BY"] = options.run_by or os.environ.get("TRACEKIT_RUN_BY") or ",".join(conv.RUN_BY_ENDPOINT)
     if options.http_port is None and options.grpc_port is None:
         raise ConfigError("both transports are off: give an HTTP port, a gRPC port or both")
-    spool = BatchSpool(options.spool_dir, max_pending_bytes=options.max_pending_bytes)
+    from tracekit.importers.otlp_runs import run_by
+
+    spool = BatchSpool(options.spool_dir, max_pending_bytes=options.max_pending_bytes,
+                       run_by=run_by(os.environ["TRACEKIT_RUN_BY"]))
     receiver = Receiver(spool, token=options.token, max_bytes=options.max_bytes)
     summary = ServeSummary()
     http_sock = _listen(options.host, options.http_port) if options.http_port is not None else None

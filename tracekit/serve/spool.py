@@ -58,7 +58,8 @@ def _fsync_dir(path: Path) -> None:
 class BatchSpool:
     """Writes batches durably into one spool directory; safe to call from many threads."""
 
-    def __init__(self, root: str | os.PathLike[str], *, max_pending_bytes: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_pending_bytes: int | None = None,
+                 run_by: tuple[str, ...] | None = None) -> None:
         self.root = Path(root).absolute()
         self.max_pending_bytes = max_pending_bytes
         self.dirs = {sig: self.root / sig.value for sig in Signal}
@@ -68,6 +69,11 @@ class BatchSpool:
         try:
             for path in (*self.dirs.values(), self.tmp, self.rejected, self.merged):
                 path.mkdir(parents=True, exist_ok=True)
+            if run_by:  # `tracekit ingest` of these files then forms the runs this server forms
+                from tracekit.importers.otlp_runs import write_run_by_marker
+
+                for path in (self.dirs[Signal.traces], self.merged, self.rejected):
+                    write_run_by_marker(path, run_by)
         except OSError as exc:
             raise ConfigError(f"cannot create the spool directory {self.root}: {exc.strerror or exc}") from None
         for stale in self.tmp.iterdir():  # a batch half-written when a server died was never acknowledged
