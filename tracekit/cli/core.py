@@ -129,18 +129,32 @@ class ExportFormat(str, enum.Enum):
 @app.command()
 def export(
     run: str = typer.Argument(..., help="Run id, id prefix, or name."),
-    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="chrome-trace (a JSON file) or parquet (a directory)."),
-    out: Path = typer.Option(..., "-o", "--output", help="Output file (chrome-trace) or directory (parquet)."),
+    fmt: Optional[ExportFormat] = typer.Option(None, "--format", "-f", help="chrome-trace (a JSON file) or parquet (a directory)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file (chrome-trace) or directory (parquet)."),
+    to: Optional[tuple[str, str]] = typer.Option(
+        None, "--to", metavar="phoenix URL",
+        help="Post root-cause and symptom labels as span annotations to a Phoenix server (sends the spans if it lacks them)."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
-    """Export a run as a Chrome trace (Perfetto, chrome://tracing) or hive-partitioned Parquet."""
+    """Export a run as a Chrome trace (Perfetto, chrome://tracing), hive-partitioned Parquet or OTLP; or its findings to Phoenix."""
     from tracekit.store.db import connect
     from tracekit.store.export import write_chrome_trace, write_parquet
     from tracekit.store.queries import resolve_run
 
+    from tracekit.errors import ConfigError
+
+    if to is not None and to[0] != "phoenix":
+        raise ConfigError(f"unknown destination {to[0]!r}: use --to phoenix URL")
+    if to is None and (fmt is None or out is None):
+        raise ConfigError("give --format and -o, or --to phoenix URL")
     with connect(db, read_only=True, sandbox=False) as con:
         run_id = resolve_run(con, run)
-        if fmt is ExportFormat.otlp:  # a file (.pb, .json) or an OTLP/HTTP URL; findings become spans
+        if to is not None:
+            from tracekit.serve.phoenix import post_run_to_phoenix
+
+            n, sent = post_run_to_phoenix(con, run_id, to[1])
+            print(f"posted {n} span annotation(s) to {to[1]}" + (" (after sending the run's spans)" if sent else ""))
+        elif fmt is ExportFormat.otlp:  # a file (.pb, .json) or an OTLP/HTTP URL; findings become spans
             from tracekit.serve.otlp_out import export_run
 
             n, k = export_run(con, run_id, str(out))

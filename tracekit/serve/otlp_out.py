@@ -16,7 +16,7 @@ from typing import Any
 from tracekit import conventions as conv
 from tracekit.errors import TracekitError
 
-__all__ = ["run_request", "blamed_span_ids", "export_run", "set_any_value", "FINDING_SPAN_PREFIX"]
+__all__ = ["run_request", "blamed_span_ids", "export_run", "post_otlp", "set_any_value", "FINDING_SPAN_PREFIX"]
 
 FINDING_SPAN_PREFIX = "tracekit.finding"
 _KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
@@ -146,7 +146,7 @@ def export_run(con: Any, run_id: str, out: str) -> tuple[int, int]:
     findings = read_findings(con, run_id)
     request = run_request(run, spans, findings)
     if out.startswith(("http://", "https://")):
-        _post(request.SerializeToString(), out if out.rstrip("/").endswith("/v1/traces") else out.rstrip("/") + "/v1/traces")
+        post_otlp(request.SerializeToString(), out if out.rstrip("/").endswith("/v1/traces") else out.rstrip("/") + "/v1/traces")
     elif out.endswith(".json"):
         from google.protobuf.json_format import MessageToDict
 
@@ -156,13 +156,15 @@ def export_run(con: Any, run_id: str, out: str) -> tuple[int, int]:
     return len(spans), len(findings)
 
 
-def _post(body: bytes, url: str) -> None:
+def post_otlp(body: bytes, url: str, *, token: str | None = None) -> None:
+    """POST an OTLP/HTTP protobuf export request to `url`, with `token` (default ``TRACEKIT_SERVE_TOKEN``)
+    as bearer token; TracekitError (one line) when it is refused or unreachable."""
     import os
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/x-protobuf"})
-    token = os.environ.get("TRACEKIT_SERVE_TOKEN")
+    token = token or os.environ.get("TRACEKIT_SERVE_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
