@@ -114,13 +114,15 @@ def cuda_allreduce_hook(process_group: Any, bucket: Any) -> Any:
     buffer = bucket.buffer()
     if not getattr(buffer, "is_cuda", False):
         raise RuntimeError("tracekit's CUDA bucket hook was given a CPU bucket: it records CUDA (NCCL) buckets only")
-    from tracekit.capture.torch.ddp import _default_group, _first_tensor
-
     cap = state.current
-    group = process_group if process_group is not None else _default_group()
+    if process_group is None:
+        import torch.distributed as dist
+
+        process_group = dist.distributed_c10d._get_default_group()
+    group = process_group
     if cap is None or not cap.ready():
         buffer.div_(group.size())
-        return group.allreduce([buffer]).get_future().then(_first_tensor)
+        return group.allreduce([buffer]).get_future().then(lambda fut: fut.value()[0])
     torch = cap.torch
     buckets = cap.__dict__.get("cuda_buckets")
     if buckets is None:
