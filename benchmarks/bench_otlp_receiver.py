@@ -13,10 +13,12 @@ Three measurements, each on one `tracekit serve` (HTTP and gRPC, ingesting into 
    receiver did not slow the exporters down.
 2. **Receiver capacity**: pre-encoded 512-span requests posted as fast as K client processes can
    (no SDK work in the clients), so the receiver's own ceiling shows.
-3. **Latency**: a span is force-flushed by an exporter; time until `tracekit sql` (read-only
-   store) finds it.
+3. **Latency**: a span is force-flushed by an exporter; time until a read-only store connection
+   finds it — once idle, once under sustained load (``--steady-rate`` spans/s in 512-span requests
+   of ``--steady-traces`` traces each: serve makes one run per trace, so thousands of small runs).
 
     python benchmarks/bench_otlp_receiver.py [--spans 20000] [--max-procs 4] [--latency-samples 5]
+        [--steady-rate 5000] [--steady-traces 50] [--latency-only]
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def child_blaster(protocol: str, endpoint: str, requests: int) -> None:
     print(json.dumps({"start": t0, "end": time.time(), "spans": requests * BATCH}))
 
 
-def encoded_request(n: int) -> bytes:
+def encoded_request(n: int, traces: int = 1) -> bytes:
+    """`n` spans in `traces` traces (serve makes one run per trace: many traces = many small runs)."""
     import random
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -109,12 +112,29 @@ def encoded_request(n: int) -> bytes:
     rs = request.resource_spans.add()
     rs.resource.attributes.add(key="service.name").value.string_value = "blaster"
     scope = rs.scope_spans.add()
-    trace_id = rng.randbytes(16)
+    trace_ids = [rng.randbytes(16) for _ in range(traces)]
     for i in range(n):
-        sp = scope.spans.add(name="llm.call", trace_id=trace_id, span_id=rng.randbytes(8),
+        sp = scope.spans.add(name="llm.call", trace_id=trace_ids[i % traces], span_id=rng.randbytes(8),
                              start_time_unix_nano=time.time_ns(), end_time_unix_nano=time.time_ns() + 1000)
         sp.attributes.add(key="tokens").value.int_value = i
     return request.SerializeToString()
+
+
+def child_steady(endpoint: str, rate: float, seconds: float, traces: int) -> None:
+    """Post 512-span requests of `traces` new traces each at `rate` spans/s for `seconds` (sustained load)."""
+    import http.client
+
+    host, port = endpoint.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    t0 = time.time()
+    sent = 0
+    while time.time() - t0 < seconds:
+        conn.request("POST", "/v1/traces", encoded_request(BATCH, traces), {"Content-Type": "application/x-protobuf"})
+        response = conn.getresponse()
+        response.read()
+        sent += BATCH
+        time.sleep(max(0.0, t0 + sent / rate - time.time()))
+    print(json.dumps({"start": t0, "end": time.time(), "spans": sent}))
 
 
 def child_sink() -> None:
@@ -207,12 +227,34 @@ def store_has(db: Path, marker: str) -> bool:
         return False
 
 
+def measure_latency(tmp: Path, endpoints: dict[str, str], samples: int) -> list[float]:
+    """Seconds from an exporter's flush of one span until a read-only store connection finds it."""
+    latencies = []
+    for i in range(samples):
+        protocol = "http" if i % 2 == 0 else "grpc"
+        marker = f"latency-marker-{i}-{time.time_ns()}"
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[protocol]}
+        out = subprocess.run([sys.executable, __file__, "--latency", protocol, marker], env=env,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        flushed = json.loads(out.strip().splitlines()[-1])["flushed"]
+        while not store_has(tmp / "store.duckdb", marker):
+            if time.time() - flushed > 30:
+                raise SystemExit("a flushed span was not queryable within 30 s")
+            time.sleep(0.02)
+        latencies.append(time.time() - flushed)
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans", type=int, default=20_000, help="spans per exporter process")
     parser.add_argument("--max-procs", type=int, default=4)
     parser.add_argument("--blast-requests", type=int, default=100, help="512-span requests per capacity client")
     parser.add_argument("--latency-samples", type=int, default=5)
+    parser.add_argument("--steady-rate", type=float, default=5000, help="spans/s of sustained load during the "
+                        "second latency measurement (0: skip it)")
+    parser.add_argument("--steady-traces", type=int, default=50, help="traces (runs) per 512-span request of that load")
+    parser.add_argument("--latency-only", action="store_true", help="skip the exporter and capacity phases")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
     proc, http_port, grpc_port = start_server(tmp)
@@ -223,7 +265,7 @@ def main() -> None:
     sinks = {"http": f"http://127.0.0.1:{sink_ports['http']}", "grpc": f"http://127.0.0.1:{sink_ports['grpc']}"}
     figures: dict[str, object] = {}
     try:
-        for n in range(1, args.max_procs + 1):
+        for n in range(1, 0 if args.latency_only else args.max_procs + 1):
             noop = run_children([["--child", "noop", str(args.spans)]] * n, dict(os.environ))
             figures[f"noop_n{n}"] = round(noop)
             for protocol, endpoint in endpoints.items():
@@ -236,7 +278,7 @@ def main() -> None:
                 print(f"{protocol:4} N={n}: serve {rate:8,.0f} spans/s | same exporters to a null sink {null:8,.0f} "
                       f"(serve/sink {rate / null:.2f}) | no-op exporter {noop:8,.0f} (serve/no-op {rate / noop:.2f})",
                       flush=True)
-        for protocol, endpoint in endpoints.items():
+        for protocol, endpoint in ({} if args.latency_only else endpoints).items():
             for k in (1, 2):
                 rate = run_children([["--blast", protocol, endpoint, str(args.blast_requests)]] * k, dict(os.environ))
                 figures[f"capacity_{protocol}_k{k}"] = round(rate)
@@ -246,22 +288,24 @@ def main() -> None:
             time.sleep(0.2)  # the ingest loop works off the backlog the load phases left
         figures["backlog_drain_s"] = round(time.time() - drain_from, 1)
         print(f"backlog ingested {figures['backlog_drain_s']} s after the load phases ended", flush=True)
-        latencies = []
-        for i in range(args.latency_samples):
-            protocol = "http" if i % 2 == 0 else "grpc"
-            marker = f"latency-marker-{i}-{time.time_ns()}"
-            env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoints[protocol]}
-            out = subprocess.run([sys.executable, __file__, "--latency", protocol, marker], env=env,
-                                 capture_output=True, text=True, timeout=120, check=True).stdout
-            flushed = json.loads(out.strip().splitlines()[-1])["flushed"]
-            while not store_has(tmp / "store.duckdb", marker):
-                if time.time() - flushed > 30:
-                    raise SystemExit("a flushed span was not queryable within 30 s")
-                time.sleep(0.02)
-            latencies.append(time.time() - flushed)
+        latencies = measure_latency(tmp, endpoints, args.latency_samples)
         figures["latency_median_s"] = round(median(latencies), 3)
         figures["latency_max_s"] = round(max(latencies), 3)
-        print(f"flush -> queryable: median {median(latencies):.2f} s, max {max(latencies):.2f} s")
+        print(f"flush -> queryable (idle): median {median(latencies):.2f} s, max {max(latencies):.2f} s", flush=True)
+        if args.steady_rate:
+            # sustained load of many small traces (one run each) while the samples are taken
+            seconds = 6.0 + 4.0 * args.latency_samples
+            steady = subprocess.Popen([sys.executable, __file__, "--steady", endpoints["http"], str(args.steady_rate),
+                                       str(seconds), str(args.steady_traces)], stdout=subprocess.PIPE, text=True)
+            time.sleep(5.0)  # let the load settle in
+            latencies = measure_latency(tmp, endpoints, args.latency_samples)
+            sent = json.loads(steady.communicate(timeout=600)[0].strip().splitlines()[-1])
+            rate = sent["spans"] / (sent["end"] - sent["start"])
+            figures.update(steady_spans_per_s=round(rate), steady_traces_per_request=args.steady_traces,
+                           steady_latency_median_s=round(median(latencies), 3),
+                           steady_latency_max_s=round(max(latencies), 3))
+            print(f"flush -> queryable under {rate:,.0f} spans/s in {args.steady_traces} traces per 512-span request: "
+                  f"median {median(latencies):.2f} s, max {max(latencies):.2f} s", flush=True)
     finally:
         sink.kill()
         sink.wait()
@@ -277,6 +321,8 @@ if __name__ == "__main__":
         child_blaster(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--sink":
         child_sink()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--steady":
+        child_steady(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--latency":
         child_latency(sys.argv[2], sys.argv[3])
     else:
