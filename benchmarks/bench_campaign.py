@@ -15,6 +15,7 @@
 
 usage: python benchmarks/bench_campaign.py [--quick] [--workers 2] [--no-ray] [--no-throughput]
        [--fixtures retry_storm,...] [--oracle-dir DIR] [--strategies three-phase,breadth,random]
+       [--seed N] [--keep-dir DIR]
 Ends with one JSON line of all figures.
 """
 
@@ -158,7 +159,8 @@ def runs_without_spans(db: Path, campaign_id: str) -> int:
 
 
 def accuracy(fixture: str, workers: int, tmp: Path, oracle_dir: Path | None = None,
-             strategies: tuple[str, ...] = ("three-phase", "breadth", "random")) -> dict[str, Any]:
+             strategies: tuple[str, ...] = ("three-phase", "breadth", "random"), seed: int = 0,
+             keep_dir: Path | None = None) -> dict[str, Any]:
     from tracekit.inject.campaign import load_campaign
     from tracekit.inject.runner import run_campaign
 
@@ -179,9 +181,9 @@ def accuracy(fixture: str, workers: int, tmp: Path, oracle_dir: Path | None = No
     slots = n // 3  # at most one third of the exhaustive injection budget
     budget = profile + slots * repeats
     for strategy in strategies:
-        res = run_campaign(campaign, budget=budget, workers=workers, strategy=strategy, db=tmp / f"{fixture}-{strategy}.duckdb",
-                           spool_dir=spool, seed=0)
-        out[strategy] = {"runs": res.runs, "injection_runs": res.runs - profile, "budget": budget,
+        res = run_campaign(campaign, budget=budget, workers=workers, strategy=strategy,
+                           db=(keep_dir or tmp) / f"{fixture}-{strategy}-seed{seed}.duckdb", spool_dir=spool, seed=seed)
+        out[strategy] = {"runs": res.runs, "injection_runs": res.runs - profile, "budget": budget, "seed": seed,
                          "seconds": round(res.seconds, 1), **score(res.report, truth),
                          "findings_before": len(res.report["cycles"]) + len(res.report["chains"]),
                          "findings_after": len(res.report["findings"])}
@@ -358,6 +360,8 @@ def main() -> None:
                         help="keep each target's exhaustive campaign here and reuse it on the next run")
     parser.add_argument("--strategies", default="three-phase,breadth,random",
                         help="real campaigns at one third of the exhaustive budget ('' for replays only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the real campaigns (random's order, tie-breaks)")
+    parser.add_argument("--keep-dir", type=Path, default=None, help="keep the real campaigns' stores here")
     args = parser.parse_args()
     figures: dict[str, Any] = {"name": "bench_campaign"}
     figures["point_cost"] = point_cost()
@@ -368,7 +372,8 @@ def main() -> None:
             figures["accuracy"] = {}
             for fixture in args.fixtures.split(","):
                 figures["accuracy"][fixture] = accuracy(fixture, args.workers, tmp, args.oracle_dir,
-                                                           tuple(s for s in args.strategies.split(",") if s))
+                                                           tuple(s for s in args.strategies.split(",") if s),
+                                                           args.seed, args.keep_dir)
                 print(fixture, figures["accuracy"][fixture], flush=True)
         if args.breakdown or not args.no_throughput:
             time_breakdown(1, tmp, budget=6)  # warm-up: the first campaign of a process pays the imports (scipy, networkx)
