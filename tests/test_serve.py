@@ -152,6 +152,11 @@ def run_app(tmp: Path, protocol: str, endpoint: str, traces: int = 3, children: 
                           env=environ, capture_output=True, text=True, timeout=120)
 
 
+def batches(directory: Path) -> list[Path]:
+    """The spool's batch files in a directory (not the run-by marker serve writes there)."""
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
 def query(db: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
     from tracekit.store.db import connect
 
@@ -224,7 +229,7 @@ def test_unmodified_app_lands_in_the_store(server: Server, tmp_path: Path, proto
     assert len(runs) == 3
     for run_id, name, n, first_trace, last_trace in runs:
         assert n == 3 and first_trace == last_trace == run_id and name == f"checkout {run_id[:8]}"
-    assert not list((server.spool / "traces").iterdir()), "ingested batches stay in the spool"
+    assert not batches(server.spool / "traces"), "ingested batches stay in the spool"
 
 
 def test_ingest_of_a_serve_spool_forms_the_runs_serve_forms(tmp_path: Path) -> None:
@@ -308,7 +313,7 @@ def test_bad_requests_get_otlp_errors_and_the_server_keeps_serving(server: Serve
     assert status == 200
     server.stop()
     assert query(server.db, "SELECT count(*) FROM spans")[0][0] == 3  # only the good request
-    assert not list((server.spool / "tmp").iterdir()) and not list((server.spool / "rejected").iterdir())
+    assert not batches(server.spool / "tmp") and not batches(server.spool / "rejected")
 
 
 def test_grpc_bad_input_and_oversize(tmp_path: Path) -> None:
@@ -366,7 +371,7 @@ def test_full_spool_answers_retry_later(tmp_path: Path) -> None:
         assert int(headers["retry-after"]) > 0
     finally:
         srv.stop()
-    assert len(list((srv.spool / "traces").iterdir())) == 1
+    assert len(batches(srv.spool / "traces")) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +428,7 @@ def test_joined_batches_survive_a_crash_mid_join(tmp_path: Path) -> None:
     for seed, path in zip((1, 2, 3), originals):
         path.write_bytes(export_request(2, seed=seed))
     third = BatchSpool(tmp_path / "sp")
-    assert len(third.pending(Signal.traces)) == 3 and not list((tmp_path / "sp" / "merged").iterdir())
+    assert len(third.pending(Signal.traces)) == 3 and not batches(tmp_path / "sp" / "merged")
 
 
 # ---------------------------------------------------------------------------------------------
