@@ -7,6 +7,12 @@ finding is reported once per (kind, subject), after it was seen in ``confirm_pol
 polls (a rank that stopped looks crashed until its heartbeats show it alive a second later; a lone
 late step is not yet a straggler). When the run has ended, one last ingest and a full-run detection
 (stored in the findings table, as ``tracekit anomalies`` does) report whatever is still new.
+
+After each poll the follower publishes a small JSON snapshot beside the store
+(``<store>.live/<run_id>.json``: status, findings reported and pending, the last window's step
+times per rank). The dashboard's live view reads that file, never the store: DuckDB's file lock is
+exclusive per process, so a read-only reader cannot open the store while the follower writes it,
+and a reader holding it would make the follower's ingest skip polls.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from tracekit.errors import NotFoundError, StoreError, TracekitError
 
-__all__ = ["FollowOptions", "locate_run", "follow", "poll_findings"]
+__all__ = ["FollowOptions", "locate_run", "follow", "poll_findings", "snapshot_path", "read_snapshots"]
 
 Finding = dict[str, Any]
 
@@ -83,6 +89,15 @@ def locate_run(ref: str, spools: Sequence[Path], db: Path | None) -> tuple[str, 
 def poll_findings(con: Any, run_id: str, options: FollowOptions) -> tuple[list[Finding], tuple[int, int]]:
     """The findings of the run's last window of steps (detected, not stored), and the run's progress
     (collective records in the window, the latest sequence number): unchanged progress is a stall."""
+    found, progress, _ = _poll(con, run_id, options)
+    return found, progress
+
+
+SNAPSHOT_RANKS = 16  # a snapshot keeps every rank's step times up to this many ranks, else the slowest ones
+
+
+def _poll(con: Any, run_id: str, options: FollowOptions) -> tuple[list[Finding], tuple[int, int], list[dict]]:
+    """poll_findings, and the window's step times (rank, step, step_ms) for the live snapshot."""
     import polars as pl
 
     from tracekit.analysis.collectives import RunFrames, detect
@@ -92,7 +107,56 @@ def poll_findings(con: Any, run_id: str, options: FollowOptions) -> tuple[list[F
     frames = RunFrames(**{name: pl.from_arrow(table) for name, table in tables.items()})  # type: ignore[arg-type]
     c = frames.collectives
     progress = (c.height, int(c["seq"].max() or 0) if c.height else -1)
-    return [f.to_dict() for f in detect(frames)], progress
+    return [f.to_dict() for f in detect(frames)], progress, _step_times(frames.steps)
+
+
+def _step_times(steps: Any) -> list[dict]:
+    """Step times of the window for the snapshot: every rank when there are few, else the slowest
+    ranks (by mean step time) and a 'median' row (rank -1) of all ranks per step."""
+    import polars as pl
+
+    if steps.height == 0:
+        return []
+    st = steps.select("rank", "step", ((pl.col("end_ns") - pl.col("start_ns")) / 1e6).alias("step_ms"))
+    if st["rank"].n_unique() > SNAPSHOT_RANKS:
+        slow = (st.group_by("rank").agg(pl.col("step_ms").mean().alias("m"))
+                .sort("m", descending=True).head(SNAPSHOT_RANKS)["rank"])
+        median = st.group_by("step").agg(pl.col("step_ms").median()).with_columns(pl.lit(-1).alias("rank"))
+        st = pl.concat([st.filter(pl.col("rank").is_in(slow.implode())), median.select("rank", "step", "step_ms")],
+                       how="vertical_relaxed")
+    return st.sort("rank", "step").to_dicts()
+
+
+def snapshot_path(store: Path, run_id: str) -> Path:
+    """Where the follower of `run_id` publishes its live snapshot: ``<store>.live/<run_id>.json``."""
+    return store.with_name(store.name + ".live") / f"{run_id}.json"
+
+
+def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
+    """Replace the snapshot atomically (a reader sees the old or the new one whole); never raises."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(snapshot, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def read_snapshots(store: Path) -> list[dict[str, Any]]:
+    """The live snapshots published beside `store`, most recently updated first (unreadable ones skipped)."""
+    import json
+
+    folder = store.with_name(store.name + ".live")
+    out = []
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda s: s.get("updated_ns", 0), reverse=True)
 
 
 def follow(
@@ -120,16 +184,29 @@ def follow(
             if stop.wait(options.interval_s):
                 return []
     run_id, paths = located
+    snapshot = snapshot_path(store, run_id)
+    window: list[dict] = []  # the last window's step times, kept for the snapshot after the run ended
     reported: list[Finding] = []
     seen: dict[tuple[str, str], int] = {}  # (kind, subject) -> consecutive polls it was found in
     done: set[tuple[str, str]] = set()
     progress: tuple[int, int] | None = None
     stalled = 0  # consecutive polls in which the run recorded no new collective
+    state = None
 
     def report(finding: Finding) -> bool:
         done.add((finding["kind"], finding["subject"]))
         reported.append(finding)
+        publish("running")
         return on_finding(finding)
+
+    def publish(status: str, found: Sequence[Finding] = ()) -> None:
+        _write_snapshot(snapshot, {
+            "run_id": run_id, "ref": ref, "status": status, "updated_ns": time.time_ns(), "pid": os.getpid(),
+            "interval_s": options.interval_s, "window_steps": options.window_steps, "findings": reported,
+            "pending": [{"kind": f["kind"], "subject": f["subject"], "first_step": f.get("first_step"),
+                         "polls": seen.get((f["kind"], f["subject"]), 0)}
+                        for f in found if (f["kind"], f["subject"]) not in done],
+            "steps": window})
 
     while not stop.is_set():
         t0 = time.monotonic()
@@ -142,7 +219,7 @@ def follow(
                 ended = state is not None and state[0] != "running" and state[1] is not None
                 found = []
                 if state is not None and not ended:
-                    found, now = poll_findings(con, run_id, options)
+                    found, now, window = _poll(con, run_id, options)
                     stalled = stalled + 1 if now == progress else 0
                     progress = now
                 if ended:  # the whole run, once, stored as `tracekit anomalies` stores it
@@ -160,10 +237,14 @@ def follow(
             missing = f["kind"] in ("hang", "crash") and stalled < options.confirm_polls - 1
             if key not in done and (ended or (seen[key] >= options.confirm_polls and not missing)):
                 if not report(f):
+                    publish("stopped", found)
                     return reported
         if ended:
+            publish("ended")
             return reported
+        publish("running" if state is not None else "waiting", found)
         stop.wait(max(0.0, options.interval_s - (time.monotonic() - t0)))
+    publish("stopped")
     return reported
 
 

@@ -1,5 +1,7 @@
 """Training run page: rank × step heatmaps (step time, arrival skew, wait), the collective-anomaly
-findings overlaid (the blamed rank or link stands out), per-rank step-time lines."""
+findings overlaid (the blamed rank or link stands out), per-rank step-time lines. Live: the snapshot
+that `tracekit anomalies RUN --follow` publishes beside the store, re-read every 2 s (never the store:
+the follower holds DuckDB's exclusive lock while it ingests)."""
 
 from __future__ import annotations
 
@@ -63,7 +65,83 @@ def live_findings(con, run_id: str) -> list[dict]:  # type: ignore[no-untyped-de
             for i, f in enumerate(found)]
 
 
+def live_step_chart(steps: list[dict], blamed: dict[int, str]) -> go.Figure:
+    """Step time per rank over the follower's last window (rank -1: the median of all ranks)."""
+    fig = go.Figure()
+    for r, part in pd.DataFrame(steps).groupby("rank"):
+        hot = r in blamed
+        name = "median of all ranks" if r == -1 else f"{'⚠ ' if hot else ''}rank {r}"
+        fig.add_trace(go.Scatter(x=part["step"], y=part["step_ms"], mode="lines", name=name,
+                                 line={"color": BLAME if hot else None, "width": 4 if hot else 1.5,
+                                       "dash": "dot" if r == -1 else None}))
+    fig.update_layout(height=340, xaxis_title="step", yaxis_title="ms", margin={"l": 10, "r": 10, "t": 20, "b": 10})
+    return fig
+
+
+def live_view() -> None:
+    """The live snapshot of a followed run, re-read every 2 s; no store connection at all."""
+    import time
+
+    from tracekit.follow import read_snapshots
+
+    snapshots = read_snapshots(tkui.db_path())
+    if not snapshots:
+        st.info("No followed run yet. Start the follower beside the job (it is the store's one writer): "
+                "`tracekit anomalies RUN --follow` — this view shows what it publishes.")
+        return
+    wanted = st.query_params.get("run")
+    labels = {s["run_id"]: f"{s.get('ref') or s['run_id'][:12]} ({s['run_id'][:12]}, {s.get('status')})"
+              for s in snapshots}
+    ids = list(labels)
+    index = next((i for i, r in enumerate(ids) if wanted and (r.startswith(wanted) or snapshots[i].get("ref") == wanted)), 0)
+    run_id = st.selectbox("Followed run", ids, index=index, format_func=labels.get, key="tr_live_run")
+
+    @st.fragment(run_every=2.0)
+    def panel() -> None:
+        snap = next((s for s in read_snapshots(tkui.db_path()) if s["run_id"] == run_id), None)
+        if snap is None:
+            st.warning("The snapshot of this run is gone.")
+            return
+        age = max(0.0, (time.time_ns() - int(snap.get("updated_ns", 0))) / 1e9)
+        status = snap.get("status", "?")
+        m = st.columns(4)
+        m[0].metric("Follower", status)
+        m[1].metric("Last poll", f"{age:.0f} s ago")
+        m[2].metric("Findings", len(snap.get("findings", [])))
+        m[3].metric("Window", f"{snap.get('window_steps')} steps")
+        if status in ("waiting", "running") and age > max(10.0, 5 * float(snap.get("interval_s") or 1)):
+            st.warning(f"The follower has not polled for {age:.0f} s: is `tracekit anomalies {snap.get('ref')} "
+                       "--follow` still running?")
+        findings = snap.get("findings", [])
+        if findings:
+            top = findings[0]
+            st.error(f"Blamed: **{top['subject']}** — {top['kind']} from step {top.get('first_step')} "
+                     f"(confidence {float(top.get('confidence') or 0):.2f})")
+            st.dataframe(pd.DataFrame([{"#": i + 1, "kind": f["kind"], "subject": f["subject"],
+                                        "first step": f.get("first_step"), "confidence": f.get("confidence"),
+                                        "summary": tkui.short(f.get("summary") or "", 300)}
+                                       for i, f in enumerate(findings)]),
+                         hide_index=True, width="stretch", key="tr_live_findings")
+        elif status == "ended":
+            st.success("The run ended and no anomaly was found.")
+        else:
+            st.success("No anomaly so far.")
+        pending = snap.get("pending", [])
+        if pending:
+            st.caption("Seen but not yet confirmed: " + ", ".join(f"{p['kind']} {p['subject']}" for p in pending))
+        if snap.get("steps"):
+            st.plotly_chart(live_step_chart(snap["steps"], blamed_ranks(findings)), key="tr_live_lines")
+        if status in ("ended", "stopped"):
+            st.caption(f"The follower has {status}: the stored run (live off) shows the whole run.")
+
+    panel()
+
+
 st.title("Training run")
+if st.toggle("Live", key="tr_live", value=st.query_params.get("live") == "1",
+             help="Show what `tracekit anomalies RUN --follow` publishes while the job runs, re-read every 2 s."):
+    live_view()
+    st.stop()
 
 with tkui.store() as con:
     run = tkui.pick_run(con, kind="training")
