@@ -235,7 +235,7 @@ def _flush_at_os_exit() -> None:
     def _exit(status: int) -> Any:
         try:
             state = _current
-            if state is not None:
+            if state is not None and isinstance(status, int):  # else the real one raises and the process goes on
                 state.spool.close()  # flush + footers; idempotent (a multiprocessing child closed it already)
         except BaseException:  # noqa: BLE001 - capture never stops a process from exiting
             pass
