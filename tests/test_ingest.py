@@ -466,8 +466,8 @@ def test_format_1_files_with_nested_span_events_still_load(tmp_path):
 
 @pytest.mark.parametrize("errors", ["none", "few", "many"])
 def test_collectives_read_back_with_coded_text_columns_equal_the_stored_rows(tmp_path, errors):
-    """The analysis reads text columns of few values as codes (and skips ones null or constant throughout):
-    what it gets must equal a plain read, whatever the values look like."""
+    """The analysis reads text columns of few values as codes and does not read columns null or one value
+    throughout: what it gets must equal a plain read, whatever the values look like."""
     import polars as pl
     import pyarrow as pa
 
@@ -479,6 +479,8 @@ def test_collectives_read_back_with_coded_text_columns_equal_the_stored_rows(tmp
              "many": [None if i % 2 else f"error {i}" for i in range(n)]}[errors]  # 300 values: read as text
     rows = pa.table({
         "rank": pa.array([i % 4 for i in range(n)], pa.int32()), "seq": pa.array(range(n), pa.int64()),
+        "world_size": pa.array([4] * n, pa.int32()), "ok": [True] * n, "bytes": pa.array([64 << (i % 3) for i in range(n)]),
+        "peer": pa.array([None] * n, pa.int32()),  # one value, one value, several values, null throughout: none read
         "process_group": ["default"] * n, "op": [("all_reduce", "broadcast", "it's")[i % 3] for i in range(n)],
         "source": [None if i % 5 == 0 else ("ddp", "call")[i % 2] for i in range(n)], "error": error,
     })
@@ -491,6 +493,10 @@ def test_collectives_read_back_with_coded_text_columns_equal_the_stored_rows(tmp
     frame = q.to_polars(coded)
     assert frame.schema == plain.schema and frame.sort("seq").equals(plain.sort("seq"))
     assert pa.types.is_dictionary(coded.schema.field("op").type)  # the text really crossed as codes
-    assert pa.types.is_dictionary(coded.schema.field("error").type) == (errors != "many")
+    error_type = coded.schema.field("error").type  # null throughout: not read; few values: codes; many: text
+    assert {"none": pa.types.is_run_end_encoded, "few": pa.types.is_dictionary, "many": pa.types.is_string}[errors](error_type)
+    assert pa.types.is_run_end_encoded(coded.schema.field("world_size").type)  # one value throughout: not read
     assert q.to_polars(q.collectives_table(con, "nothing")).height == 0
+    one = pl.from_arrow(con.sql(q._COLLECTIVES_SQL + " AND seq = 1", params={"run": "r1"}).to_arrow_table())
+    assert q.to_polars(q._coded(con, q._COLLECTIVES_SQL + " AND seq = 1", {"run": "r1"}, q._CODED)).equals(one)
     con.close()
