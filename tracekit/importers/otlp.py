@@ -126,6 +126,8 @@ class _BadValue(ValueError):
 
 def _hex_id(raw: Any, nbytes: int, what: str, *, optional: bool = False) -> str | None:
     """An id as lowercase hex. OTLP/JSON uses hex; protobuf's own JSON mapping uses base64: accept both."""
+    if type(raw) is bytes and len(raw) == nbytes and raw.strip(b"\0"):  # protobuf's common case, checked at once
+        return raw.hex()
     if raw is None or raw == "" or raw == b"":
         if optional:
             return None
