@@ -1,9 +1,11 @@
 """Crash-safe per-process spool files: one append-only file per (process, stream), JSON lines or binary, flushed on a timer.
 
-The high-volume streams (``BINARY_STREAMS``) are written as binary Arrow frames (``tracekit.frames``,
-``.tkb``) by default (measured: 25 % less flusher CPU per span, 40 % smaller files and faster ingest than JSON
-lines); ``TRACEKIT_SPOOL_FORMAT=json`` writes them as JSON lines. Every other stream, and what the native torch
-writer writes, is JSON lines.
+The high-volume streams (``BINARY_STREAMS``) can be written as binary Arrow frames (``tracekit.frames``,
+``.tkb``) with ``TRACEKIT_SPOOL_FORMAT=arrow`` (measured: 25 % less flusher CPU per span, 40 % smaller files
+and faster ingest than JSON lines). JSON lines stay the default because pyarrow's array constructors import
+pandas where it is installed: 0.3-0.5 s of CPU (holding the GIL) at every process's first flush, which a
+short-lived or forked process pays whole. Every other stream, and what the native torch writer writes, is
+JSON lines.
 
 Layout of a run's spool directory::
 
@@ -60,17 +62,21 @@ class CaptureWarning(RuntimeWarning):
     """Capture could not write some records; the traced program keeps running."""
 
 
+DEFAULT_ENCODING = JSON  # see the module docstring for why binary frames are not (yet) the default
+
+
 def spool_encoding(explicit: str | None = None) -> str:
     """The encoding of the high-volume streams (``BINARY_STREAMS``): ``explicit``, else ``TRACEKIT_SPOOL_FORMAT``
-    (``arrow``: binary Arrow frames, the default; ``json``: JSON lines). An unknown value falls back to the
+    (``json``: JSON lines, the default; ``arrow``: binary Arrow frames). An unknown value falls back to the
     default with one warning: capture never raises."""
-    value = (explicit or os.environ.get("TRACEKIT_SPOOL_FORMAT") or frames.ENCODING).strip().lower()
+    value = (explicit or os.environ.get("TRACEKIT_SPOOL_FORMAT") or DEFAULT_ENCODING).strip().lower()
     if value in (JSON, "jsonl"):
         return JSON
-    if value != frames.ENCODING:
-        warnings.warn(f"tracekit: unknown spool format {value!r} (arrow or json); writing arrow", CaptureWarning,
-                      stacklevel=2)
-    return frames.ENCODING
+    if value == frames.ENCODING:
+        return frames.ENCODING
+    warnings.warn(f"tracekit: unknown spool format {value!r} (arrow or json); writing {DEFAULT_ENCODING}",
+                  CaptureWarning, stacklevel=2)
+    return DEFAULT_ENCODING
 
 
 def _default(value: Any) -> Any:
