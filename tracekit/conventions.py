@@ -67,6 +67,50 @@ OTEL_LINK_PROVENANCE = "declared"
 # node of a span whose resource names no service
 UNKNOWN_SERVICE = "unknown_service"
 
+# --- foreign conventions the importers read (OTel GenAI, OpenInference, OpenLLMetry) ---------------
+# OpenTelemetry GenAI semantic conventions
+GENAI_OPERATION = "gen_ai.operation.name"
+GENAI_AGENT_NAME = "gen_ai.agent.name"
+GENAI_TOOL_NAME = "gen_ai.tool.name"
+GENAI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GENAI_CONVERSATION = "gen_ai.conversation.id"
+GENAI_INPUT_MESSAGES = "gen_ai.input.messages"
+GENAI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GENAI_SYSTEM = "gen_ai.system"  # legacy
+GENAI_PROVIDER = "gen_ai.provider.name"
+GENAI_PROMPT = "gen_ai.prompt"  # legacy
+GENAI_COMPLETION = "gen_ai.completion"  # legacy
+GENAI_AGENT_OPS = ("invoke_agent", "create_agent")
+GENAI_TOOL_OPS = ("execute_tool",)
+GENAI_MODEL_OPS = ("chat", "text_completion", "generate_content", "embeddings")
+
+# GenAI events (span events; OTLP log records carry the same): their names and where their text is
+GENAI_EVENT_INPUT = ("gen_ai.system.message", "gen_ai.user.message", "gen_ai.assistant.message",
+                     "gen_ai.tool.message", "gen_ai.content.prompt")
+GENAI_EVENT_OUTPUT = ("gen_ai.choice", "gen_ai.content.completion")
+GENAI_EVENT_DETAILS = "gen_ai.client.inference.operation.details"
+
+# OpenLLMetry (traceloop) conventions
+TRACELOOP_KIND = "traceloop.span.kind"  # workflow, task, agent, tool
+TRACELOOP_NAME = "traceloop.entity.name"
+TRACELOOP_INPUT = "traceloop.entity.input"
+TRACELOOP_OUTPUT = "traceloop.entity.output"
+
+# OpenInference semantic conventions
+OI_KIND = "openinference.span.kind"
+OI_AGENT_NAME = "agent.name"
+OI_INPUT = "input.value"
+OI_OUTPUT = "output.value"
+OI_INPUT_MESSAGES = "llm.input_messages"
+OI_OUTPUT_MESSAGES = "llm.output_messages"
+OI_GRAPH_NODE_ID = "graph.node.id"
+OI_GRAPH_NODE_PARENT = "graph.node.parent_id"
+OI_GRAPH_NODE_NAME = "graph.node.name"
+OI_TOOL_NAME = "tool.name"
+OI_TOOL_CALL_ID = "tool_call.id"
+OI_METADATA = "metadata"
+LANGGRAPH_NODE = "langgraph_node"
+
 # --- spool files ----------------------------------------------------------------------------------
 SPOOL_VERSION = 2  # 2: every stream is flat (span events have a stream of their own); 1: events nested
 READABLE_VERSIONS = (1, 2)

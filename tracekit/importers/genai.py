@@ -24,52 +24,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tracekit import conventions as conv
+from tracekit.conventions import (  # the GenAI, OpenInference and OpenLLMetry names this importer reads
+    GENAI_OPERATION, GENAI_AGENT_NAME, GENAI_TOOL_NAME, GENAI_TOOL_CALL_ID, GENAI_CONVERSATION,
+    GENAI_INPUT_MESSAGES, GENAI_OUTPUT_MESSAGES, GENAI_SYSTEM, GENAI_PROVIDER, GENAI_PROMPT,
+    GENAI_COMPLETION, GENAI_AGENT_OPS, GENAI_TOOL_OPS, GENAI_MODEL_OPS, GENAI_EVENT_INPUT,
+    GENAI_EVENT_OUTPUT, GENAI_EVENT_DETAILS, TRACELOOP_KIND, TRACELOOP_NAME, TRACELOOP_INPUT,
+    TRACELOOP_OUTPUT, OI_KIND, OI_AGENT_NAME, OI_INPUT, OI_OUTPUT, OI_INPUT_MESSAGES, OI_OUTPUT_MESSAGES,
+    OI_GRAPH_NODE_ID, OI_GRAPH_NODE_PARENT, OI_GRAPH_NODE_NAME, OI_TOOL_NAME, OI_TOOL_CALL_ID, OI_METADATA,
+    LANGGRAPH_NODE,
+)
 
 __all__ = ["agent_step_of", "select_steps", "derive_links", "text_of", "content_from_events",
            "content_capture_hint"]
 
-# OpenTelemetry GenAI semantic conventions
-GENAI_OPERATION = "gen_ai.operation.name"
-GENAI_AGENT_NAME = "gen_ai.agent.name"
-GENAI_TOOL_NAME = "gen_ai.tool.name"
-GENAI_TOOL_CALL_ID = "gen_ai.tool.call.id"
-GENAI_CONVERSATION = "gen_ai.conversation.id"
-GENAI_INPUT_MESSAGES = "gen_ai.input.messages"
-GENAI_OUTPUT_MESSAGES = "gen_ai.output.messages"
-GENAI_SYSTEM = "gen_ai.system"  # legacy
-GENAI_PROVIDER = "gen_ai.provider.name"
-GENAI_PROMPT = "gen_ai.prompt"  # legacy
-GENAI_COMPLETION = "gen_ai.completion"  # legacy
-GENAI_AGENT_OPS = ("invoke_agent", "create_agent")
-GENAI_TOOL_OPS = ("execute_tool",)
-GENAI_MODEL_OPS = ("chat", "text_completion", "generate_content", "embeddings")
-
-# GenAI events (span events; OTLP log records carry the same): their names and where their text is
-GENAI_EVENT_INPUT = ("gen_ai.system.message", "gen_ai.user.message", "gen_ai.assistant.message",
-                     "gen_ai.tool.message", "gen_ai.content.prompt")
-GENAI_EVENT_OUTPUT = ("gen_ai.choice", "gen_ai.content.completion")
-GENAI_EVENT_DETAILS = "gen_ai.client.inference.operation.details"
-
-# OpenLLMetry (traceloop) conventions
-TRACELOOP_KIND = "traceloop.span.kind"  # workflow, task, agent, tool
-TRACELOOP_NAME = "traceloop.entity.name"
-TRACELOOP_INPUT = "traceloop.entity.input"
-TRACELOOP_OUTPUT = "traceloop.entity.output"
-
-# OpenInference semantic conventions
-OI_KIND = "openinference.span.kind"
-OI_AGENT_NAME = "agent.name"
-OI_INPUT = "input.value"
-OI_OUTPUT = "output.value"
-OI_INPUT_MESSAGES = "llm.input_messages"
-OI_OUTPUT_MESSAGES = "llm.output_messages"
-OI_GRAPH_NODE_ID = "graph.node.id"
-OI_GRAPH_NODE_PARENT = "graph.node.parent_id"
-OI_GRAPH_NODE_NAME = "graph.node.name"
-OI_TOOL_NAME = "tool.name"
-OI_TOOL_CALL_ID = "tool_call.id"
-OI_METADATA = "metadata"
-LANGGRAPH_NODE = "langgraph_node"
 
 MIN_FLOW_TEXT = 16  # an output text shorter than this proves nothing by reappearing
 MAX_FLOW_STEPS = 100_000
