@@ -230,7 +230,10 @@ def arrivals(frames: RunFrames) -> Arrivals | None:
     if len(step_of) == 0:
         return None
     wait = np.subtract(leave, enter, out=leave)  # in place: the matrices are the detector's largest arrays
-    lag = np.subtract(enter, np.median(enter, axis=1, keepdims=True), out=enter)
+    median = np.empty((len(enter), 1))
+    for i in range(0, len(enter), 256):  # in row blocks: np.median copies what it partitions
+        median[i:i + 256, 0] = np.median(enter[i:i + 256], axis=1)
+    lag = np.subtract(enter, median, out=enter)
     if np.any(np.diff(step_of) < 0):  # usually already in step order (sequence numbers grow with steps)
         order = np.argsort(step_of, kind="stable")
         step_of, lag, wait = step_of[order], lag[order], wait[order]
