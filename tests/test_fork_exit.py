@@ -37,6 +37,11 @@ def test_spans_of_a_forked_child_leaving_through_os_exit_arrive(tmp_path):
     rows = dict(query(db, "SELECT name, count(*) FROM spans WHERE run_id = ? GROUP BY name", [run_id]))
     assert rows == {"parent": 1, "horse.job": 12}
     assert query(db, "SELECT count(DISTINCT pid) FROM spans WHERE name = 'horse.job'") == [(3,)]
+    # status 0 is a clean exit (footer); os._exit(1) / (2) only flushed, so they still read as processes
+    # that died (a rank's os._exit(13) is a crash, not a clean exit)
+    span_files = list((tmp_path / "spool" / run_id).glob("spans.*.jsonl"))
+    assert len(span_files) == 4
+    assert sum('"tracekit_end"' in f.read_text() for f in span_files) == 2  # the parent and the status-0 child
 
 
 def test_os_exit_without_capture_is_the_plain_one(tmp_path):

@@ -221,12 +221,14 @@ _real_os_exit: Any = None
 
 
 def _flush_at_os_exit() -> None:
-    """Make ``os._exit`` close this process's spool first (installed once, when capture starts).
+    """Make ``os._exit`` write this process's buffered records first (installed once, when capture starts).
 
     A forked child that leaves through ``os._exit`` — RQ's work horse, a pre-fork server's worker,
     any ``fork`` + ``_exit`` — runs no atexit handler and no finalizer: without this its buffered
-    spans and faults never reach the spool. Closing is best effort and never raises; the process
-    exits with its status either way."""
+    spans and faults never reach the spool. Status 0 closes the spool (flush + the footers of a clean
+    exit); any other status only flushes, so the files still read as a process that died (a rank's
+    ``os._exit(13)`` is a crash, not a clean exit). Best effort, never raises; the process exits with
+    its status either way."""
     global _real_os_exit
     if _real_os_exit is not None:
         return
@@ -236,7 +238,10 @@ def _flush_at_os_exit() -> None:
         try:
             state = _current
             if state is not None and isinstance(status, int):  # else the real one raises and the process goes on
-                state.spool.close()  # flush + footers; idempotent (a multiprocessing child closed it already)
+                if status == 0:
+                    state.spool.close()  # flush + footers; idempotent (a multiprocessing child closed it already)
+                else:
+                    state.spool.flush()
         except BaseException:  # noqa: BLE001 - capture never stops a process from exiting
             pass
         finally:
