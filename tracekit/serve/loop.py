@@ -63,10 +63,13 @@ class IngestLoop:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after one last cycle, so everything acknowledged so far is ingested."""
+        """Stop after one last cycle, so everything acknowledged so far is ingested (also when the stop came
+        before the loop's thread had started: a signal right after start-up)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        elif self.ingest:
+            self._drain(stopping=True)
 
     def run_once(self) -> int:
         """One ingest cycle over the pending trace batches; returns how many files it took."""
@@ -139,17 +142,20 @@ class IngestLoop:
             print(f"serve: ingest waits: {message}", file=self.out, flush=True)
         self.last_error = message
 
+    def _drain(self, stopping: bool) -> None:
+        try:
+            while self.run_once():
+                pass  # a backlog (or the last cycle at stop): go on without waiting
+            self.settle(everything=stopping)
+        except Exception as exc:  # a bug in one cycle must not stop the receiver; say it, go on
+            self._note_error(f"{type(exc).__name__}: {exc}")
+
     def _run(self) -> None:
         next_print = time.monotonic() + self.progress_s
         while True:
             stopping = self._stop.wait(self.interval_s)
             if self.ingest:
-                try:
-                    while self.run_once():
-                        pass  # a backlog (or the last cycle at stop): go on without waiting
-                    self.settle(everything=stopping)
-                except Exception as exc:  # a bug in one cycle must not stop the receiver; say it, go on
-                    self._note_error(f"{type(exc).__name__}: {exc}")
+                self._drain(stopping)
             if time.monotonic() >= next_print or stopping:
                 self.print_progress()
                 next_print = time.monotonic() + self.progress_s

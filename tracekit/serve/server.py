@@ -138,15 +138,18 @@ def serve(options: ServeOptions, *, out: TextIO | None = sys.stderr, stop: threa
         if http_sock is not None:
             summary.http_port = http_sock.getsockname()[1]
         loop.start()
-        if out is not None:
-            where = []
-            if summary.http_port is not None:
-                where.append(f"OTLP/HTTP on http://{grpc_target(options.host, summary.http_port)}")
-            if summary.grpc_port is not None:
-                where.append(f"OTLP/gRPC on {grpc_target(options.host, summary.grpc_port)}")
-            mode = f"ingesting into {options.db or 'the store'}" if options.ingest else "not ingesting (--no-ingest)"
-            print(f"serve: {' and '.join(where)}; spool {spool.root}; {mode}; stop with Ctrl-C", file=out, flush=True)
+        # the handlers are in place before the ready line: a SIGTERM right after it still stops cleanly
+        # (one last ingest cycle), never by the default action
         with _on_signals(request_stop):
+            if out is not None:
+                where = []
+                if summary.http_port is not None:
+                    where.append(f"OTLP/HTTP on http://{grpc_target(options.host, summary.http_port)}")
+                if summary.grpc_port is not None:
+                    where.append(f"OTLP/gRPC on {grpc_target(options.host, summary.grpc_port)}")
+                mode = f"ingesting into {options.db or 'the store'}" if options.ingest else "not ingesting (--no-ingest)"
+                print(f"serve: {' and '.join(where)}; spool {spool.root}; {mode}; stop with Ctrl-C", file=out,
+                      flush=True)
             if stop is not None:  # a caller's event also stops the HTTP server
                 threading.Thread(target=lambda: (stopping.wait(), request_stop()), daemon=True).start()
             if http_sock is not None:
