@@ -12,8 +12,13 @@ fi
 if ! command -v g++ >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null  # the native DDP hook
 fi
-if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null  # the RQ campaign target
+# Debian packages the tests use, each installed when missing: the RQ campaign target's redis-server,
+# faketime for the two-host clock-shift test
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python -m pip install -q -c constraints.txt -e '.[dev]'
 # the wheels tests/test_packaging.py installs offline into fresh venvs (the built wheel with each extra)
