@@ -80,3 +80,14 @@ def test_sigterm_stops_the_follower(tmp_path: Path) -> None:
 
 def test_a_missing_spool_path_is_one_clear_line(tmp_path: Path) -> None:
     assert_one_line_error(cli(tmp_path, "anomalies", "x", "--follow", "--spool", str(tmp_path / "nope")))
+
+
+def test_a_run_that_never_appears_is_given_up_after_wait(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    started = time.monotonic()
+    follower = start_follow(tmp_path, "never-written", "--wait", "1", "--interval", "0.2")
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 2 and out == "" and "Traceback" not in err
+    assert "waiting up to 1 s for run 'never-written'" in err
+    assert "no run 'never-written'" in err and "--wait" in err.splitlines()[-1]
+    assert time.monotonic() - started < 30  # gave up instead of waiting forever

@@ -162,10 +162,11 @@ def read_snapshots(store: Path) -> list[dict[str, Any]]:
 def follow(
     ref: str, *, db: Path | None, spools: Sequence[Path], on_finding: Callable[[Finding], bool],
     stop: threading.Event | None = None, options: FollowOptions = FollowOptions(),
-    on_poll: Callable[[float], None] | None = None,
+    on_poll: Callable[[float], None] | None = None, on_wait: Callable[[], None] | None = None,
 ) -> list[Finding]:
     """Follow a run until it ends (or `stop` is set, or `on_finding` returns False); returns the
-    findings reported, in order. `on_poll(seconds)` hears each poll's cost."""
+    findings reported, in order. `on_poll(seconds)` hears each poll's cost; `on_wait()` is called once
+    when the run has not appeared yet (it is waited for up to `options.wait_s`)."""
     from tracekit.analysis.collectives import detect_run
     from tracekit.config import db_path
     from tracekit.ingest import ingest_paths
@@ -179,8 +180,13 @@ def follow(
     while located is None:
         located = locate_run(ref, spools, db)
         if located is None:
-            if options.wait_s is not None and time.monotonic() - started > options.wait_s:
-                raise NotFoundError(f"no run {ref!r} in {store} or under {', '.join(map(str, spools))}")
+            if options.wait_s is not None and time.monotonic() - started >= options.wait_s:
+                raise NotFoundError(
+                    f"no run {ref!r} in {store} or under {', '.join(map(str, spools))} after waiting "
+                    f"{options.wait_s:g} s: check the run id and the spool directory (--spool), or wait longer (--wait)")
+            if on_wait is not None:
+                on_wait()
+                on_wait = None  # once
             if stop.wait(options.interval_s):
                 return []
     run_id, paths = located

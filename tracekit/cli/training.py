@@ -25,6 +25,8 @@ def anomalies(
                                            "finding (TRACEKIT_FINDING holds it as JSON)."),
     exit_on_finding: bool = typer.Option(False, "--exit-on-finding", help="--follow: stop at the first finding, "
                                          "exit code 1."),
+    wait: float = typer.Option(300.0, "--wait", min=0.0, help="--follow: how long to wait for a run that has not "
+                               "written anything yet before giving up (exit 2); 0 gives up at once."),
 ) -> None:
     """Name the straggler, throttled, hung, crashed or non-finite rank and the slow link of a training run.
 
@@ -34,7 +36,7 @@ def anomalies(
     stops when the run has ended (or on Ctrl-C / SIGTERM).
     """
     if follow:
-        _follow(run, db, fmt, spool, interval, exec_cmd, exit_on_finding)
+        _follow(run, db, fmt, spool, interval, exec_cmd, exit_on_finding, wait)
         return
     from tracekit.analysis.collectives import detect_run
     from tracekit.store.db import connect
@@ -48,11 +50,12 @@ def anomalies(
 
 
 def _follow(run: str, db: Optional[Path], fmt: Format, spool: list[Path], interval: float,
-            exec_cmd: Optional[str], exit_on_finding: bool) -> None:
+            exec_cmd: Optional[str], exit_on_finding: bool, wait: float) -> None:
     import json
     import os
     import signal
     import subprocess
+    import sys
     import threading
 
     from tracekit.follow import FollowOptions, default_spools, follow
@@ -73,7 +76,9 @@ def _follow(run: str, db: Optional[Path], fmt: Format, spool: list[Path], interv
 
     try:
         found = follow(run, db=db, spools=default_spools(spool), on_finding=on_finding, stop=stop,
-                       options=FollowOptions(interval_s=interval))
+                       options=FollowOptions(interval_s=interval, wait_s=wait),
+                       on_wait=lambda: print(f"waiting up to {wait:g} s for run {run!r} to write (--wait)",
+                                             file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         found = []
     finally:
