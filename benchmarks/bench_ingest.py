@@ -5,7 +5,8 @@ with attributes and a few exception events), once per spool encoding, then synce
 job has ended. Each repeat ingests them into a fresh store; the median rate is reported (this machine is shared
 and noisy). The fair baselines load the same span rows into the same schema in the same run:
 `read_parquet` of one Parquet file holding them (the practical ceiling: a columnar file DuckDB reads natively)
-and `read_ndjson` of the same rows as plain JSON lines (what the JSON spool's fast path builds on), with the
+and `read_ndjson` of the same rows as plain JSON lines (what the JSON spool's fast path builds on), and an
+INSERT from the same rows already in memory as one Arrow table (no file at all: the table's own ceiling), with the
 settings ingest loads with, timed to the store's close as ingest is. Besides wall-clock spans/s it prints spans
 per CPU-second of the process (all threads), which a shared, loaded machine distorts far less.
 
@@ -126,6 +127,27 @@ def time_reader(root: Path, source: str, spans: int, repeat: int, label: str) ->
     return rates
 
 
+def time_arrow_insert(root: Path, table: "pa.Table", repeat: int) -> list[tuple[float, float]]:
+    """DuckDB inserting the same rows from an Arrow table already in memory: no file read or decode at all,
+    only the table's own insert (compression, row groups) and checkpoint — the ceiling of any loader into it."""
+    rates = []
+    for i in range(repeat):
+        db = root / f"arrow_insert{i}.duckdb"
+        con = connect(db)
+        tune_for_bulk_load(con)
+        con.execute("SET preserve_insertion_order = false")
+        con.register("tk_rows", table)
+
+        def load() -> None:
+            con.execute(f"INSERT INTO spans (run_id, {', '.join(FIELDS)}, pid) SELECT 'b', {', '.join(FIELDS)}, 1 "
+                        "FROM tk_rows")
+            con.close()
+
+        rates.append(_timed("arrow insert", i, table.num_rows, load))
+        db.unlink()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=1_000_000)
@@ -148,10 +170,11 @@ def main() -> None:
                   f"in {time.perf_counter() - t0:.1f} s")
         table = pa.Table.from_pylist([dict(zip(FIELDS, r)) for rows in rows_by_file for r in rows])
         pq.write_table(table, root / "spans.parquet")
+        in_memory = table
         with (root / "spans.ndjson").open("w") as fh:
             for rows in rows_by_file:
                 fh.writelines(json.dumps(dict(zip(FIELDS, r)), separators=(",", ":")) + "\n" for r in rows)
-        del table, rows_by_file
+        del table, rows_by_file  # in_memory keeps the Arrow rows for the insert ceiling
         os.sync()
 
         load_before = os.getloadavg()
@@ -161,10 +184,10 @@ def main() -> None:
         ndjson = time_reader(root, f"read_ndjson('{root / 'spans.ndjson'}', columns={{"
                                    + ", ".join(f"'{c}': '{'BIGINT' if c.endswith('_ns') else 'VARCHAR'}'" for c in FIELDS)
                                    + "})", spans, args.repeat, "read_ndjson")
-        wall = {k: median([r[0] for r in v]) for k, v in
-                (("binary", binary), ("json", jsonl), ("parquet", parquet), ("ndjson", ndjson))}
-        cpu = {k: median([r[1] for r in v]) for k, v in
-               (("binary", binary), ("json", jsonl), ("parquet", parquet), ("ndjson", ndjson))}
+        ceiling = time_arrow_insert(root, in_memory, args.repeat)
+        measured = (("binary", binary), ("json", jsonl), ("parquet", parquet), ("ndjson", ndjson), ("arrow", ceiling))
+        wall = {k: median([r[0] for r in v]) for k, v in measured}
+        cpu = {k: median([r[1] for r in v]) for k, v in measured}
         print(f"load average (1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; "
               f"{os.cpu_count()} CPUs; medians of {args.repeat}; wall-clock spans/s | spans per CPU-second")
         print(f"tracekit ingest, binary spool : {wall['binary']:12,.0f} | {cpu['binary']:12,.0f}  (target >= 2,000,000 spans/s)")
@@ -173,9 +196,13 @@ def main() -> None:
               f"binary/parquet {wall['binary'] / wall['parquet']:.2f} | {cpu['binary'] / cpu['parquet']:.2f} (target >= 0.5)")
         print(f"DuckDB read_ndjson, same rows : {wall['ndjson']:12,.0f} | {cpu['ndjson']:12,.0f}  "
               f"binary/ndjson {wall['binary'] / wall['ndjson']:.2f} | {cpu['binary'] / cpu['ndjson']:.2f}")
+        print(f"DuckDB insert of in-memory Arrow: {wall['arrow']:12,.0f} | {cpu['arrow']:12,.0f}  "
+              f"binary/insert {wall['binary'] / wall['arrow']:.2f} | {cpu['binary'] / cpu['arrow']:.2f} "
+              "(no file at all: the spans table's own insert, the ceiling of any loader)")
         final_line(name="ingest_spans_per_s", value=round(wall["binary"]), unit="spans/s", baseline="duckdb read_parquet",
                    baseline_value=round(wall["parquet"]), ratio=round(wall["binary"] / wall["parquet"], 2), target_ratio=0.5,
                    json_spool=round(wall["json"]), read_ndjson=round(wall["ndjson"]),
+                   arrow_insert_ceiling=round(wall["arrow"]), ratio_to_ceiling=round(wall["binary"] / wall["arrow"], 2),
                    cpu_spans_per_s={k: round(v) for k, v in cpu.items()},
                    cpu_ratio=round(cpu["binary"] / cpu["parquet"], 2), spans=spans, repeats=args.repeat,
                    load_avg=[round(load_before[0], 1), round(os.getloadavg()[0], 1)])
