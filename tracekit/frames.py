@@ -6,13 +6,14 @@ A binary spool file (``<stream>.<pid>.<id8>.tkb``) is written by capture's flush
     frame*                                                                           appended, one per flush
 
     frame = b"TKF" | kind (1 byte) | payload length (uint32 LE) | CRC-32 of the payload (uint32 LE) | payload
-    kind  = b"B": an Arrow IPC stream (schema and one record batch of the stream's records)
+    kind  = b"B": an Arrow IPC stream (the schema, then record batches of the stream's records)
             b"E": the footer, JSON ({"tracekit_end": <ns>, "records": N, "dropped": M}), written at a clean exit
 
 A frame is written by one ``os.write``; a process killed mid-write leaves a *torn* last frame (too short,
 or its CRC does not match), which :func:`scan` detects and ingest skips until it is complete. The header
 line stays JSON, so ``head -1`` shows what a file is and the JSON-lines tools that look for the header
-still recognise it. This module imports nothing heavy (no pyarrow): capture imports it at start-up.
+still recognise it. This module imports nothing heavy (no pyarrow): capture imports it at start-up, and
+``tracekit.capture.arrow_rows`` writes the frames' Arrow IPC in pure Python.
 """
 
 from __future__ import annotations
