@@ -25,7 +25,7 @@
 | TRACEKIT_INJECT_MODULES     | (unset)                | set by the campaign runner: modules whose functions are injection points (JSON) |
 | TRACEKIT_SERVE_TOKEN        | (unset)                | `tracekit serve`: token exporters must send (required off loopback) |
 | TRACEKIT_RUN_BY             | session.id,gen_ai.conversation.id,file | how OTLP spans are grouped into runs (attribute names, trace, file) |
-| TRACEKIT_SPOOL_FORMAT       | json                   | spool encoding of spans, events, collectives, steps: json or arrow |
+| TRACEKIT_SPOOL_FORMAT       | arrow                  | spool encoding of spans, events, collectives, steps: arrow or json |
 | TRACEKIT_NO_LEAN            | (unset)                | 1 keeps traced calls on the OpenTelemetry SDK path (no lean spans) |
 | TRACEKIT_FINDING            | (set by tracekit)      | `anomalies --follow --exec`: the finding (JSON) given to the command |
 | TRACEKIT_FINDING_KIND       | (set by tracekit)      | `anomalies --follow --exec`: the finding's kind             |

@@ -1,11 +1,11 @@
 """Crash-safe per-process spool files: one append-only file per (process, stream), JSON lines or binary, flushed on a timer.
 
-The high-volume streams (``BINARY_STREAMS``) can be written as binary Arrow frames (``tracekit.frames``,
-``.tkb``) with ``TRACEKIT_SPOOL_FORMAT=arrow`` (measured: 25 % less flusher CPU per span, 40 % smaller files
-and faster ingest than JSON lines). JSON lines stay the default because pyarrow's array constructors import
-pandas where it is installed: 0.3-0.5 s of CPU (holding the GIL) at every process's first flush, which a
-short-lived or forked process pays whole. Every other stream, and what the native torch writer writes, is
-JSON lines.
+The high-volume streams (``BINARY_STREAMS``) are written as binary Arrow frames (``tracekit.frames``,
+``.tkb``) by default: about half the flusher CPU per span of JSON lines, half the file size, and ingest
+reads them without parsing. The frames are encoded in pure Python (``arrow_rows``: no pyarrow, numpy or
+pandas import), so the first flush of a process costs what a JSON flush does. ``TRACEKIT_SPOOL_FORMAT=json``
+writes them as JSON lines instead (readable with ``head``/``jq``; ingest reads both). Every other stream,
+and what the native torch writer writes, is JSON lines.
 
 Layout of a run's spool directory::
 
@@ -24,7 +24,7 @@ timer thread of a process's capture: other periodic work (span export; the train
 torch capture's native writer thread is not there) rides on its wake-ups as tickers or
 ``before_flush`` hooks instead of waking a thread of its own (each wake-up costs ~0.1 ms of CPU on a
 VM), and with no ticker it sleeps while no record waits. Hot paths (a collective, a
-training step) hand over a tuple of values with ``write_row``; it is encoded to JSON at the flush, in
+training step) hand over a tuple of values with ``write_row``; it is encoded (Arrow or JSON) at the flush, in
 a batch, on the flusher thread rather than the caller's. Writing never raises into
 user code: a disk or permission error is counted, warned about once, and the records are dropped.
 """
@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 from tracekit import conventions as conv
 from tracekit import frames
+from tracekit.capture import arrow_rows
 from tracekit.config import default_node, spool_root
 
 JSON = "json"
@@ -62,12 +63,12 @@ class CaptureWarning(RuntimeWarning):
     """Capture could not write some records; the traced program keeps running."""
 
 
-DEFAULT_ENCODING = JSON  # see the module docstring for why binary frames are not (yet) the default
+DEFAULT_ENCODING = frames.ENCODING  # binary Arrow frames; TRACEKIT_SPOOL_FORMAT=json for JSON lines
 
 
 def spool_encoding(explicit: str | None = None) -> str:
     """The encoding of the high-volume streams (``BINARY_STREAMS``): ``explicit``, else ``TRACEKIT_SPOOL_FORMAT``
-    (``json``: JSON lines, the default; ``arrow``: binary Arrow frames). An unknown value falls back to the
+    (``arrow``: binary Arrow frames, the default; ``json``: JSON lines). An unknown value falls back to the
     default with one warning: capture never raises."""
     value = (explicit or os.environ.get("TRACEKIT_SPOOL_FORMAT") or DEFAULT_ENCODING).strip().lower()
     if value in (JSON, "jsonl"):
@@ -274,8 +275,6 @@ class SpoolStream:
             text, count, bad = _join(items)
             return text.encode("utf-8"), count - bad, bad
         try:
-            from tracekit.capture import arrow_rows  # pyarrow: imported by the first binary flush, never at start-up
-
             return arrow_rows.encode(conv.STREAMS[self.stream].fields, items)
         except Exception as exc:  # noqa: BLE001 - never raise from the flusher
             self.spool._report_drop_reason(f"cannot encode {self.stream} records: {exc}")
