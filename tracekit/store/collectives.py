@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
@@ -59,49 +60,77 @@ def _arrow(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> pa.Table:
 # Arrow columns): 8 M process groups, ops and sources as Arrow strings, then as polars string views, cost
 # more than all the numeric columns together; `to_polars` rebuilds them with a gather of the codes. A column
 # that is null throughout (error, or peer, in a run without failures or point-to-point calls) or one value
-# throughout (world_size; often the process group) is not read at all: one pass of counts finds them.
+# throughout (world_size; often the process group) is not read at all. Which columns those are is found
+# without a pass over the rows: the first row's values, then for each column whether any row differs from
+# them (`EXISTS`, which stops at the first such row, and for a column one value throughout DuckDB answers
+# from its per-row-group min/max without reading it: ~10 ms for 8 M rows, where counts and min/max of
+# every column took a scan of 0.1-0.2 s).
 _CODED = ("process_group", "op", "source", "error")
 _MAX_CODES = 256  # more distinct values than this: the column is read as text
 
 
+def _fixed(cursor: duckdb.DuckDBPyConnection, columns: list[str], rest: str,
+           params: dict[str, Any]) -> tuple[int, pa.Table, set[str]]:
+    """(rows, the first row (typed, empty when no rows), the columns null or one value throughout) of
+    ``SELECT columns FROM{rest}`` (``rest``: `` table WHERE condition``)."""
+    source, condition = rest.split("WHERE", 1)
+    rows = int(cursor.sql(f"SELECT count(*) FROM{rest}", params=params).fetchall()[0][0])
+    first = cursor.sql(f"SELECT {', '.join(columns)} FROM{rest} LIMIT 1", params=params).to_arrow_table()
+    if not rows or not first.num_rows:
+        return 0, first, set(columns)
+    values = first.to_pylist()[0]
+
+    def any_row(test: str) -> str:
+        return f"EXISTS (SELECT 1 FROM{source}WHERE ({condition.strip()}) AND {test})"
+
+    probes, bound = [], dict(params)
+    for i, c in enumerate(columns):
+        if values[c] is None:
+            probes.append(any_row(f"{c} IS NOT NULL"))
+        else:  # two tests, not one IS DISTINCT FROM: each is one DuckDB can check against a row group's min/max
+            bound[f"tk_{i}"] = values[c]
+            probes.append(f"{any_row(f'{c} <> $tk_{i}')} OR {any_row(f'{c} IS NULL')}")
+    varies = cursor.sql("SELECT " + ", ".join(probes), params=bound).fetchall()[0]
+    return rows, first, {c for c, v in zip(columns, varies) if not v}
+
+
 def _coded(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], coded: tuple[str, ...]) -> pa.Table:
-    """The result of ``sql`` (``SELECT col, col, ... FROM ...``: plain column names) with the ``coded``
+    """The result of ``sql`` (``SELECT col, col, ... FROM ... WHERE ...``: plain column names) with the ``coded``
     columns dictionary-encoded and the columns null or one value throughout made here, not read."""
     head, rest = sql.split("FROM", 1)
     columns = [c.strip() for c in head.strip().removeprefix("SELECT").split(",")]
     cursor = con.cursor()
     try:
-        stats = cursor.sql(  # text: its distinct values (min and max of text cost more); numbers: min and max
-            "SELECT count(*) AS tk_rows, " + ", ".join(
-                f'count({c}) AS "{c}#n", ' + (f'list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL) AS "{c}#v"'
-                                              if c in coded else f'min({c}) AS "{c}#min", max({c}) AS "{c}#max"')
-                for c in columns) + " FROM" + rest,
-            params=params,
-        ).to_arrow_table()
-        row = stats.to_pylist()[0]
-        rows = int(row["tk_rows"])
-        values = {c: sorted(row[f"{c}#v"] or []) for c in coded if len(row[f"{c}#v"] or []) <= _MAX_CODES}
-        fixed = {c for c in columns if not row[f"{c}#n"] or (row[f"{c}#n"] == rows and (
-            len(values[c]) == 1 if c in values else c not in coded and row[f"{c}#min"] == row[f"{c}#max"]))}
+        rows, first, fixed = _fixed(cursor, columns, rest, params)
+        varied = [c for c in columns if c in coded and c not in fixed]
+        values: dict[str, pa.Array] = {}
+        if varied:  # the values of the coded columns that vary (few, or the column is read as text)
+            found = cursor.sql("SELECT " + ", ".join(f"list_sort(list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)) AS {c}"
+                                                     for c in varied) + f" FROM{rest}", params=params).to_arrow_table()
+            values = {c: v for c in varied if len(v := found.column(c).combine_chunks().flatten()) <= _MAX_CODES}
         select = [c if c not in values else f"CAST(list_position($tk_{c}, {c}) - 1 AS INTEGER) AS {c}"
                   for c in columns if c not in fixed]
-        table = cursor.sql(
-            f"SELECT {', '.join(select)} FROM{rest}" if select else f"SELECT NULL AS tk_none FROM{rest}",
-            params={**params, **{f"tk_{c}": v for c, v in values.items() if c not in fixed}},
-        ).to_arrow_table()
+        table = cursor.sql(f"SELECT {', '.join(select)} FROM{rest}",
+                           params={**params, **{f"tk_{c}": v.to_pylist() for c, v in values.items()}}).to_arrow_table() \
+            if select else pa.table({"tk_none": pa.nulls(rows)}).drop_columns(["tk_none"])  # no columns, `rows` rows
     finally:
         cursor.close()
-    if not select:
-        table = table.drop_columns(["tk_none"])
     for i, c in enumerate(columns):
         if c in fixed:  # null or one value throughout: one run of its value (run-end encoded), nothing repeated
-            value = pa.array(values[c][:1] or [None], pa.string()) if c in values else stats.column(f"{c}#min").chunk(0)
-            ends = pa.array([rows] if rows else [], pa.int32())
-            table = table.add_column(i, c, pa.chunked_array(
-                [pa.RunEndEncodedArray.from_arrays(ends, value if rows else value.slice(0, 0))]))
+            table = table.add_column(i, c, pa.chunked_array([_one_run(first.column(c).combine_chunks(), rows)]))
         elif c in values:
-            table = table.set_column(i, c, _dictionary(table.column(i), pa.array(values[c], pa.string())))
+            table = table.set_column(i, c, _dictionary(table.column(i), values[c]))
     return table
+
+
+# Built from buffers: pyarrow's constructors from Python values (pa.array, pa.scalar, RunEndEncodedArray.from_arrays)
+# import pandas where it is installed, 0.3 s of a load that is otherwise 0.3 s.
+def _one_run(first: pa.Array, rows: int) -> pa.Array:
+    """``rows`` times the value of ``first`` (its first row; null when it has none), run-end encoded."""
+    value = first.slice(0, 1) if len(first) else pa.nulls(1, first.type)
+    ends = pa.Array.from_buffers(pa.int32(), 1 if rows else 0, [None, pa.py_buffer(np.array([rows], np.int32))])
+    return pa.Array.from_buffers(pa.run_end_encoded(pa.int32(), first.type), rows, [None],
+                                 children=[ends, value if rows else value.slice(0, 0)])
 
 
 def _dictionary(codes: pa.ChunkedArray, dictionary: pa.Array) -> pa.ChunkedArray:
@@ -112,35 +141,35 @@ def _dictionary(codes: pa.ChunkedArray, dictionary: pa.Array) -> pa.ChunkedArray
 def to_polars(table: pa.Table) -> "pl.DataFrame":
     """A polars frame of one of these tables: dictionary-encoded text columns decoded by a gather of their
     codes into plain strings (a cast of polars' categoricals costs twice as much), a column of one value
-    (run-end encoded) a polars literal that is only spread out where used."""
+    (run-end encoded) a polars literal that is only spread out where used.
+
+    Made by one `select` over the columns as DuckDB gave them: DuckDB's Arrow has a chunk per row group,
+    and adding a literal with `with_columns` (or reordering columns of unequal chunking) copies every
+    column into one chunk (300 MB for 8 M rows, 0.1-0.2 s), which nothing downstream needs."""
     import polars as pl
 
-    decoded, constant = {}, {}
+    plain: dict[str, pa.ChunkedArray] = {}
+    exprs: list[pl.Expr] = []
+    constant: dict[str, tuple[Any, Any]] = {}
     for i, fld in enumerate(table.schema):
         column = table.column(i)
-        if pa.types.is_dictionary(fld.type):
-            dictionary = column.chunks[0].dictionary if column.num_chunks else pa.array([], pa.string())
-            codes = pa.chunked_array([c.indices for c in column.chunks], pa.int32())
-            decoded[fld.name] = pl.Series(fld.name, dictionary.to_pylist(), pl.String).gather(pl.from_arrow(codes))
-        elif pa.types.is_run_end_encoded(fld.type):
+        if pa.types.is_run_end_encoded(fld.type):
             one = cast("pl.Series", pl.from_arrow(column.chunks[0].values if column.num_chunks else
-                                                 pa.array([], fld.type.value_type)))
+                                                 pa.nulls(0, fld.type.value_type)))
             constant[fld.name] = (one[0] if len(one) else None, one.dtype)
-    plain = table.drop_columns(list(constant)) if constant else table
-    for name in decoded:  # the codes stand in their place until the decoded column replaces them
-        i = plain.schema.get_field_index(name)
-        plain = plain.set_column(i, name, pa.chunked_array([c.indices for c in plain.column(i).chunks], pa.int32()))
-    frame = cast("pl.DataFrame", pl.from_arrow(plain))
-    if decoded:
-        frame = frame.with_columns(list(decoded.values()))
-    if constant:
-        if frame.width:
-            frame = frame.with_columns([pl.lit(v, dtype).alias(name) for name, (v, dtype) in constant.items()])
-        else:  # nothing to spread a literal over
-            frame = pl.DataFrame([pl.repeat(v, table.num_rows, dtype=dtype, eager=True).alias(name)
-                                  for name, (v, dtype) in constant.items()])
-        frame = frame.select(table.column_names)
-    return frame
+            exprs.append(pl.lit(one[0] if len(one) else None, one.dtype).alias(fld.name))
+            continue
+        if pa.types.is_dictionary(fld.type):
+            dictionary = column.chunks[0].dictionary if column.num_chunks else pa.nulls(0, pa.string())
+            column = pa.chunked_array([c.indices for c in column.chunks], pa.int32())
+            exprs.append(pl.lit(pl.Series(dictionary.to_pylist(), dtype=pl.String)).gather(pl.col(fld.name)).alias(fld.name))
+        else:
+            exprs.append(pl.col(fld.name))
+        plain[fld.name] = column
+    if not plain:  # nothing to spread a literal over
+        return pl.DataFrame([pl.repeat(v, table.num_rows, dtype=dtype, eager=True).alias(name)
+                             for name, (v, dtype) in constant.items()])
+    return cast("pl.DataFrame", pl.from_arrow(pa.table(plain))).select(exprs)
 
 
 def collectives_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
