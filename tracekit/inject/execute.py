@@ -132,13 +132,25 @@ def _json(obj: dict[str, Any]) -> str:
 
 
 class Executor(Protocol):
-    """Runs RunSpecs and yields their results as they finish."""
+    """Runs RunSpecs: `submit` one (a future of its result), or `run_all` and take results as they finish."""
 
     name: str
+    workers: int
+
+    def submit(self, spec: RunSpec) -> Future[RunResult]: ...
 
     def run_all(self, specs: Iterable[RunSpec]) -> Iterator[RunResult]: ...
 
     def close(self) -> None: ...
+
+
+def as_finished(futures: Iterable[Future[RunResult]]) -> Iterator[RunResult]:
+    """The results of `futures` in the order they finish."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            yield fut.result()
 
 
 class LocalExecutor:
@@ -150,15 +162,14 @@ class LocalExecutor:
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tracekit-campaign")
 
+    def submit(self, spec: RunSpec) -> Future[RunResult]:
+        return self._pool.submit(execute_run, spec)
+
     def run_all(self, specs: Iterable[RunSpec]) -> Iterator[RunResult]:
-        pending: set[Future[RunResult]] = {self._pool.submit(execute_run, s) for s in specs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
+        return as_finished([self.submit(s) for s in specs])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor:
@@ -173,22 +184,21 @@ class RayExecutor:
         import ray
 
         self._ray = ray
+        self.workers = max(1, workers)
         self._started = False
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
             self._started = True
         self._task = ray.remote(num_cpus=1)(execute_run)
 
+    def submit(self, spec: RunSpec) -> Future[RunResult]:
+        return self._task.remote(_shipping(spec)).future()  # a concurrent.futures.Future of the task's result
+
     def run_all(self, specs: Iterable[RunSpec]) -> Iterator[RunResult]:
-        ray = self._ray
-        pending = [self._task.remote(_shipping(s)) for s in specs]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
+        return as_finished([self.submit(s) for s in specs])
 
     def close(self) -> None:
         if self._started:

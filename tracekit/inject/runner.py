@@ -1,16 +1,18 @@
 """The campaign runner: profile runs, point discovery, budgeted injection batches, ingest, and the final analysis.
 
 The runner is the store's single writer for a campaign: workers (local pool or Ray) only execute
-runs and leave spool files; the runner ingests each run as it finishes, runs fault causality
-analysis after each batch so the allocator can steer, and stores the campaign row and its
-findings (one per cycle and chain) at the end.
+runs and leave spool files. Injection runs are pipelined (`_Session.steer`): every worker is kept
+busy; when all repeats of an experiment are back, a background thread ingests them and runs fault
+causality analysis while the workers go on, and the allocator is asked for more with the outcomes
+known so far. The runner stores the campaign row and its findings (one per cascade) at the end.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +20,7 @@ from typing import Any, Callable
 from tracekit.capture.setup import new_id
 from tracekit.config import db_path, spool_root
 from tracekit.errors import ConfigError
-from tracekit.inject.budget import Observed, Outcomes, make_allocator
+from tracekit.inject.budget import Allocator, Observed, Outcomes, make_allocator
 from tracekit.inject.campaign import Campaign, Experiment, PointInfo, candidate_experiments, primary_fault
 from tracekit.inject.execute import Executor, RunResult, RunSpec, make_executor, materialize
 from tracekit.inject.runtime import Plan
@@ -37,7 +39,7 @@ class CampaignResult:
     experiments: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     report: dict[str, Any] = field(default_factory=dict)
-    trajectory: list[dict[str, Any]] = field(default_factory=list)  # runs spent -> cycles found, per batch
+    trajectory: list[dict[str, Any]] = field(default_factory=list)  # runs spent -> cycles found, per analysis
     plan: dict[str, Any] = field(default_factory=dict)  # points found by the profile runs, experiments, budgets
     seconds: float = 0.0
 
@@ -78,16 +80,125 @@ class _Session:
         batch, not per run (the runner is the serial part of a campaign; see bench_campaign --breakdown)."""
         from tracekit.ingest import ingest_paths
 
-        run_dirs = []
+        run_dirs: list[Path] = []
         for outcome in self.executor.run_all(specs):
-            run_dirs.append(materialize(outcome, self.root))
-            result.runs += 1
-            result.outcomes[outcome.outcome] += 1
-            self.done += 1
-            if self.progress:
-                self.progress(self.done, self.total, _label(outcome))
+            self.count(outcome, run_dirs, result)
         if run_dirs:
             ingest_paths(run_dirs, self.db)
+
+    def steer(self, allocator: Allocator, budget: int, result: CampaignResult) -> None:
+        """Injection runs, pipelined: every worker busy while earlier experiments are ingested and analysed.
+
+        Runs of allocated experiments go to free workers in allocation order. When every repeat of an
+        experiment is back, the analyst thread (the store's only writer meanwhile) ingests its runs and
+        recomputes what each experiment caused. When a worker is free and no allocated run waits, the
+        allocator is asked again with the outcomes known so far; experiments still pending (allocated,
+        outcome not known) are never handed out twice. Only when no run is executing does the runner
+        wait for the analysis in progress before asking — so with one worker the allocator always sees
+        every earlier outcome and a seeded campaign is reproducible; with several, what it sees depends
+        on which runs finished first. Budget: runs allocated never exceed `budget`.
+        """
+        repeats = self.campaign.injection_repeats
+        workers = getattr(self.executor, "workers", 1)
+        outcomes: Outcomes = {}
+        pending: dict[Experiment, _Pending] = {}  # allocated, outcome not known yet
+        queue: deque[tuple[Experiment, RunSpec]] = deque()  # allocated runs no worker has yet
+        running: dict[Future[RunResult], Experiment] = {}
+        ready: list[Experiment] = []  # every run back, not handed to the analyst yet
+        analysing: Future[tuple[list[Experiment], dict[str, Observed], list[str]]] | None = None
+        committed = result.runs  # runs done or allocated
+        spent = False  # the budget (or the allocator) has nothing more
+        asked_at: tuple[int, int] | None = None  # (outcomes, pending) of the last answer with nothing new
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-analyst") as analyst:
+            while True:
+                while queue and len(running) < workers:
+                    exp, spec = queue.popleft()
+                    running[self.executor.submit(spec)] = exp
+                if analysing is None and ready:
+                    analysing = analyst.submit(self._observe, [pending[e] for e in ready])
+                    ready = []
+                if (not spent and not queue and len(running) < workers and (running or analysing is None)
+                        and asked_at != (len(outcomes), len(pending))):
+                    new = _allocate(allocator, outcomes, pending, (budget - committed) // repeats)
+                    if new is None:
+                        spent = True
+                    elif not new:
+                        asked_at = (len(outcomes), len(pending))
+                    for e in new or ():
+                        pending[e] = _Pending(e, repeats)
+                        queue.extend((e, self.spec(e.workload, e.plan(self.campaign_id), e.label, k))
+                                     for k in range(repeats))
+                        committed += repeats
+                    if new:
+                        continue
+                if not running and analysing is None and not ready and not queue:
+                    return
+                done, _ = wait([*running, *([analysing] if analysing else [])], return_when=FIRST_COMPLETED)
+                if analysing in done:
+                    exps, seen, cycles = analysing.result()
+                    analysing = None
+                    for e in exps:
+                        outcomes[e] = seen.get(e.label, Observed())
+                        del pending[e]
+                    result.experiments += len(exps)
+                    result.trajectory.append({"runs": result.runs, "experiments": result.experiments,
+                                              "cycles": cycles, "batch": [e.label for e in exps]})
+                for fut in [f for f in running if f in done]:  # in submission order
+                    exp = running.pop(fut)
+                    self.count(fut.result(), pending[exp].run_dirs, result)
+                    pending[exp].left -= 1
+                    if not pending[exp].left:
+                        ready.append(exp)
+
+    def count(self, outcome: RunResult, run_dirs: list[Path], result: CampaignResult) -> None:
+        run_dirs.append(materialize(outcome, self.root))
+        result.runs += 1
+        result.outcomes[outcome.outcome] += 1
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total, _label(outcome))
+
+    def _observe(self, done: list[_Pending]) -> tuple[list[Experiment], dict[str, Observed], list[str]]:
+        """(analyst thread) Ingest the runs of `done` experiments in one pass; what every experiment caused."""
+        from tracekit.analysis.causality import analyze_experiments
+        from tracekit.graph.propagation import build_graph, find_cycles, to_names
+        from tracekit.ingest import ingest_paths
+        from tracekit.store.db import connect
+
+        ingest_paths([d for p in done for d in p.run_dirs], self.db)
+        with connect(self.db, read_only=True) as con:
+            analysis = analyze_experiments(con, [self.campaign_id])
+            seen = observed(con, analysis)
+        return [p.experiment for p in done], seen, to_names(find_cycles(build_graph(analysis.edges)))
+
+
+@dataclass
+class _Pending:
+    """An allocated experiment: its runs not back yet, and the run directories of those that are."""
+
+    experiment: Experiment
+    left: int
+    run_dirs: list[Path] = field(default_factory=list)
+
+
+def _allocate(allocator: Allocator, outcomes: Outcomes, pending: dict[Experiment, _Pending],
+              slots: int) -> list[Experiment] | None:
+    """Up to `slots` experiments neither run nor pending; None when nothing is left to run at all.
+
+    The allocator is first asked with the outcomes known so far and its pending choices are dropped;
+    when it offers only pending ones, it is asked again with each pending experiment marked as run
+    with no outcome yet (`Observed()`), so a free worker gets the next choice instead of waiting.
+    """
+    if slots <= 0:
+        return None
+    offered = allocator.next_batch(outcomes, slots + len(pending))
+    new = [e for e in dict.fromkeys(offered) if e not in outcomes and e not in pending][:slots]
+    if new or not pending:
+        return new or None
+    if offered:
+        again = allocator.next_batch({**outcomes, **{e: Observed() for e in pending}}, slots)
+        new = [e for e in dict.fromkeys(again) if e not in outcomes and e not in pending][:slots]
+    return new  # [] with experiments pending: their outcomes may call for more (a confirmation)
 
 
 def _label(outcome: RunResult) -> str:
@@ -207,8 +318,7 @@ def run_campaign(
     With `dry_run`, only the profile runs execute: the result's `plan` lists the points they found
     (with their breadth priority), the number of experiments and the exhaustive budget.
     """
-    from tracekit.analysis.causality import analyze_campaign, analyze_experiments, report_findings
-    from tracekit.graph.propagation import build_graph, find_cycles, to_names
+    from tracekit.analysis.causality import analyze_campaign, report_findings
     from tracekit.store.campaigns import finish_campaign, insert_campaign
     from tracekit.store.db import connect
     from tracekit.store.findings import write_findings
@@ -251,24 +361,7 @@ def run_campaign(
             return result
         allocator = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=workers,
                                    points=found.points)
-        outcomes: Outcomes = {}
-        while True:
-            slots = (budget - result.runs) // repeats
-            batch = [e for e in allocator.next_batch(outcomes, slots) if e not in outcomes][:slots]
-            if not batch:
-                break
-            session.execute([
-                session.spec(e.workload, e.plan(campaign_id), e.label, k) for e in batch for k in range(repeats)
-            ], result)
-            result.experiments += len(batch)
-            with connect(store, read_only=True) as con:
-                analysis = analyze_experiments(con, [campaign_id])
-                seen = observed(con, analysis)
-            for e in batch:
-                outcomes[e] = seen.get(e.label, Observed())
-            cycles = to_names(find_cycles(build_graph(analysis.edges)))
-            result.trajectory.append({"runs": result.runs, "experiments": result.experiments, "cycles": cycles,
-                                      "batch": [e.label for e in batch]})
+        session.steer(allocator, budget, result)
         with connect(store, read_only=True) as con:
             result.report = analyze_campaign(con, [campaign_id])
         status = "done"
