@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tracekit.inject.campaign import Experiment, PointInfo
-from tracekit.inject.profile import call_depth, tie_break
+from tracekit.inject.profile import point_depth, tie_break
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,15 @@ def cluster_points(effects: dict[str, frozenset[str]], threshold: float = 0.5) -
 
 @dataclass(frozen=True)
 class Steering:
-    """How the steered allocator sizes its batches and how often it re-checks a partial edge."""
+    """How the steered allocator sizes its batches, re-checks partial edges, and grows chains.
+
+    The chain switches exist to ablate each rule (bench_campaign replays them on every target)."""
 
     batch: int = 2  # experiments per steered batch (one per worker keeps the pool busy)
     confirmations: int = 1  # extra attempts for an experiment whose injectable consequence was partial
+    head: bool = True  # after the first results, an exception at the most deeply nested point
+    next_frame: bool = True  # of the exceptions one experiment caused, only the innermost is stitched at once
+    outermost_last: bool = True  # an exception at a point nothing runs around is stitched after breadth
 
 
 class _Ordered:
@@ -151,17 +156,20 @@ class Breadth(_Ordered):
 
 
 class ThreePhase(_Ordered):
-    """Breadth by profile priority in small batches, each later batch steered by what earlier ones caused."""
+    """Breadth by profile priority in small batches, each later batch steered by what earlier ones caused.
+
+    Stateless between calls apart from the batch count: every choice is recomputed from `outcomes`, so a
+    pipelined runner may ask with some experiments still pending and drop the ones it already runs.
+    """
 
     name = "three-phase"
 
     def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float] | None = None,
-                 *, seed: int = 0, steering: Steering = Steering(), below: dict[str, int] | None = None,
-                 depth: dict[str, int] | None = None, inside: dict[str, tuple[str, ...]] | None = None) -> None:
+                 *, seed: int = 0, steering: Steering = Steering(), depth: dict[str, int] | None = None,
+                 inside: dict[str, tuple[str, ...]] | None = None) -> None:
         super().__init__(candidates, primary, priority or {}, seed)
         self.steering = steering
-        self.below = below or {}  # points beneath each point in the profile call graph
-        self.depth = depth or {}  # traced callers above each point
+        self.depth = depth or {}  # points standing above each point: traced callers, or spans around it in any process
         self.inside = inside or {}  # points whose spans ran within each point's spans (any process)
         self.by_fault: dict[str, list[Experiment]] = defaultdict(list)
         for exp in sorted(self.candidates, key=self.key):
@@ -180,17 +188,14 @@ class ThreePhase(_Ordered):
         return ({e: frozenset(v) for e, v in caused.items()},
                 {e: frozenset(partial[e] - caused.get(e, set())) for e in partial})
 
-    def _stitch(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment]) -> list[Experiment]:
+    def _stitch(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment],
+                reach: dict[str, int]) -> list[Experiment]:
         """Faults caused somewhere and not injected yet, those more experiments caused first."""
         votes: dict[str, int] = defaultdict(int)
         for names in caused.values():
             for name in names:
                 votes[name] += 1
         injected = {e.fault_name for e in done}
-        by_name: dict[str, frozenset[str]] = defaultdict(frozenset)
-        for exp, names in caused.items():
-            by_name[exp.fault_name] |= names
-        reach = _path_lengths(by_name)
         out = []
         for name in sorted(votes, key=lambda n: (-votes[n], tie_break(n, self.seed))):
             if name in injected:
@@ -209,28 +214,29 @@ class ThreePhase(_Ordered):
             return any(c in self.inside.get(e.point, ()) or c == e.point for c in causes[e.fault_name])
 
         # new behaviour (an exception, a flipped check) before "more of the same" (more calls: delay);
-        # then one that may close a loop, one that extends a longer known path (a chain); an exception
-        # seen leaving several frames is injected where it starts (the deepest frame) first
+        # then one that may close a loop, one that extends a longer known path (a chain); of exceptions,
+        # the one raised in the innermost frame first (where the others came from)
         out.sort(key=lambda e: (e.fault == "delay", not closes(e), -reach.get(e.fault_name, 0), -votes[e.fault_name],
-                                self.below.get(e.point, 0) if e.fault == "raise" else 0, self.key(e)))
+                                -self.depth.get(e.point, 0) if e.fault == "raise" else 0, self.key(e)))
         return out
 
-    def _extend_back(self, caused: dict[Experiment, frozenset[str]], done: set[Experiment]) -> list[Experiment]:
-        """A chain grows backwards too: where an exception already linked at X may come from — an exception
-        at a point that runs within X (a callee, or a server handling what X waits on), the innermost first."""
-        linked = {e.point for e, names in caused.items() if e.fault == "raise" and names}
-        linked |= {n.rsplit(":", 1)[0] for names in caused.values() for n in names if n.endswith(":raise")}
-        raised = {e.point for e in done if e.fault == "raise"}
-        out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
-               and any(e.point in self.inside.get(x, ()) for x in linked)]
-        return sorted(out, key=lambda e: (len(self.inside.get(e.point, ())), self.key(e)))
+    def _next_frames(self, caused: dict[Experiment, frozenset[str]], new: list[Experiment]) -> list[Experiment]:
+        """Per experiment, the innermost exception it caused that nobody injected yet: the next frame its
+        exception path reached (the outer frames it left follow from that one's own injection)."""
+        out: set[Experiment] = set()
+        for names in caused.values():
+            raised = [e for e in new if e.fault == "raise" and e.fault_name in names]
+            if raised:
+                out.add(max(raised, key=lambda e: (self.depth.get(e.point, 0), -new.index(e))))
+        return [e for e in new if e in out]
 
     def _chain_starts(self, done: set[Experiment]) -> list[Experiment]:
-        """An exception at each point that has traced callers, the deepest first: where chains start."""
+        """An exception at each point that something runs around, the most deeply nested first: where
+        chains start (an exception there can leave every frame around it, one link per frame)."""
         raised = {e.point for e in done if e.fault == "raise"}
         out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
                and self.depth.get(e.point, 0) > 0]
-        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), self.below.get(e.point, 0), self.key(e)))
+        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), self.key(e)))
 
     def by_fault_kind(self, kind: str) -> list[Experiment]:
         return [e for e in self.candidates if e.fault == kind]
@@ -263,14 +269,36 @@ class ThreePhase(_Ordered):
     def next_batch(self, outcomes: Outcomes, slots: int) -> list[Experiment]:
         if slots <= 0:
             return []
+        steer = self.steering
         done = {e.base for e in outcomes}
-        size = self.first if self.batches == 0 else self.steering.batch
+        size = self.first if self.batches == 0 else steer.batch
         caused, partial = self._caused(outcomes)
-        stitch = self._stitch(caused, done)
-        # new behaviour caused somewhere, then what may cause a linked exception, then more of the same
-        order = [e for e in stitch if e.fault != "delay"] + self._extend_back(caused, done)
-        order += [e for e in stitch if e.fault == "delay"] + self._confirm(outcomes, partial) + self.breadth(done)
-        order += self._chain_starts(done) + self._diversity(caused, done)
+        by_name: dict[str, frozenset[str]] = defaultdict(frozenset)
+        for exp, names in caused.items():
+            by_name[exp.fault_name] |= names
+        reach = _path_lengths(by_name)
+        stitch = self._stitch(caused, done, reach)
+        new = [e for e in stitch if e.fault != "delay"]
+        frames = self._next_frames(caused, new) if steer.next_frame else [e for e in new if e.fault == "raise"]
+        # a raise the system itself answered a delay or a flipped check with (a timeout) is loop material
+        by_other = {n for e, names in caused.items() if e.fault != "raise" for n in names}
+        flips = [e for e in new if e.fault != "raise" or e.fault_name in by_other]
+        if steer.outermost_last:  # an exception nothing runs around can only end the process
+            frames = [e for e in frames if self.depth.get(e.point, 0) > 0]
+            flips = [e for e in flips if e.fault != "raise" or self.depth.get(e.point, 0) > 0]
+        heads = self._chain_starts(done)
+        probed = any(e.fault == "raise" and self.depth.get(e.point, 0) > 0 for e in done)
+        # the next frame of an exception path, new behaviour, one probe where chains start, more of the
+        # same (delays), then partial edges, breadth, the rest of the stitches, other chain starts, diversity
+        head = heads[:1] if steer.head and not probed else []
+        if not done:
+            # the first batch: one probe where chains start, when its exception can leave two frames or
+            # more (a chain of two links), and the top of breadth
+            order = [e for e in head if self.depth.get(e.point, 0) >= 2]
+        else:
+            order = frames + head + flips
+        order += [e for e in stitch if e.fault == "delay"] + self._confirm(outcomes, partial)
+        order += self.breadth(done) + new + heads + self._diversity(caused, done)
         batch = list(dict.fromkeys(e for e in order if e not in outcomes))[:min(size, slots)]
         self.batches += 1
         return batch
@@ -302,7 +330,7 @@ def _path_lengths(caused: dict[str, frozenset[str]], bound: int = 6) -> dict[str
 
 def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[str, str], seed: int = 0,
                    priority: dict[str, float] | None = None, batch: int = 2,
-                   points: list[PointInfo] | None = None) -> Allocator:
+                   points: list[PointInfo] | None = None, steering: Steering | None = None) -> Allocator:
     """The allocator of `strategy`; `points` (from the profile runs) give the call graph three-phase steers by."""
     if strategy == "exhaustive":
         return Exhaustive(candidates)
@@ -310,6 +338,6 @@ def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[st
         return UniformRandom(candidates, seed)
     if strategy == "breadth":
         return Breadth(candidates, primary, priority or {}, seed)
-    below = {i.point: i.below for i in points or ()}
-    return ThreePhase(candidates, primary, priority, seed=seed, steering=Steering(batch=max(2, batch)), below=below,
-                      depth=call_depth(points or []), inside={i.point: i.inside for i in points or ()})
+    steering = replace(steering or Steering(), batch=max(2, batch))
+    return ThreePhase(candidates, primary, priority, seed=seed, steering=steering, depth=point_depth(points or []),
+                      inside={i.point: i.inside for i in points or ()})

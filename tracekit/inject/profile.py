@@ -6,8 +6,11 @@ phase from what the profile runs (no injection) showed about each point:
 * **hot path** — calls per run: a point called on every request is where a fault meets the workload;
 * **loop feeder** — called more than once per call of its parent (a loop, a retry, a queue drain):
   faults there are repeated by the program itself, the raw material of a self-sustaining cascade;
-* **call-graph position** — how many other points run beneath it (a delay there delays them all) and
-  whether it is a boolean check (negating a check changes a branch: CSnake's most productive kind);
+* **call-graph position** — how many other points run beneath it (a delay there delays them all), how
+  many stand above it (traced callers, or spans around it in any process: a server handler is as deep
+  as the client call waiting on it; an exception there can leave every frame around it, one link of a
+  chain each) and whether it is a boolean check (negating a check changes a branch: CSnake's most
+  productive kind);
 * **timing slack** — calls per run that vary across profile repeats: the workload's own timing
   decides how often it runs, so a delay elsewhere changes it (a timeout, a retry, a poll).
 
@@ -66,22 +69,30 @@ def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, An
     return out
 
 
-def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, window: int = 4000) -> dict[str, set[str]]:
-    """For each span name: the other names whose spans started and ended within one of its spans, in
-    any process of the same run (a server handling the request a client waits on). Bounded: at most
-    `per_point` spans of a name per run and `window` later-starting spans each are looked at.
+def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, window: int = 4000,
+                  share: float = 0.5, sample: int = 200) -> dict[str, set[str]]:
+    """For each span name: the other names whose spans run within its spans, in any process of the same
+    run (a server handling the request a client waits on).
+
+    A name counts as inside another when at least `share` of its spans (at most `sample` per run
+    looked at) lie within that name's spans: a handler runs within what waits on it nearly every
+    time, while a poll loop in another process only overlaps a slow call by chance. Candidates come
+    from a bounded scan: at most `per_point` spans of a name per run and `window` later-starting
+    spans each.
 
     >>> nested_points([[{"name": "call", "start_ns": 0, "end_ns": 10}, {"name": "handle", "start_ns": 2, "end_ns": 5}]])
     {'call': {'handle'}}
     """
     from bisect import bisect_right
 
-    out: dict[str, set[str]] = defaultdict(set)
+    candidates: dict[str, set[str]] = defaultdict(set)
+    within: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for spans in runs:
         spans = sorted((s for s in spans if s.get("start_ns") is not None and s.get("end_ns") is not None),
                        key=lambda s: s["start_ns"])
         starts = [s["start_ns"] for s in spans]
         seen: dict[str, int] = defaultdict(int)
+        found: dict[str, set[str]] = defaultdict(set)
         for i, outer in enumerate(spans):
             if seen[outer["name"]] >= per_point:
                 continue
@@ -89,8 +100,66 @@ def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, win
             stop = min(bisect_right(starts, outer["end_ns"]), i + 1 + window)
             for inner in spans[i + 1:stop]:
                 if inner["end_ns"] <= outer["end_ns"] and inner["name"] != outer["name"]:
-                    out[outer["name"]].add(inner["name"])
-    return dict(out)
+                    found[outer["name"]].add(inner["name"])
+        if not found:
+            continue
+        by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in spans:
+            by_name[s["name"]].append(s)
+        for outer_name, inner_names in found.items():
+            candidates[outer_name] |= inner_names
+            cover = _union(by_name[outer_name])
+            lefts = [a for a, _ in cover]
+            for inner_name in inner_names:
+                mine = by_name[inner_name]
+                for s in mine[:: max(1, len(mine) // sample)][:sample]:
+                    k = bisect_right(lefts, s["start_ns"]) - 1
+                    tally = within[(outer_name, inner_name)]
+                    tally[0] += 1 if k >= 0 and s["end_ns"] <= cover[k][1] else 0
+                    tally[1] += 1
+    out: dict[str, set[str]] = {}
+    for outer_name, inner_names in candidates.items():
+        kept = {n for n in inner_names if within[(outer_name, n)][0] >= share * within[(outer_name, n)][1]}
+        if kept:
+            out[outer_name] = kept
+    return out
+
+
+def _union(spans: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The time covered by `spans` (sorted by start) as disjoint [start, end] intervals."""
+    out: list[tuple[int, int]] = []
+    for s in spans:
+        if out and s["start_ns"] <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], s["end_ns"]))
+        else:
+            out.append((s["start_ns"], s["end_ns"]))
+    return out
+
+
+def nest_depth(inside: dict[str, Iterable[str]]) -> dict[str, int]:
+    """How many points stand above each point when spans are nested in any process (the longest chain of
+    points each running within the next): how many frames an exception raised there can leave.
+
+    >>> nest_depth({"request": ["call", "handle"], "call": ["handle"]})
+    {'call': 1, 'handle': 2, 'request': 0}
+    """
+    outer: dict[str, set[str]] = defaultdict(set)
+    for o, inners in inside.items():
+        for i in inners:
+            outer[i].add(o)
+    depth: dict[str, int] = {}
+    busy: set[str] = set()  # on the current walk: an edge back to one is a loop of mutual nesting, skipped
+
+    def walk(point: str) -> int:
+        if point not in depth:
+            busy.add(point)
+            depth[point] = max((walk(o) + 1 for o in sorted(outer.get(point, ())) if o not in busy), default=0)
+            busy.discard(point)
+        return depth[point]
+
+    for point in sorted(set(inside) | set(outer)):
+        walk(point)
+    return dict(sorted(depth.items()))
 
 
 def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
@@ -117,6 +186,18 @@ def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
     return depth
 
 
+def point_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
+    """How many points stand above each point: traced callers in its process, or spans around its spans
+    in any process (a server handler is as deep as the client call waiting on it), whichever is more.
+
+    >>> point_depth([PointInfo("cli.call", "traced", inside=("srv.handle",)), PointInfo("srv.handle", "traced")])
+    {'cli.call': 0, 'srv.handle': 1}
+    """
+    infos = list(infos)
+    calls, nests = call_depth(infos), nest_depth({i.point: i.inside for i in infos})
+    return {i.point: max(calls.get(i.point, 0), nests.get(i.point, 0)) for i in infos}
+
+
 def _descendants(point: str, children: dict[str, set[str]]) -> set[str]:
     seen: set[str] = set()
     stack = [point]
@@ -137,9 +218,12 @@ class Signals:
     below: bool = True
     check: bool = True
     slack: bool = True
+    depth: bool = True
 
-    def values(self, info: PointInfo) -> list[float]:
+    def values(self, info: PointInfo, depth: int = 0) -> list[float]:
         out: list[float] = []
+        if self.depth:
+            out.append(float(depth))
         if self.hot:
             out.append(info.calls)
         if self.loop:
@@ -164,7 +248,8 @@ def priorities(infos: list[PointInfo], signals: Signals = Signals(), seed: int =
     """
     if not infos:
         return {}
-    columns = list(zip(*(signals.values(i) for i in infos))) or [tuple(0.0 for _ in infos)]
+    depth = point_depth(infos)
+    columns = list(zip(*(signals.values(i, depth.get(i.point, 0)) for i in infos))) or [tuple(0.0 for _ in infos)]
     score = [0.0] * len(infos)
     for column in columns:
         ranks = _ranks(list(column))
