@@ -9,7 +9,10 @@ Reading and detecting run in a fresh child process, so its peak memory (ru_maxrs
 Builds a synthetic job (arrival noise on every rank, one straggler from step 500), loads it into a real
 DuckDB store, then times (a) reading the run's frames back and (b) running every detector. Checks that
 the straggler is named. The baseline is a single DuckDB `GROUP BY` over the same table (the least a
-per-rank analysis must do). The last line is one JSON object with the figures.
+per-rank analysis must do). The read (a) is also timed alone, `--repeats` times in fresh processes
+alternated with its own baseline: a plain `SELECT` of the same columns of the run fetched to Arrow
+(what the read did before it learned to skip constant columns and to code text). The last line is one
+JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ def synthetic(ranks: int, steps: int, per_step: int, culprit: int, onset: int, s
     })
 
 
-def measure_detection(db: Path, run_id: str, live_steps: int | None) -> dict:
+def measure_detection(db: Path, run_id: str, live_steps: int | None, mode: str = "detect") -> dict:
     """In a fresh process (so its peak memory is detection's own): read the run's frames and detect, or
-    (live_steps) one live poll: read the last `live_steps` steps and detect. Prints one JSON line."""
+    (live_steps) one live poll: read the last `live_steps` steps and detect. Prints one JSON line.
+    Mode "load": only read the frames; "plain": only the baseline read (a plain SELECT to Arrow)."""
     import resource
 
     import polars as pl
@@ -65,6 +69,13 @@ def measure_detection(db: Path, run_id: str, live_steps: int | None) -> dict:
 
     with connect(db, read_only=True) as con:
         t0 = time.perf_counter()
+        c0 = time.process_time()
+        if mode == "plain":
+            from tracekit.store.collectives import _COLLECTIVES_SQL
+
+            rows = con.sql(_COLLECTIVES_SQL, params={"run": run_id}).to_arrow_table().num_rows
+            return {"load_s": round(time.perf_counter() - t0, 3), "load_cpu_s": round(time.process_time() - c0, 3),
+                    "rows": rows}
         if live_steps:
             from tracekit.store.live import window_tables
 
@@ -72,6 +83,9 @@ def measure_detection(db: Path, run_id: str, live_steps: int | None) -> dict:
         else:
             frames = frames_from_store(con, run_id)
         load_s = time.perf_counter() - t0
+        load_cpu_s = time.process_time() - c0
+    if mode == "load":
+        return {"load_s": round(load_s, 3), "load_cpu_s": round(load_cpu_s, 3), "rows": frames.collectives.height}
     t0 = time.perf_counter()
     findings = detect(frames)
     detect_s = time.perf_counter() - t0
@@ -88,10 +102,13 @@ def main() -> None:
     p.add_argument("--per-step", type=int, default=8)
     p.add_argument("--live-steps", type=int, default=64, help="also time one live poll over this many last steps "
                    "(what `anomalies --follow` reads each second; 0: skip)")
-    p.add_argument("--measure", nargs=2, metavar=("DB", "LIVE_STEPS"), help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=3, help="fresh-process reads of the frames and of the baseline "
+                   "read, alternated (medians reported; 0: skip)")
+    p.add_argument("--measure", nargs=3, metavar=("DB", "LIVE_STEPS", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:  # the child process of the separate-process measurement
-        print(json.dumps(measure_detection(Path(args.measure[0]), "scale", int(args.measure[1]) or None)))
+        db, live_steps, mode = args.measure
+        print(json.dumps(measure_detection(Path(db), "scale", int(live_steps) or None, mode)))
         return
     from tracekit.store.db import connect
 
@@ -111,13 +128,19 @@ def main() -> None:
         con.close()
         del table
 
-        def child(live: int) -> dict:
-            out = subprocess.run([sys.executable, __file__, "--measure", str(db), str(live)], capture_output=True,
+        def child(live: int, mode: str = "detect") -> dict:
+            out = subprocess.run([sys.executable, __file__, "--measure", str(db), str(live), mode], capture_output=True,
                                  text=True, check=True)
             return json.loads(out.stdout.strip().splitlines()[-1])
 
+        reads: dict[str, list[dict]] = {"load": [], "plain": []}
+        for _ in range(args.repeats):  # alternated, so a change in the machine's load falls on both
+            for mode in reads:
+                reads[mode].append(child(0, mode))
         full = child(0)
         live = child(args.live_steps) if args.live_steps else None
+    read = {mode: {k: float(np.median([r[k] for r in runs])) for k in ("load_s", "load_cpu_s")}
+            for mode, runs in reads.items() if runs}
     load_s, detect_s = full["load_s"], full["detect_s"]
     named = bool(full["top"] and full["top"].split()[1] == f"rank:{culprit}")
     total = load_s + detect_s
@@ -127,6 +150,12 @@ def main() -> None:
           f"peak memory of the detecting process {full['peak_rss_gib']} GiB")
     print(f"baseline (one DuckDB GROUP BY rank): {baseline_s:.2f} s; ratio {total / baseline_s:.1f}x")
     print(f"top finding: {full['top']} (injected: straggler rank:{culprit} from step {onset}); named: {named}")
+    if read:
+        load, plain = read["load"], read["plain"]
+        print(f"read alone, median of {args.repeats} fresh processes: {load['load_s']:.3f} s ({load['load_cpu_s']:.3f} "
+              f"CPU-s); baseline (plain SELECT of the same columns to Arrow): {plain['load_s']:.3f} s "
+              f"({plain['load_cpu_s']:.3f} CPU-s); the read is {plain['load_s'] / load['load_s']:.2f}x as fast "
+              f"({plain['load_cpu_s'] / load['load_cpu_s']:.2f}x in CPU)")
     if live:
         print(f"one live poll (last {args.live_steps} steps): read {live['load_s']:.2f} s + detect {live['detect_s']:.2f} s "
               f"= {live['load_s'] + live['detect_s']:.2f} s; top {live['top']}")
@@ -134,7 +163,12 @@ def main() -> None:
                       "detect_s": detect_s, "load_s": load_s, "rows": rows, "peak_rss_gib": full["peak_rss_gib"],
                       "live_poll_s": None if not live else round(live["load_s"] + live["detect_s"], 2),
                       "baseline": "duckdb group by rank", "baseline_value": round(baseline_s, 3),
-                      "ratio": round(total / baseline_s, 1), "culprit_named": named}))
+                      "ratio": round(total / baseline_s, 1), "culprit_named": named,
+                      "read_s": read["load"]["load_s"] if read else None,
+                      "read_cpu_s": read["load"]["load_cpu_s"] if read else None,
+                      "read_baseline": "plain select to arrow",
+                      "read_baseline_s": read["plain"]["load_s"] if read else None,
+                      "read_speedup": round(read["plain"]["load_s"] / read["load"]["load_s"], 2) if read else None}))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def _coded(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cod
             found = cursor.sql("SELECT " + ", ".join(f"list_sort(list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)) AS {c}"
                                                      for c in varied) + f" FROM{rest}", params=params).to_arrow_table()
             values = {c: v for c in varied if len(v := found.column(c).combine_chunks().flatten()) <= _MAX_CODES}
-        select = [c if c not in values else f"CAST(list_position($tk_{c}, {c}) - 1 AS INTEGER) AS {c}"
+        select = [c if c not in values else f"CAST(list_position($tk_{c}, {c}) - 1 AS {_code_type(values[c])[0]}) AS {c}"
                   for c in columns if c not in fixed]
         table = cursor.sql(f"SELECT {', '.join(select)} FROM{rest}",
                            params={**params, **{f"tk_{c}": v.to_pylist() for c, v in values.items()}}).to_arrow_table() \
@@ -133,9 +133,15 @@ def _one_run(first: pa.Array, rows: int) -> pa.Array:
                                  children=[ends, value if rows else value.slice(0, 0)])
 
 
+def _code_type(dictionary: pa.Array) -> tuple[str, pa.DataType]:
+    """The narrowest signed integer (SQL, Arrow) for codes into ``dictionary``: 1 byte a row, not 4, for the
+    usual few values (8 M rows: 25 MB less to write, and in a fresh process every new page costs)."""
+    return ("TINYINT", pa.int8()) if len(dictionary) <= 127 else ("SMALLINT", pa.int16())
+
+
 def _dictionary(codes: pa.ChunkedArray, dictionary: pa.Array) -> pa.ChunkedArray:
     return pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in codes.chunks],
-                            pa.dictionary(pa.int32(), pa.string()))
+                            pa.dictionary(_code_type(dictionary)[1], pa.string()))
 
 
 def to_polars(table: pa.Table) -> "pl.DataFrame":
@@ -161,7 +167,7 @@ def to_polars(table: pa.Table) -> "pl.DataFrame":
             continue
         if pa.types.is_dictionary(fld.type):
             dictionary = column.chunks[0].dictionary if column.num_chunks else pa.nulls(0, pa.string())
-            column = pa.chunked_array([c.indices for c in column.chunks], pa.int32())
+            column = pa.chunked_array([c.indices for c in column.chunks], fld.type.index_type)
             exprs.append(pl.lit(pl.Series(dictionary.to_pylist(), dtype=pl.String)).gather(pl.col(fld.name)).alias(fld.name))
         else:
             exprs.append(pl.col(fld.name))
