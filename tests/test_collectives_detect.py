@@ -278,3 +278,125 @@ def test_every_threshold_is_documented_where_it_is_declared() -> None:
     for f in fields(Thresholds):
         line = next(l for l in source.splitlines() if l.strip().startswith(f"{f.name}:"))
         assert "#" in line, f"Thresholds.{f.name} has no comment saying what it means"
+
+
+# ---------------------------------------------------------------------------------------------
+# the same frames read back from a real store (tracekit.store.collectives: constant columns not read,
+# text as codes)
+
+
+def _store(tmp_path, runs: dict[str, pl.DataFrame]):
+    from tracekit.store.db import connect
+
+    con = connect(tmp_path / "store.duckdb")
+    for run_id, frame in runs.items():
+        con.register("rows", frame.to_arrow())
+        con.execute("INSERT INTO collectives BY NAME SELECT ? AS run_id, * FROM rows", [run_id])
+        con.unregister("rows")
+    return con
+
+
+def _plain(con, run_id: str) -> pl.DataFrame:
+    from tracekit.store import collectives as q
+
+    return pl.from_arrow(con.sql(q._COLLECTIVES_SQL, params={"run": run_id}).to_arrow_table())  # type: ignore[return-value]
+
+
+def test_a_run_read_back_from_the_store_has_the_same_rows_and_findings(tmp_path) -> None:
+    import pyarrow as pa
+
+    from tracekit.analysis.collectives import frames_from_store
+    from tracekit.store import collectives as q
+
+    run = build(late={2: (10, 40)})
+    other = build(world=8, steps=3).collectives.with_columns(  # another run, whose values must not leak in
+        world_size=pl.lit(8, pl.Int32), process_group=pl.lit("pg1"), op=pl.lit("broadcast"), peer=pl.lit(3, pl.Int32),
+        error=pl.lit("NCCL timeout"), ok=pl.lit(False), source=pl.lit("call"))
+    con = _store(tmp_path, {"other": other, "run": run.collectives})
+    read = frames_from_store(con, "run").collectives
+    plain = _plain(con, "run")
+    assert read.schema == plain.schema and read.equals(plain)
+    assert read.equals(run.collectives.drop("async_op"))
+    table = q.collectives_table(con, "run")  # one value or null throughout in this run: not read
+    for name in ("world_size", "process_group", "op", "bytes", "ok", "peer", "source", "error"):
+        assert pa.types.is_run_end_encoded(table.schema.field(name).type), name
+    from_store = RunFrames(collectives=read, steps=run.steps, heartbeats=run.heartbeats)
+    assert [f.to_dict() for f in detect(from_store)] == [f.to_dict() for f in detect(run)]
+    assert [f.subject for f in detect(from_store)] == ["rank:2"]
+    con.close()
+
+
+@pytest.mark.parametrize("last", ["other value", "null", "same"])
+def test_a_column_is_left_unread_only_when_every_row_of_the_run_has_its_one_value(tmp_path, last: str) -> None:
+    """Which columns are constant is found from the first row and an EXISTS per column (no pass over the
+    rows): one row that differs, last in the run, or a null after values, makes the column read."""
+    import pyarrow as pa
+
+    from tracekit.store import collectives as q
+
+    n = 320  # 4 ranks x 20 steps x 4
+    value = {"other value": (7, "call", True), "null": (None, None, None), "same": (4, "ddp", False)}[last]
+    frame = build(world=4, steps=20, per_step=4).collectives.drop("async_op").with_columns(
+        world_size=pl.Series([4] * (n - 1) + [value[0]], dtype=pl.Int32),
+        source=pl.Series(["ddp"] * (n - 1) + [value[1]], dtype=pl.String),
+        nonfinite=pl.Series([False] * (n - 1) + [value[2]], dtype=pl.Boolean),
+        peer=pl.Series([None] * (n - 1) + [value[0]], dtype=pl.Int32))  # null until the last row
+    con = _store(tmp_path, {"run": frame, "after": frame.head(5).with_columns(world_size=pl.lit(9, pl.Int32))})
+    table = q.collectives_table(con, "run")
+    constant = last == "same"
+    for name in ("world_size", "source", "nonfinite"):
+        assert pa.types.is_run_end_encoded(table.schema.field(name).type) == constant, name
+    assert pa.types.is_run_end_encoded(table.schema.field("peer").type) == (last == "null")  # null throughout
+    read = q.to_polars(table)
+    assert read.schema == _plain(con, "run").schema and read.equals(_plain(con, "run"))
+    con.close()
+
+
+@pytest.mark.parametrize("values, code", [(127, "int8"), (128, "int16"), (256, "int16"), (257, None)])
+def test_text_codes_are_the_narrowest_integer_and_round_trip_at_the_boundaries(tmp_path, values: int, code) -> None:
+    import pyarrow as pa
+
+    from tracekit.store import collectives as q
+
+    frame = build(world=4, steps=80, per_step=4).collectives.drop("async_op")  # 1,280 rows
+    names = [f"op {i:03d} é" for i in range(values)]  # the last value is the highest code
+    frame = frame.with_columns(op=pl.Series([names[i % values] for i in range(frame.height)], dtype=pl.String))
+    con = _store(tmp_path, {"run": frame})
+    table = q.collectives_table(con, "run")
+    kind = table.schema.field("op").type
+    if code is None:  # more values than are coded: read as text
+        assert pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    else:
+        assert pa.types.is_dictionary(kind) and str(kind.index_type) == code
+    read = q.to_polars(table)
+    assert read.equals(_plain(con, "run")) and set(read["op"].unique()) == set(names)
+    con.close()
+
+
+def test_an_empty_or_one_row_run_reads_back_like_a_plain_read(tmp_path) -> None:
+    from tracekit.store import collectives as q
+
+    frame = build(world=2, steps=2, per_step=1).collectives.drop("async_op")
+    con = _store(tmp_path, {"run": frame.head(1), "more": frame})
+    for run_id in ("run", "nothing"):
+        read = q.to_polars(q.collectives_table(con, run_id))
+        assert read.schema == _plain(con, run_id).schema and read.equals(_plain(con, run_id))
+    assert q.to_polars(q.collectives_table(con, "nothing")).height == 0
+    con.close()
+
+
+def test_reading_a_run_does_not_import_pandas(tmp_path) -> None:
+    """pyarrow's constructors from Python values import pandas where it is installed: 0.3 s of a 0.3 s read."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("pandas")
+    con = _store(tmp_path, {"run": build(world=2, steps=4).collectives})
+    con.close()
+    code = ("import sys; from tracekit.store.db import connect; from tracekit.analysis.collectives import frames_from_store\n"
+            f"con = connect({str(tmp_path / 'store.duckdb')!r}, read_only=True)\n"
+            "f = frames_from_store(con, 'run'); assert f.collectives.height == 32, f.collectives.height\n"
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
