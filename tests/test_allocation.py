@@ -1,0 +1,151 @@
+"""Three-phase allocation grows chains from where exceptions start: nesting, depth, head probes, next frames."""
+
+from __future__ import annotations
+
+from tracekit.inject.budget import Observed, Steering, make_allocator
+from tracekit.inject.campaign import Experiment, PointInfo
+from tracekit.inject.profile import nested_points, point_depth, priorities
+
+
+def span(name: str, start: int, end: int) -> dict:
+    return {"name": name, "start_ns": start, "end_ns": end}
+
+
+def test_a_poll_loop_overlapping_a_slow_call_by_chance_is_not_nested():
+    # `job` (40 ns) runs in a worker; `poll` ticks every 50 ns in the producer for the whole run, so some
+    # polls fall within a job by chance; `handle` runs within every `call` (a server answering a client)
+    spans = [span("job", 100 * k, 100 * k + 40) for k in range(6)]
+    spans += [span("poll", 7 + 50 * k, 9 + 50 * k) for k in range(30)]
+    spans += [span("call", 1000 + 100 * k, 1060 + 100 * k) for k in range(5)]
+    spans += [span("handle", 1010 + 100 * k, 1050 + 100 * k) for k in range(5)]
+    inside = nested_points([spans])
+    assert inside.get("call") == {"handle"}
+    assert "poll" not in inside.get("job", set())
+
+
+def test_depth_counts_frames_around_a_point_in_any_process():
+    infos = [PointInfo("app.request", "traced", inside=("app.call", "db.query", "db.disk")),
+             PointInfo("app.call", "traced", parents=("app.request",), inside=("db.query", "db.disk")),
+             PointInfo("db.query", "traced", inside=("db.disk",)),  # another process: no traced parent
+             PointInfo("db.disk", "traced", parents=("db.query",))]
+    assert point_depth(infos) == {"app.request": 0, "app.call": 1, "db.query": 2, "db.disk": 3}
+
+
+class System:
+    """A made-up service whose outcomes are known: what each injected fault causes.
+
+    Chain: `<s>.disk:raise -> <s>.handle:raise -> <c>.call:raise` (a disk error leaves the handler, the
+    client call fails). Cycle: `<k>.check:error_return -> <s>.handle:delay -> <k>.check:error_return`
+    (a miss queries again: more handler calls; a slow handler makes the check miss). Other points cause
+    nothing. `<s>`, `<c>`, `<k>` are prefixes the test swaps, so the order cannot come from names.
+    """
+
+    def __init__(self, server: str, client: str, check: str, other: str) -> None:
+        self.s, self.c, self.k = server, client, check
+        self.infos = [
+            PointInfo(f"{client}.request", "traced", calls=10, below=1,
+                      inside=(f"{client}.call", f"{server}.handle", f"{server}.disk")),
+            PointInfo(f"{client}.call", "traced", parents=(f"{client}.request",), calls=10,
+                      inside=(f"{server}.handle", f"{server}.disk")),
+            PointInfo(f"{server}.handle", "traced", calls=10, below=1, inside=(f"{server}.disk",)),
+            PointInfo(f"{server}.disk", "traced", parents=(f"{server}.handle",), calls=10),
+            PointInfo(f"{check}.check", "traced", calls=30, returns="bool", loop=True),
+        ] + [PointInfo(f"{other}.{n}", "traced", calls=c) for n, c in (("log", 12), ("tick", 8), ("sweep", 3))]
+        self.candidates = [Experiment("w", i.point, f, delay_ms=300 if f == "delay" else 0)
+                           for i in self.infos for f in ("delay", "raise", "error_return")
+                           if f != "error_return" or i.returns == "bool"]
+        self.primary = {i.point: "error_return" if i.returns == "bool" else "delay" for i in self.infos}
+        s, c, k = server, client, check
+        self.effects = {
+            f"{s}.disk:raise": {f"{s}.handle:raise", f"{c}.call:raise"},
+            f"{s}.handle:raise": {f"{c}.call:raise"},
+            f"{k}.check:error_return": {f"{s}.handle:delay"},
+            f"{s}.handle:delay": {f"{k}.check:error_return", f"{s}.handle:delay"},
+            f"{s}.disk:delay": {f"{k}.check:error_return"},
+        }
+
+    def allocator(self, strategy: str = "three-phase", steering: Steering | None = None):
+        return make_allocator(strategy, self.candidates, self.primary, 0, priorities(self.infos), batch=2,
+                              points=self.infos, steering=steering)
+
+    def run(self, alloc, slots: int) -> list[Experiment]:
+        outcomes: dict[Experiment, Observed] = {}
+        order: list[Experiment] = []
+        while len(order) < slots:
+            batch = [e for e in alloc.next_batch(outcomes, slots - len(order)) if e not in outcomes]
+            if not batch:
+                break
+            for e in batch:
+                outcomes[e] = Observed(frozenset(self.effects.get(e.fault_name, ())))
+                order.append(e)
+        return order
+
+    def found(self, order: list[Experiment]) -> tuple[bool, bool]:
+        """(cycle, chain): every fault of it injected, each one's consequence linking to the next."""
+        ran = {e.fault_name for e in order}
+        s, k = self.s, self.k
+        cycle = {f"{k}.check:error_return", f"{s}.handle:delay"} <= ran
+        chain = {f"{s}.disk:raise", f"{s}.handle:raise"} <= ran
+        return cycle, chain
+
+
+def breadth_done(order: list[str], infos: list[PointInfo]) -> int:
+    """The position where every point has had some fault injected (breadth is over)."""
+    return max(min(k for k, name in enumerate(order) if name.rsplit(":", 1)[0] == i.point) for i in infos)
+
+
+NAMINGS = [("srv", "cli", "cache", "misc"), ("aaa", "zzz", "mmm", "bbb"), ("zzz", "aaa", "bbb", "mmm")]
+
+
+def test_the_first_batch_probes_where_an_exception_can_leave_most_frames():
+    for naming in NAMINGS:
+        system = System(*naming)
+        first = system.allocator().next_batch({}, 2)
+        assert Experiment("w", f"{system.s}.disk", "raise") in first  # three frames around it
+        assert len(first) == 2
+
+
+def test_only_the_next_frame_of_an_exception_path_is_stitched_before_breadth():
+    """The probe at the innermost point caused exceptions at two frames around it: the inner one (the
+    handler) is injected next, before the rest of breadth; the outer one (the client call) only after."""
+    system = System(*NAMINGS[0])
+    alloc = system.allocator()
+    order = system.run(alloc, 4)
+    names = [e.fault_name for e in order]
+    assert names.index("srv.handle:raise") < 4  # the head's next frame comes at once
+    assert "cli.call:raise" not in names  # the outer frame waits: it follows from srv.handle:raise too
+    whole = [e.fault_name for e in system.run(system.allocator(), len(system.candidates))]
+    assert whole.index("cli.call:raise") > whole.index("srv.handle:raise")
+    assert whole.index("srv.handle:raise") < breadth_done(whole, system.infos)
+
+
+def test_seeded_cycle_and_chain_within_a_third_whatever_the_names():
+    for naming in NAMINGS:
+        system = System(*naming)
+        slots = len(system.candidates) // 3
+        assert system.found(system.run(system.allocator(), slots)) == (True, True), naming
+    # what the chain rules buy: breadth alone, or three-phase without the head probe, misses the chain
+    system = System(*NAMINGS[0])
+    slots = len(system.candidates) // 3
+    assert system.found(system.run(system.allocator("breadth"), slots))[1] is False
+    assert system.found(system.run(system.allocator(steering=Steering(head=False)), slots))[1] is False
+
+
+def test_an_exception_at_an_outermost_point_waits_for_breadth():
+    """An exception at a point nothing runs around can only end the process: stitched after breadth."""
+    system = System(*NAMINGS[0])
+    system.effects["misc.tick:delay"] = {"cli.request:raise"}  # something made the outermost point raise
+    whole = [e.fault_name for e in system.run(system.allocator(), len(system.candidates))]
+    assert whole.index("cli.request:raise") > breadth_done(whole, system.infos)
+    relaxed = system.allocator(steering=Steering(outermost_last=False))
+    whole = [e.fault_name for e in system.run(relaxed, len(system.candidates))]
+    assert whole.index("cli.request:raise") < breadth_done(whole, system.infos)
+
+
+def test_pending_experiments_are_not_offered_again_when_marked_as_run():
+    """A pipelined runner asks with pending experiments marked as run (no outcome yet): the answer is new work."""
+    system = System(*NAMINGS[0])
+    alloc = system.allocator()
+    first = alloc.next_batch({}, 2)
+    again = alloc.next_batch({e: Observed() for e in first}, 2)
+    assert again and not set(again) & set(first)
