@@ -226,14 +226,17 @@ def _mean(values: list[int | None]) -> float | None:
     return None if not values or None in values else round(sum(values) / len(values), 1)  # type: ignore[arg-type]
 
 
-def throughput(executor: str, workers: int, tmp: Path, budget: int) -> float:
+def throughput(executor: str, workers: int, tmp: Path, budget: int, fixture: str = "tiny",
+               strategy: str | None = None) -> float:
+    """Runs per minute of one campaign of `fixture` (wall time of run_campaign: profile runs, injection runs,
+    ingest, analysis, the final report)."""
     from tracekit.inject.campaign import load_campaign
     from tracekit.inject.runner import run_campaign
 
-    campaign = load_campaign(ROOT / "fixtures" / "campaigns" / "tiny.toml")
+    campaign = load_campaign(ROOT / "fixtures" / "campaigns" / f"{fixture}.toml")
     t0 = time.perf_counter()
-    res = run_campaign(campaign, budget=budget, workers=workers, executor=executor,
-                       db=tmp / f"tp-{executor}-{workers}.duckdb", spool_dir=tmp / "tp-spool")
+    res = run_campaign(campaign, budget=budget, workers=workers, executor=executor, strategy=strategy,
+                       db=tmp / f"tp-{fixture}-{executor}-{workers}.duckdb", spool_dir=tmp / "tp-spool")
     return res.runs / ((time.perf_counter() - t0) / 60)
 
 
@@ -258,16 +261,25 @@ def startup_ms(repeats: int = 5) -> dict[str, float]:
     return out
 
 
-def time_breakdown(workers: int, tmp: Path, budget: int = 14, strategy: str = "three-phase") -> dict[str, Any]:
-    """Where a campaign's wall time goes: workload processes (summed and as seen by the runner), ingest
-    and causality analysis in the runner (serial, between and after runs), and the rest."""
+def time_breakdown(workers: int, tmp: Path, budget: int = 14, strategy: str = "three-phase",
+                   fixture: str = "tiny") -> dict[str, Any]:
+    """Where a campaign's wall time goes: workload processes (wall and CPU per run), worker slots idle,
+    ingest and causality analysis in the runner (a background thread that overlaps the runs), and the
+    machine's load (other jobs share its cores)."""
+    import os
+    import resource
+    import threading
+
     import tracekit.analysis.causality as causality
     import tracekit.ingest as ingest
     import tracekit.inject.execute as execute
     import tracekit.inject.runner as runner
     from tracekit.inject.campaign import load_campaign
+    from tracekit.store.campaigns import campaign_runs
+    from tracekit.store.db import connect
 
     spent = {"run_s": 0.0, "ingest_s": 0.0, "analysis_s": 0.0}
+    lock = threading.Lock()
     originals = (execute.execute_run, ingest.ingest_paths, causality.analyze_experiments, runner.observed)
 
     def timed(key: str, fn: Any) -> Any:
@@ -276,26 +288,47 @@ def time_breakdown(workers: int, tmp: Path, budget: int = 14, strategy: str = "t
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[key] += time.perf_counter() - t0
+                with lock:
+                    spent[key] += time.perf_counter() - t0
         return wrapper
+
+    def cpu_s(who: int) -> float:
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
 
     execute.execute_run = timed("run_s", originals[0])
     ingest.ingest_paths = timed("ingest_s", originals[1])
     causality.analyze_experiments = timed("analysis_s", originals[2])
     runner.observed = timed("analysis_s", originals[3])
+    db = tmp / f"tb-{fixture}-{strategy}-{workers}.duckdb"
+    load = os.getloadavg()[0]
     try:
-        campaign = load_campaign(ROOT / "fixtures" / "campaigns" / "tiny.toml")
+        campaign = load_campaign(ROOT / "fixtures" / "campaigns" / f"{fixture}.toml")
+        children, own = cpu_s(resource.RUSAGE_CHILDREN), cpu_s(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        res = runner.run_campaign(campaign, budget=budget, workers=workers, strategy=strategy,
-                                  db=tmp / f"tb-{strategy}-{workers}.duckdb", spool_dir=tmp / "tb-spool")
+        res = runner.run_campaign(campaign, budget=budget, workers=workers, strategy=strategy, db=db,
+                                  spool_dir=tmp / "tb-spool")
         wall = time.perf_counter() - t0
+        children, own = cpu_s(resource.RUSAGE_CHILDREN) - children, cpu_s(resource.RUSAGE_SELF) - own
     finally:
         execute.execute_run, ingest.ingest_paths, causality.analyze_experiments, runner.observed = originals
-    return {"workers": workers, "strategy": strategy, "runs": res.runs, "wall_s": round(wall, 2),
-            "runs_per_min": round(res.runs / wall * 60, 1), "run_process_s_per_run": round(spent["run_s"] / res.runs, 2),
+    with connect(db, read_only=True) as con:
+        runs = campaign_runs(con, [res.campaign_id])
+    inject = [r for r in runs if r["attributes"].get("mode") == "inject"]
+    span = (max(r["ended_ns"] for r in inject) - min(r["started_ns"] for r in inject)) / 1e9 if inject else 0.0
+    busy = sum(r["ended_ns"] - r["started_ns"] for r in inject) / 1e9
+    return {"fixture": fixture, "workers": workers, "strategy": strategy, "runs": res.runs, "wall_s": round(wall, 2),
+            "runs_per_min": round(res.runs / wall * 60, 1), "load_avg_1min": round(load, 2),
+            "run_process_s_per_run": round(spent["run_s"] / res.runs, 2),
+            # the workload's own processes (a workload that does not wait for a child of its own undercounts)
+            "workload_cpu_s_per_run": round(children / res.runs, 2),
+            "runner_cpu_s": round(own, 2),  # ingest, analysis, planning, the final report
             "ingest_s_per_run": round(spent["ingest_s"] / res.runs, 3),
-            "analysis_s_total": round(spent["analysis_s"], 2), "batches": len(res.trajectory),
-            "runner_serial_share": round((spent["ingest_s"] + spent["analysis_s"]) / wall, 3)}
+            "analysis_s_total": round(spent["analysis_s"], 2), "analyses": len(res.trajectory),
+            # share of the worker slots busy between the first and the last injection run (1.0: never idle)
+            "injection_phase_utilisation": round(busy / (span * workers), 2) if span else None,
+            "outside_injection_phase_s": round(wall - span, 2),  # profile runs, planning, the last analysis, report
+            "runner_share": round((spent["ingest_s"] + spent["analysis_s"]) / wall, 3)}
 
 
 def point_cost() -> dict[str, float]:
