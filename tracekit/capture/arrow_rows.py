@@ -32,6 +32,7 @@ _KINDS = frozenset((*_WIDTH, "string", "bool"))
 _BITS = bytes.maketrans(b"\x00\x01", b"01")
 _CONTINUATION = b"\xff\xff\xff\xff"
 _END_OF_STREAM = _CONTINUATION + b"\x00\x00\x00\x00"
+_PADDING = [bytes(-n % 8) for n in range(8)]
 _STEPS: dict[int, bytes] = {}  # text width -> int32 offsets 0, w, 2w, ... (uniform-width columns slice them)
 _SCHEMAS: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[str, str], ...], bytes]] = {}
 
@@ -280,16 +281,17 @@ def _schema(fields: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str],
 
 def _batch(rows: int, columns: list[Column]) -> bytes:
     """One record batch message and its body."""
-    nodes, buffers, body = [], [], bytearray()
+    nodes, buffers, body, size = [], [], [], 0
     for nulls, parts in columns:
         nodes.append(struct.pack("<qq", rows, nulls))
         for part in parts:
-            buffers.append(struct.pack("<qq", len(body), len(part)))
-            body += part
-            _pad(body, 8)
+            buffers.append(struct.pack("<qq", size, len(part)))
+            padding = _PADDING[len(part) % 8]  # every buffer starts 8-aligned
+            body += (part, padding)
+            size += len(part) + len(padding)
     header = _Table((0, "q", rows), (1, "o", _Structs(len(nodes), b"".join(nodes))),
                     (2, "o", _Structs(len(buffers), b"".join(buffers))))
-    return _message(3, header, len(body)) + bytes(body)
+    return b"".join((_message(3, header, size), *body))
 
 
 # --- frames ---------------------------------------------------------------------------------------
@@ -299,11 +301,15 @@ def encode(fields: tuple[tuple[str, str], ...], items: list[tuple[Any, Any]]) ->
     records in it, rows dropped because a value could not be converted). Empty bytes when no row is left."""
     flat, schema_message = _schema(fields)
     groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for first, second in items:
-        if type(first) is dict:
-            groups.setdefault(tuple(first), []).append(tuple(first.values()))
-        else:
-            groups.setdefault(first, []).append(second)
+    first = items[0][0] if items else None
+    if type(first) is tuple and len(set(map(id, map(operator.itemgetter(0), items)))) == 1:
+        groups[first] = list(map(operator.itemgetter(1), items))  # the usual flush: rows of one writer's fields
+    else:
+        for first, second in items:
+            if type(first) is dict:
+                groups.setdefault(tuple(first), []).append(tuple(first.values()))
+            else:
+                groups.setdefault(first, []).append(second)
     messages = [schema_message]
     count = dropped = 0
     for names, rows in groups.items():
