@@ -74,9 +74,11 @@ def _fixed(cursor: duckdb.DuckDBPyConnection, columns: list[str], rest: str,
     """(rows, the first row (typed, empty when no rows), the columns null or one value throughout) of
     ``SELECT columns FROM{rest}`` (``rest``: `` table WHERE condition``)."""
     source, condition = rest.split("WHERE", 1)
-    rows = int(cursor.sql(f"SELECT count(*) FROM{rest}", params=params).fetchall()[0][0])
-    first = cursor.sql(f"SELECT {', '.join(columns)} FROM{rest} LIMIT 1", params=params).to_arrow_table()
-    if not rows or not first.num_rows:
+    first = cursor.sql(f"SELECT (SELECT count(*) FROM{rest}) AS tk_rows, {', '.join(columns)} FROM{rest} LIMIT 1",
+                       params=params).to_arrow_table()
+    rows = first.column("tk_rows")[0].as_py() if first.num_rows else 0
+    first = first.drop_columns(["tk_rows"])
+    if not rows:
         return 0, first, set(columns)
     values = first.to_pylist()[0]
 
@@ -107,7 +109,7 @@ def _coded(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cod
         if varied:  # the values of the coded columns that vary (few, or the column is read as text)
             found = cursor.sql("SELECT " + ", ".join(f"list_sort(list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)) AS {c}"
                                                      for c in varied) + f" FROM{rest}", params=params).to_arrow_table()
-            values = {c: v for c in varied if len(v := found.column(c).combine_chunks().flatten()) <= _MAX_CODES}
+            values = {c: v for c in varied if len(v := _first_list(found.column(c))) <= _MAX_CODES}
         select = [c if c not in values else f"CAST(list_position($tk_{c}, {c}) - 1 AS {_code_type(values[c])[0]}) AS {c}"
                   for c in columns if c not in fixed]
         table = cursor.sql(f"SELECT {', '.join(select)} FROM{rest}",
@@ -133,6 +135,12 @@ def _one_run(first: pa.Array, rows: int) -> pa.Array:
                                  children=[ends, value if rows else value.slice(0, 0)])
 
 
+def _first_list(column: pa.ChunkedArray) -> pa.Array:
+    """The values of the list in the first row (a list column's `flatten` imports pyarrow.compute: 80 ms)."""
+    lists = column.chunk(0)
+    return lists.values.slice(lists.offsets[0].as_py(), lists.offsets[1].as_py() - lists.offsets[0].as_py())
+
+
 def _code_type(dictionary: pa.Array) -> tuple[str, pa.DataType]:
     """The narrowest signed integer (SQL, Arrow) for codes into ``dictionary``: 1 byte a row, not 4, for the
     usual few values (8 M rows: 25 MB less to write, and in a fresh process every new page costs)."""
@@ -154,16 +162,16 @@ def to_polars(table: pa.Table) -> "pl.DataFrame":
     column into one chunk (300 MB for 8 M rows, 0.1-0.2 s), which nothing downstream needs."""
     import polars as pl
 
+    runs = [fld.name for fld in table.schema if pa.types.is_run_end_encoded(fld.type)]
+    # their one values as a one-row frame (polars converts a table without pyarrow.compute, an array with it: 80 ms)
+    ones = cast("pl.DataFrame", pl.from_arrow(pa.Table.from_arrays(
+        [_first_value(table.column(name)) for name in runs], names=runs)))
     plain: dict[str, pa.ChunkedArray] = {}
     exprs: list[pl.Expr] = []
-    constant: dict[str, tuple[Any, Any]] = {}
     for i, fld in enumerate(table.schema):
         column = table.column(i)
-        if pa.types.is_run_end_encoded(fld.type):
-            one = cast("pl.Series", pl.from_arrow(column.chunks[0].values if column.num_chunks else
-                                                 pa.nulls(0, fld.type.value_type)))
-            constant[fld.name] = (one[0] if len(one) else None, one.dtype)
-            exprs.append(pl.lit(one[0] if len(one) else None, one.dtype).alias(fld.name))
+        if fld.name in runs:
+            exprs.append(pl.lit(ones[fld.name][0], ones.schema[fld.name]).alias(fld.name))
             continue
         if pa.types.is_dictionary(fld.type):
             dictionary = column.chunks[0].dictionary if column.num_chunks else pa.nulls(0, pa.string())
@@ -173,9 +181,16 @@ def to_polars(table: pa.Table) -> "pl.DataFrame":
             exprs.append(pl.col(fld.name))
         plain[fld.name] = column
     if not plain:  # nothing to spread a literal over
-        return pl.DataFrame([pl.repeat(v, table.num_rows, dtype=dtype, eager=True).alias(name)
-                             for name, (v, dtype) in constant.items()])
-    return cast("pl.DataFrame", pl.from_arrow(pa.table(plain))).select(exprs)
+        return pl.DataFrame([pl.repeat(ones[name][0], table.num_rows, dtype=ones.schema[name], eager=True).alias(name)
+                             for name in runs])
+    return cast("pl.DataFrame", pl.from_arrow(pa.Table.from_arrays(list(plain.values()), names=list(plain)))).select(exprs)
+
+
+def _first_value(column: pa.ChunkedArray) -> pa.Array:
+    """A run-end encoded column's value (null when it has no rows), as an array of one."""
+    if column.num_chunks and len(column.chunks[0].values):
+        return column.chunks[0].values.slice(0, 1)
+    return pa.nulls(1, column.type.value_type)
 
 
 def collectives_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
