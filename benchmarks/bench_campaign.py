@@ -13,9 +13,13 @@
 3. Injection-point cost outside a campaign: ns per `tracekit.fault_point` call against a plain call,
    and the per-call cost of the fault-hook slot check in the capture wrapper.
 
+4. With --ablate (and --oracle-dir): three-phase replayed with each chain rule switched off
+   (tracekit.inject.budget.Steering, the profile's depth signal), injection runs to the seeded
+   cycle | chain for seeds 0-2, on every target: what each rule buys, and where it costs.
+
 usage: python benchmarks/bench_campaign.py [--quick] [--workers 2] [--no-ray] [--no-throughput]
        [--fixtures retry_storm,...] [--oracle-dir DIR] [--strategies three-phase,breadth,random]
-       [--seed N] [--keep-dir DIR]
+       [--seed N] [--keep-dir DIR] [--ablate]
 Ends with one JSON line of all figures.
 """
 
@@ -112,12 +116,13 @@ def experiments_to_find_chains(order: list[str], edges: dict[str, list[Any]], ch
     return None
 
 
-def replay(strategy: str, found: Any, names: dict[str, frozenset[str]], slots: int, seed: int = 0) -> list[str]:
+def replay(strategy: str, found: Any, names: dict[str, frozenset[str]], slots: int, seed: int = 0,
+           steering: Any = None, priority: dict[str, float] | None = None, points: list[Any] | None = None) -> list[str]:
     """The experiments `strategy` would run with `slots`, answered by the exhaustive campaign's outcomes."""
     from tracekit.inject.budget import Observed, make_allocator
 
-    alloc = make_allocator(strategy, found.candidates, found.primary, seed, found.priority, batch=2,
-                           points=found.points)
+    alloc = make_allocator(strategy, found.candidates, found.primary, seed, priority or found.priority, batch=2,
+                           points=found.points if points is None else points, steering=steering)
     outcomes: dict[Any, Any] = {}
     order: list[str] = []
     while len(order) < slots:
@@ -219,6 +224,43 @@ def accuracy(fixture: str, workers: int, tmp: Path, oracle_dir: Path | None = No
     })
     out["exhaustive_experiments"] = n
     out["budget_fraction_of_exhaustive"] = round(slots / n, 3)
+    return out
+
+
+def ablation(fixture: str, oracle_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """Three-phase replayed with each chain rule switched off: injection runs to the seeded cycle / chain per seed."""
+    from dataclasses import replace
+
+    from tracekit.inject.budget import Steering
+    from tracekit.inject.campaign import load_campaign
+    from tracekit.inject.profile import Signals, priorities
+    from tracekit.store.campaigns import list_campaigns
+    from tracekit.store.db import connect
+
+    campaign = load_campaign(ROOT / "fixtures" / "campaigns" / f"{fixture}.toml")
+    truth, repeats = campaign.ground_truth, campaign.injection_repeats
+    seeded, chains = {canonical(c) for c in truth.get("cycles", [])}, truth.get("chains", [])
+    db = oracle_dir / f"{fixture}.duckdb"
+    with connect(db, read_only=True) as con:
+        done = [c for c in list_campaigns(con, 1000) if c["strategy"] == "exhaustive" and c["status"] == "done"]
+    edges, names, found = oracle(db, done[0]["campaign_id"])
+    n = len(found.candidates)
+    # "traced callers only": no span nesting across processes (depth = traced callers, as before the rules)
+    flat = [replace(i, inside=()) for i in found.points]
+    variants: dict[str, tuple[Any, Signals, list[Any]]] = {
+        "all rules": (Steering(), Signals(), found.points), "no depth signal": (Steering(), Signals(depth=False),
+                                                                                found.points),
+        "traced callers only": (Steering(), Signals(), flat)}
+    variants.update({f"no {k}": (replace(Steering(), **{k: False}), Signals(), found.points)
+                     for k in ("head", "next_frame", "outermost_last")})
+    out: dict[str, Any] = {"budget_injection_runs": n // 3 * repeats}
+    for label, (steering, signals, points) in variants.items():
+        figures = []
+        for seed in seeds:
+            order = replay("three-phase", found, names, n, seed, steering, priorities(points, signals, seed), points)
+            k, kc = experiments_to_find(order, edges, seeded), experiments_to_find_chains(order, edges, chains)
+            figures.append(f"{k * repeats if k else '-'}|{kc * repeats if kc and chains else '-'}")
+        out[label] = " ".join(figures)
     return out
 
 
@@ -395,8 +437,18 @@ def main() -> None:
                         help="real campaigns at one third of the exhaustive budget ('' for replays only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the real campaigns (random's order, tie-breaks)")
     parser.add_argument("--keep-dir", type=Path, default=None, help="keep the real campaigns' stores here")
+    parser.add_argument("--ablate", action="store_true",
+                        help="replay three-phase with each chain rule off on every target (needs --oracle-dir)")
     args = parser.parse_args()
     figures: dict[str, Any] = {"name": "bench_campaign"}
+    if args.ablate:
+        if args.oracle_dir is None:
+            parser.error("--ablate replays the stored exhaustive campaigns: give --oracle-dir")
+        figures["ablation"] = {f: ablation(f, args.oracle_dir) for f in args.fixtures.split(",")}
+        for fixture, row in figures["ablation"].items():
+            print(fixture, row, flush=True)
+        final_line(**figures)
+        return
     figures["point_cost"] = point_cost()
     print("injection point cost outside a campaign:", figures["point_cost"], flush=True)
     with tempfile.TemporaryDirectory(prefix="tk-bench-campaign-") as d:

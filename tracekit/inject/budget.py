@@ -8,21 +8,26 @@ only), so later batches spend where new chains are likely. Budgets count runs: a
 **three-phase** (CSnake's breadth, uniqueness, diversity — steered from the first results on):
 
 1. *breadth* — every point once with its primary fault, in the order of the profile priority
-   (tracekit.inject.profile: hot path, loop feeders, call-graph position, timing slack; ties by a
-   seeded hash, never by name). The first batch is small, so fault causality analysis steers
-   from the first results on;
-2. *uniqueness* — before more breadth, a fault that some experiment caused and nobody injected yet
-   is injected (that is what lets causal stitching extend a chain or close a cycle), the faults
-   caused by more experiments first; an injectable consequence seen in some but not all repeats
-   "needs more repeats": its experiment is run once more (`Experiment.attempt`) instead of being
-   dropped;
-3. *diversity* — then the other fault types and variants of points that caused something (points
-   whose consequences nobody else has first), then of the rest, by priority.
+   (tracekit.inject.profile: hot path, loop feeders, call-graph position — points beneath, depth —,
+   timing slack; ties by a seeded hash, never by name), in small batches so fault causality analysis
+   steers from the first results on. Beside the first of it, one exception where chains start: at
+   the most deeply nested point (`profile.point_depth`: traced callers, or spans around it in any
+   process), when an exception there can leave two frames or more (a chain has two links);
+2. *uniqueness* — before more breadth, faults some experiment caused and nobody injected yet, as the
+   fault type that was observed: first the next frame of each exception path (of the exceptions one
+   experiment caused, the innermost: the outer ones follow from injecting it), then new behaviour (a
+   flipped check, an exception the system raised itself under a delay or a flip), then "more calls"
+   (delays); within each, one that may close a loop or extend a longer known path first. An
+   exception at a point nothing runs around can only end the process: it waits for breadth. An
+   injectable consequence seen in some but not all repeats "needs more repeats": its experiment is
+   run once more (`Experiment.attempt`) instead of being dropped;
+3. *diversity* — then the rest of the caused faults, exceptions at the other nested points (deepest
+   first), the other fault types and variants of points that caused something (points whose
+   consequences nobody else has first), then of the rest, by priority.
 
-Chains are valued as well as cycles: among faults to stitch, one that extends a longer known path
-(its causes were themselves caused) goes first; and before the other diversity experiments, an
-exception is raised at the points deepest in the profile call graph (tracekit.inject.profile.call_depth:
-an exception there can leave every traced frame above it, one link per frame) — where a chain starts.
+Every choice is recomputed from the outcomes given (no record of what was handed out), so a
+pipelined runner may ask while experiments are pending. `Steering` switches each chain rule off
+for ablation (benchmarks/bench_campaign.py --ablate).
 
 **breadth** is phase 1 alone, in priority order, then the rest by priority: no steering. It is the
 baseline that shows what steering buys.
