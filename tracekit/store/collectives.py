@@ -157,33 +157,45 @@ def to_polars(table: pa.Table) -> "pl.DataFrame":
     codes into plain strings (a cast of polars' categoricals costs twice as much), a column of one value
     (run-end encoded) a polars literal that is only spread out where used.
 
-    Made by one `select` over the columns as DuckDB gave them: DuckDB's Arrow has a chunk per row group,
-    and adding a literal with `with_columns` (or reordering columns of unequal chunking) copies every
-    column into one chunk (300 MB for 8 M rows, 0.1-0.2 s), which nothing downstream needs."""
+    The columns keep DuckDB's chunks (one per row group) and the decoded ones are cut alike: adding a
+    literal with `with_columns`, or reordering columns of unequal chunking, copies every column into one
+    chunk (300 MB for 8 M rows, 0.1-0.2 s); a `select` of literals and columns does not."""
     import polars as pl
 
     runs = [fld.name for fld in table.schema if pa.types.is_run_end_encoded(fld.type)]
     # their one values as a one-row frame (polars converts a table without pyarrow.compute, an array with it: 80 ms)
     ones = cast("pl.DataFrame", pl.from_arrow(pa.Table.from_arrays(
         [_first_value(table.column(name)) for name in runs], names=runs)))
-    plain: dict[str, pa.ChunkedArray] = {}
-    exprs: list[pl.Expr] = []
-    for i, fld in enumerate(table.schema):
-        column = table.column(i)
-        if fld.name in runs:
-            exprs.append(pl.lit(ones[fld.name][0], ones.schema[fld.name]).alias(fld.name))
-            continue
-        if pa.types.is_dictionary(fld.type):
-            dictionary = column.chunks[0].dictionary if column.num_chunks else pa.nulls(0, pa.string())
-            column = pa.chunked_array([c.indices for c in column.chunks], fld.type.index_type)
-            exprs.append(pl.lit(pl.Series(dictionary.to_pylist(), dtype=pl.String)).gather(pl.col(fld.name)).alias(fld.name))
-        else:
-            exprs.append(pl.col(fld.name))
-        plain[fld.name] = column
+    plain = [i for i, fld in enumerate(table.schema) if fld.name not in runs]
     if not plain:  # nothing to spread a literal over
         return pl.DataFrame([pl.repeat(ones[name][0], table.num_rows, dtype=ones.schema[name], eager=True).alias(name)
                              for name in runs])
-    return cast("pl.DataFrame", pl.from_arrow(pa.Table.from_arrays(list(plain.values()), names=list(plain)))).select(exprs)
+    columns = [table.column(i) for i in plain]
+    coded = {table.field(i).name: c.chunks[0].dictionary if c.num_chunks else pa.nulls(0, pa.string())
+             for i, c in zip(plain, columns) if pa.types.is_dictionary(c.type)}
+    frame = cast("pl.DataFrame", pl.from_arrow(pa.Table.from_arrays(
+        [pa.chunked_array([c.indices for c in column.chunks], column.type.index_type)
+         if pa.types.is_dictionary(column.type) else column for column in columns],
+        names=[table.field(i).name for i in plain])))
+    if coded:
+        chunks = [len(c) for c in columns[0].chunks]
+        frame = frame.with_columns(
+            _like_chunks(pl.Series(name, values.to_pylist(), pl.String).gather(frame[name]), chunks)
+            for name, values in coded.items())
+    return frame.select(pl.lit(ones[f.name][0], ones.schema[f.name]).alias(f.name) if f.name in runs else pl.col(f.name)
+                        for f in table.schema)
+
+
+def _like_chunks(series: "pl.Series", lengths: list[int]) -> "pl.Series":
+    """``series`` cut (without a copy) into chunks of ``lengths``: the other columns' chunks, one per DuckDB row
+    group. A frame whose columns are chunked alike is filtered chunk by chunk; one whose columns are not is
+    copied into one chunk at every filter (the detectors filter the collectives many times)."""
+    import polars as pl
+
+    if len(lengths) < 2:
+        return series
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+    return pl.concat([series.slice(start, n) for start, n in zip(starts, lengths)], rechunk=False)
 
 
 def _first_value(column: pa.ChunkedArray) -> pa.Array:
