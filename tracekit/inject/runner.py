@@ -90,8 +90,10 @@ class _Session:
         """Injection runs, pipelined: every worker busy while earlier experiments are ingested and analysed.
 
         Runs of allocated experiments go to free workers in allocation order. When every repeat of an
-        experiment is back, the analyst thread (the store's only writer meanwhile) ingests its runs and
-        recomputes what each experiment caused. When a worker is free and no allocated run waits, the
+        experiment is back, the analyst thread (the store's only writer meanwhile) ingests its runs and,
+        unless allocated runs are still waiting for a worker (the allocator will not be asked before they
+        start: exhaustive, breadth and random hand out everything at once), recomputes what each
+        experiment caused. When a worker is free and no allocated run waits, the
         allocator is asked again with the outcomes known so far; experiments still pending (allocated,
         outcome not known) are never handed out twice. Only when no run is executing does the runner
         wait for the analysis in progress before asking — so with one worker the allocator always sees
@@ -105,7 +107,8 @@ class _Session:
         queue: deque[tuple[Experiment, RunSpec]] = deque()  # allocated runs no worker has yet
         running: dict[Future[RunResult], Experiment] = {}
         ready: list[Experiment] = []  # every run back, not handed to the analyst yet
-        analysing: Future[tuple[list[Experiment], dict[str, Observed], list[str]]] | None = None
+        unanalysed: list[Experiment] = []  # ingested, outcome not computed yet
+        analysing: Future[tuple[list[Experiment], dict[str, Observed] | None, list[str]]] | None = None
         committed = result.runs  # runs done or allocated
         spent = False  # the budget (or the allocator) has nothing more
         asked_at: tuple[int, int] | None = None  # (outcomes, pending) of the last answer with nothing new
@@ -114,8 +117,8 @@ class _Session:
                 while queue and len(running) < workers:
                     exp, spec = queue.popleft()
                     running[self.executor.submit(spec)] = exp
-                if analysing is None and ready:
-                    analysing = analyst.submit(self._observe, [pending[e] for e in ready])
+                if analysing is None and (ready or (unanalysed and not running)):
+                    analysing = analyst.submit(self._observe, [pending[e] for e in ready], not queue or not running)
                     ready = []
                 if (not spent and not queue and len(running) < workers and (running or analysing is None)
                         and asked_at != (len(outcomes), len(pending))):
@@ -131,18 +134,21 @@ class _Session:
                         committed += repeats
                     if new:
                         continue
-                if not running and analysing is None and not ready and not queue:
+                if not running and analysing is None and not ready and not queue and not unanalysed:
                     return
                 done, _ = wait([*running, *([analysing] if analysing else [])], return_when=FIRST_COMPLETED)
                 if analysing in done:
                     exps, seen, cycles = analysing.result()
                     analysing = None
-                    for e in exps:
-                        outcomes[e] = seen.get(e.label, Observed())
-                        del pending[e]
-                    result.experiments += len(exps)
-                    result.trajectory.append({"runs": result.runs, "experiments": result.experiments,
-                                              "cycles": cycles, "batch": [e.label for e in exps]})
+                    unanalysed += exps
+                    if seen is not None:
+                        for e in unanalysed:
+                            outcomes[e] = seen.get(e.label, Observed())
+                            del pending[e]
+                        result.experiments += len(unanalysed)
+                        result.trajectory.append({"runs": result.runs, "experiments": result.experiments,
+                                                  "cycles": cycles, "batch": [e.label for e in unanalysed]})
+                        unanalysed = []
                 for fut in [f for f in running if f in done]:  # in submission order
                     exp = running.pop(fut)
                     self.count(fut.result(), pending[exp].run_dirs, result)
@@ -158,14 +164,19 @@ class _Session:
         if self.progress:
             self.progress(self.done, self.total, _label(outcome))
 
-    def _observe(self, done: list[_Pending]) -> tuple[list[Experiment], dict[str, Observed], list[str]]:
-        """(analyst thread) Ingest the runs of `done` experiments in one pass; what every experiment caused."""
+    def _observe(self, done: list[_Pending],
+                 analyse: bool) -> tuple[list[Experiment], dict[str, Observed] | None, list[str]]:
+        """(analyst thread) Ingest the runs of `done` experiments in one pass; with `analyse`, what every
+        experiment caused and the cycles known (else None and [])."""
         from tracekit.analysis.causality import analyze_experiments
         from tracekit.graph.propagation import build_graph, find_cycles, to_names
         from tracekit.ingest import ingest_paths
         from tracekit.store.db import connect
 
-        ingest_paths([d for p in done for d in p.run_dirs], self.db)
+        if done:
+            ingest_paths([d for p in done for d in p.run_dirs], self.db)
+        if not analyse:
+            return [p.experiment for p in done], None, []
         with connect(self.db, read_only=True) as con:
             analysis = analyze_experiments(con, [self.campaign_id])
             seen = observed(con, analysis)
