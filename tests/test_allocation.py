@@ -149,3 +149,17 @@ def test_pending_experiments_are_not_offered_again_when_marked_as_run():
     first = alloc.next_batch({}, 2)
     again = alloc.next_batch({e: Observed() for e in first}, 2)
     assert again and not set(again) & set(first)
+
+
+def test_a_batch_no_outcome_steers_is_only_as_large_as_keeps_the_workers_busy():
+    """With nothing caused to follow up, more breadth goes out one experiment at a time (its repeats fill
+    two workers), so an outcome arriving meanwhile steers the next one; a steered batch stays full."""
+    system = System(*NAMINGS[0])
+    alloc = system.allocator()
+    first = alloc.next_batch({}, 4)
+    quiet = {e: Observed() for e in first}  # the first experiments caused nothing
+    assert len(alloc.next_batch(quiet, 4)) == 1
+    assert len(system.allocator(steering=Steering(hold_blind=False)).next_batch(quiet, 4)) == 2
+    busy = dict(quiet)
+    busy[Experiment("w", "srv.disk", "raise")] = Observed(frozenset({"srv.handle:raise", "cache.check:error_return"}))
+    assert len(alloc.next_batch(busy, 4)) == 2

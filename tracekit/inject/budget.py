@@ -26,8 +26,10 @@ only), so later batches spend where new chains are likely. Budgets count runs: a
    consequences nobody else has first), then of the rest, by priority.
 
 Every choice is recomputed from the outcomes given (no record of what was handed out), so a
-pipelined runner may ask while experiments are pending. `Steering` switches each chain rule off
-for ablation (benchmarks/bench_campaign.py --ablate).
+pipelined runner may ask while experiments are pending; a batch that no outcome steers (only
+breadth or diversity is left to choose) holds just enough experiments to keep the workers busy,
+so outcomes arriving meanwhile steer the next choice. `Steering` switches each rule off for
+ablation (benchmarks/bench_campaign.py --ablate).
 
 **breadth** is phase 1 alone, in priority order, then the rest by priority: no steering. It is the
 baseline that shows what steering buys.
@@ -122,6 +124,7 @@ class Steering:
     head: bool = True  # after the first results, an exception at the most deeply nested point
     next_frame: bool = True  # of the exceptions one experiment caused, only the innermost is stitched at once
     outermost_last: bool = True  # an exception at a point nothing runs around is stitched after breadth
+    hold_blind: bool = True  # a batch no outcome steers is only as large as keeps the workers busy
 
 
 class _Ordered:
@@ -303,6 +306,10 @@ class ThreePhase(_Ordered):
         else:
             order = frames + head + flips
         order += [e for e in stitch if e.fault == "delay"] + self._confirm(outcomes, partial)
+        if done and steer.hold_blind and not any(e not in outcomes for e in order):
+            # nothing here follows from an outcome: hand out only what keeps the workers busy (an
+            # experiment has at least two repeats), so the next choice can use outcomes still to come
+            size = max(1, steer.batch // 2)
         order += self.breadth(done) + new + heads + self._diversity(caused, done)
         batch = list(dict.fromkeys(e for e in order if e not in outcomes))[:min(size, slots)]
         self.batches += 1
