@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def _coded(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cod
 def _one_run(first: pa.Array, rows: int) -> pa.Array:
     """``rows`` times the value of ``first`` (its first row; null when it has none), run-end encoded."""
     value = first.slice(0, 1) if len(first) else pa.nulls(1, first.type)
-    ends = pa.Array.from_buffers(pa.int32(), 1 if rows else 0, [None, pa.py_buffer(np.array([rows], np.int32))])
+    ends = pa.Array.from_buffers(pa.int32(), 1 if rows else 0, [None, pa.py_buffer(struct.pack("=i", rows))])
     return pa.Array.from_buffers(pa.run_end_encoded(pa.int32(), first.type), rows, [None],
                                  children=[ends, value if rows else value.slice(0, 0)])
 
@@ -194,7 +195,7 @@ def _like_chunks(series: "pl.Series", lengths: list[int]) -> "pl.Series":
 
     if len(lengths) < 2:
         return series
-    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+    starts = accumulate(lengths[:-1], initial=0)
     return pl.concat([series.slice(start, n) for start, n in zip(starts, lengths)], rechunk=False)
 
 
