@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tracekit.inject.budget import Observed, Steering, make_allocator
 from tracekit.inject.campaign import Experiment, PointInfo
-from tracekit.inject.profile import nested_points, point_depth, priorities
+from tracekit.inject.profile import nest_depth, nested_points, point_depth, priorities
 
 
 def span(name: str, start: int, end: int) -> dict:
@@ -29,6 +29,8 @@ def test_depth_counts_frames_around_a_point_in_any_process():
              PointInfo("db.query", "traced", inside=("db.disk",)),  # another process: no traced parent
              PointInfo("db.disk", "traced", parents=("db.query",))]
     assert point_depth(infos) == {"app.request": 0, "app.call": 1, "db.query": 2, "db.disk": 3}
+    # timing hid one containment (the job started before the client began waiting): its step keeps depth 2
+    assert nest_depth({"wait": ["step"], "job": ["step"]}) == {"job": 0, "step": 2, "wait": 0}
 
 
 class System:

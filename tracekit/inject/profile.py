@@ -137,29 +137,22 @@ def _union(spans: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 
 def nest_depth(inside: dict[str, Iterable[str]]) -> dict[str, int]:
-    """How many points stand above each point when spans are nested in any process (the longest chain of
-    points each running within the next): how many frames an exception raised there can leave.
+    """How many points stand around each point when spans are nested in any process: the names whose
+    spans contain its spans — how many frames an exception raised there can leave.
+
+    Counted, not chained: when timing hides one containment (a job that started before the client
+    began waiting on it is not within the wait, though its steps are), the point keeps its depth.
 
     >>> nest_depth({"request": ["call", "handle"], "call": ["handle"]})
     {'call': 1, 'handle': 2, 'request': 0}
     """
-    outer: dict[str, set[str]] = defaultdict(set)
-    for o, inners in inside.items():
-        for i in inners:
-            outer[i].add(o)
-    depth: dict[str, int] = {}
-    busy: set[str] = set()  # on the current walk: an edge back to one is a loop of mutual nesting, skipped
-
-    def walk(point: str) -> int:
-        if point not in depth:
-            busy.add(point)
-            depth[point] = max((walk(o) + 1 for o in sorted(outer.get(point, ())) if o not in busy), default=0)
-            busy.discard(point)
-        return depth[point]
-
-    for point in sorted(set(inside) | set(outer)):
-        walk(point)
-    return dict(sorted(depth.items()))
+    around: dict[str, set[str]] = defaultdict(set)
+    for outer, inners in inside.items():
+        around[outer]
+        for inner in inners:
+            if inner != outer:
+                around[inner].add(outer)
+    return {name: len(around[name]) for name in sorted(around)}
 
 
 def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
