@@ -7,10 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
 import pytest
+
+from tracekit.analysis.launcher import MIN_LEAD_NS
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "fixtures" / "ddp_job.py"
@@ -33,12 +36,42 @@ def test_an_early_crash_is_the_top_finding(tmp_path: Path, world: int, rank: int
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=400)
     assert done.returncode != 0
     with duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True) as con:
-        exits = con.execute("SELECT rank, exit_code, signal FROM worker_exits ORDER BY ts_ns").fetchall()
-    assert sorted(r for r, _c, _s in exits) == list(range(world))  # every worker's exit, as torchrun saw it
-    assert exits[0] == (rank, 13, None)
+        exits = con.execute("SELECT rank, exit_code, signal, ts_ns FROM worker_exits ORDER BY ts_ns, rank").fetchall()
+    assert sorted(r for r, _c, _s, _t in exits) == list(range(world))  # every worker's exit, as torchrun saw it
+    assert (rank, 13, None) in [e[:3] for e in exits]
+    if exits[1][3] - exits[0][3] >= MIN_LEAD_NS:  # the launcher saw one exit first (not two in one wake-up)
+        assert exits[0][:3] == (rank, 13, None)
     out = subprocess.run([sys.executable, "-m", "tracekit", "anomalies", "early", "--format", "json"], cwd=tmp_path,
                          env=_env(tmp_path), capture_output=True, text=True, check=True)
     found = json.loads(out.stdout)
     assert (found[0]["kind"], found[0]["subject"]) == ("crash", f"rank:{rank}"), found
     assert found[0]["confidence"] >= 0.9
     assert [f["subject"] for f in found if f["kind"] == "crash"] == [f"rank:{rank}"]
+
+
+def test_the_exit_waiter_wakes_at_a_worker_exit_not_at_its_timeout() -> None:
+    from tracekit.capture.torch.launcher import _ExitWaiter
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    waiter = _ExitWaiter()
+    assert waiter.poller is not None  # Linux: pidfds
+    t0 = time.monotonic()
+    waiter.wait([(1, child.pid)], timeout=60.0)
+    assert time.monotonic() - t0 < 30  # woke by the exit (a broken waiter sleeps the whole minute)
+    assert child.poll() == 0
+    waiter.wait([], timeout=0.01)  # the recorded worker's pidfd is closed
+    assert waiter.fds == {}
+
+
+def test_the_handler_is_patched_the_moment_torchrun_imports_it(tmp_path: Path) -> None:
+    program = (
+        "import sys\n"
+        "from tracekit.capture.torch import launcher\n"
+        "sys.meta_path.insert(0, launcher._HandlerFinder())\n"
+        "import torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler\n"
+        "cls = sys.modules[launcher._HANDLER_MODULE].SubprocessHandler\n"
+        "print(hasattr(cls.__init__, '__tracekit_original__'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env=_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -3,8 +3,8 @@
 torchrun knows which worker failed first and how; its workers often do not live long enough to say
 so themselves (an early crash kills the others before their first flush). Under ``tracekit record``
 the launcher is a Python process with capture on, so one daemon thread here registers every worker
-torchrun starts (its ``SubprocessHandler``) and polls them every 20 ms; each exit becomes one
-``worker_exits`` record (global rank, local rank, pid, exit code, signal, wall time, host), written
+torchrun starts (its ``SubprocessHandler``) and waits on their pidfds (without pidfds: a poll every
+20 ms); each exit becomes one ``worker_exits`` record (global rank, local rank, pid, exit code, signal, wall time, host), written
 to the spool at once. ``Popen.poll`` is thread-safe and caches the exit status, so torchrun's own
 monitoring sees exactly what it would without us.
 """
@@ -48,10 +48,40 @@ def watch_workers() -> None:
         _started = True
         import atexit
 
+        # patched before torchrun can start a worker: the moment its handler module is imported (a poll from the
+        # watcher thread could come late under load and miss every worker)
+        if _HANDLER_MODULE in sys.modules:
+            _patch(sys.modules[_HANDLER_MODULE])
+        else:
+            sys.meta_path.insert(0, _HandlerFinder())
         threading.Thread(target=_watch, args=(run,), daemon=True, name="tracekit-workers").start()
         atexit.register(_sweep, run, _done)  # the launcher may exit between two polls: the last exits
     except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
         print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
+
+
+class _HandlerFinder:
+    """A meta-path finder that patches torchrun's SubprocessHandler right after its module is imported."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != _HANDLER_MODULE:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            try:
+                _patch(module)
+            except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
+                print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
 
 
 def _patch(module: Any) -> None:
@@ -79,6 +109,7 @@ _done: set[int] = set()  # workers whose exit was recorded (by id of their handl
 def _sweep(run: Any, done: set[int]) -> None:
     """Record every worker exit not recorded yet (a poll; also the last one, at the launcher's exit)."""
     host = host_name()
+    now = time.time_ns()  # exits found by one sweep share its time: which came first is not known
     with _lock:
         workers = [w for w in _workers if id(w[0]) not in done]
         exited = []
@@ -89,7 +120,7 @@ def _sweep(run: Any, done: set[int]) -> None:
             done.add(id(handler))
             exited.append({"rank": rank, "local_rank": local_rank, "worker_pid": handler.proc.pid,
                            "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
-                           "ts_ns": time.time_ns(), "host": host})
+                           "ts_ns": now, "host": host})
     if exited:
         try:
             for record in exited:
@@ -101,12 +132,54 @@ def _sweep(run: Any, done: set[int]) -> None:
 
 def _watch(run: Any) -> None:
     patched = False
+    waiter = _ExitWaiter()
     while True:
         if not patched and _HANDLER_MODULE in sys.modules:
             _patch(sys.modules[_HANDLER_MODULE])
             patched = True
         _sweep(run, _done)
-        time.sleep(POLL_S)
+        try:
+            with _lock:
+                alive = [(id(h), h.proc.pid) for h, _r, _l in _workers if id(h) not in _done]
+            waiter.wait(alive, POLL_S)
+        except Exception:  # noqa: BLE001 - the watcher must outlive anything odd: sleep-polling still works
+            time.sleep(POLL_S)
+
+
+class _ExitWaiter:
+    """Sleep until a worker exits or `timeout` passes: a poll on the workers' pidfds (Linux), so an exit is
+    stamped when it happens, not up to a poll interval later -- under load a sleeping poller could find the
+    crashed rank and the ranks that failed after it in one sweep, in rank order. Without pidfds: a sleep."""
+
+    def __init__(self) -> None:
+        import select
+
+        self.poller = select.poll() if hasattr(os, "pidfd_open") and hasattr(select, "poll") else None
+        self.fds: dict[int, int] = {}  # id(handler) -> pidfd
+
+    def wait(self, alive: list[tuple[int, int]], timeout: float) -> None:
+        if self.poller is None:
+            time.sleep(timeout)
+            return
+        import select
+
+        wanted = {key for key, _pid in alive}
+        for key in [k for k in self.fds if k not in wanted]:  # recorded: stop watching
+            fd = self.fds.pop(key)
+            self.poller.unregister(fd)
+            os.close(fd)
+        for key, pid in alive:
+            if key not in self.fds:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:  # gone already (the next sweep records it) or not allowed: the timeout still polls
+                    continue
+                self.fds[key] = fd
+                self.poller.register(fd, select.POLLIN)
+        if self.fds:
+            self.poller.poll(timeout * 1000)
+        else:
+            time.sleep(timeout)
 
 
 def signal_name(number: int | None) -> str | None:
