@@ -67,7 +67,7 @@ def test_the_handler_is_patched_the_moment_torchrun_imports_it(tmp_path: Path) -
     program = (
         "import sys\n"
         "from tracekit.capture.torch import launcher\n"
-        "sys.meta_path.insert(0, launcher._HandlerFinder())\n"
+        "sys.meta_path.insert(0, launcher.AfterImport(launcher._HANDLER_MODULE, launcher._patch_quietly))\n"
         "import torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler\n"
         "cls = sys.modules[launcher._HANDLER_MODULE].SubprocessHandler\n"
         "print(hasattr(cls.__init__, '__tracekit_original__'))\n"

@@ -6,30 +6,17 @@ import functools
 import sys
 from typing import Any
 
+from tracekit.capture.after_import import AfterImport
 from tracekit.capture.torch import state
 from tracekit.capture.torch.lifecycle import instrument
 from tracekit.capture.torch.patching import patch_functions
 
 
-class _TorchDistributedFinder:
-    """A meta-path finder that instruments torch.distributed right after it is imported (no torch import here)."""
+class _TorchDistributedFinder(AfterImport):
+    """Instruments torch.distributed right after it is imported (no torch import here)."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "torch.distributed":
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        exec_module = spec.loader.exec_module
-
-        def exec_and_instrument(module: Any) -> None:
-            exec_module(module)
-            _on_torch_distributed_imported()
-
-        spec.loader.exec_module = exec_and_instrument  # type: ignore[method-assign]
-        return spec
+    def __init__(self) -> None:
+        super().__init__("torch.distributed", lambda _module: _on_torch_distributed_imported())
 
 
 def _on_torch_distributed_imported() -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from tracekit.capture.after_import import AfterImport
 from tracekit.capture.multihost import host_name
 
 _HANDLER_MODULE = "torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler"
@@ -53,35 +54,18 @@ def watch_workers() -> None:
         if _HANDLER_MODULE in sys.modules:
             _patch(sys.modules[_HANDLER_MODULE])
         else:
-            sys.meta_path.insert(0, _HandlerFinder())
+            sys.meta_path.insert(0, AfterImport(_HANDLER_MODULE, _patch_quietly))
         threading.Thread(target=_watch, args=(run,), daemon=True, name="tracekit-workers").start()
         atexit.register(_sweep, run, _done)  # the launcher may exit between two polls: the last exits
     except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
         print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
 
 
-class _HandlerFinder:
-    """A meta-path finder that patches torchrun's SubprocessHandler right after its module is imported."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != _HANDLER_MODULE:
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module: Any) -> None:
-            exec_module(module)
-            try:
-                _patch(module)
-            except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
-                print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
-
-        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
-        return spec
+def _patch_quietly(module: Any) -> None:
+    try:
+        _patch(module)
+    except Exception as exc:  # noqa: BLE001 - capture must never stop the launcher
+        print(f"tracekit: worker exits are not recorded: {exc}", file=sys.stderr)
 
 
 def _patch(module: Any) -> None:
