@@ -3,11 +3,13 @@
 When a rank dies early the others often die before their first flush, so the records alone cannot
 tell who stopped first (every rank's records stop at the same place). torchrun saw it: under
 ``tracekit record`` its launcher records each worker's exit (``worker_exits``: code, signal, wall
-time; capture/torch/launcher.py). The first worker to fail, clearly before any other (by more than
-the launcher's 20 ms poll), is the crashed rank; the ones after it failed waiting for it, or were
-stopped by the launcher (SIGTERM/SIGKILL, or exit 143/137 when a handler turned the signal into a
-code). A hang looks different: the waiting ranks time out together and the hung rank is stopped
-last, so no failure stands out in front and this detector says nothing.
+time; capture/torch/launcher.py). The first worker to fail, clearly before any other, is the crashed
+rank; the ones after it failed waiting for it, or were stopped by the launcher (SIGTERM/SIGKILL, or
+exit 143/137 when a handler turned the signal into a code). Clearly before: by 15 ms or more, or seen
+on its own (exits the launcher found in one wake-up share a time) and failing unlike every later
+failure (its own exit code or signal: the victims of a crash can exit within a few ms of it). A hang
+looks different: the waiting ranks time out together, all alike, and the hung rank is stopped last,
+so no failure stands out in front and this detector says nothing.
 
 Examples
 --------
@@ -19,6 +21,11 @@ Examples
 ('crash', 'rank:1', 0.95)
 >>> hang = exits.with_columns(exit_code=pl.Series([1, 1, 1, None]), ts_ns=pl.Series([0, 2_000_000, 3_000_000, 9_000_000]))
 >>> first_failure(hang, lambda rank: 0) is None
+True
+>>> quick = exits.with_columns(ts_ns=pl.Series([0, 6_000_000, 7_000_000, 9_000_000]))  # victims within 6 ms
+>>> first_failure(quick, lambda rank: 0)["subject"]
+'rank:1'
+>>> first_failure(quick.with_columns(ts_ns=pl.Series([0, 0, 7_000_000, 9_000_000])), lambda rank: 0) is None
 True
 """
 
@@ -50,7 +57,13 @@ def first_failure(exits: pl.DataFrame, next_step: Callable[[int], int]) -> dict[
     first = failed.row(0, named=True)
     later = failed.slice(1)
     lead = None if later.height == 0 else int(later["ts_ns"][0]) - int(first["ts_ns"])
-    if lead is not None and lead < MIN_LEAD_NS:
+    # the others' own failures (not the launcher stopping them): alike when they all failed the same way
+    failures = {(r["exit_code"], r["signal"]) for r in later.iter_rows(named=True)
+                if r["signal"] not in _STOP_SIGNALS and r["exit_code"] not in _STOPPED_CODES}
+    # a failure unlike all of them (its own exit code or signal), seen on its own before any other:
+    # victims of a crash can exit within a few ms of it, while a hang's timeouts all fail alike
+    unlike = lead is not None and lead > 0 and (first["exit_code"], first["signal"]) not in failures
+    if lead is not None and lead < MIN_LEAD_NS and not unlike:
         return None  # no failure stands out in front: a hang's timeouts, or a job-wide failure
     stopped_first = first["signal"] in _STOP_SIGNALS or first["exit_code"] in _STOPPED_CODES
     if stopped_first and later.height:
