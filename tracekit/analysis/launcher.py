@@ -61,8 +61,9 @@ def first_failure(exits: pl.DataFrame, next_step: Callable[[int], int]) -> dict[
     failures = {(r["exit_code"], r["signal"]) for r in later.iter_rows(named=True)
                 if r["signal"] not in _STOP_SIGNALS and r["exit_code"] not in _STOPPED_CODES}
     # a failure unlike all of them (its own exit code or signal), seen on its own before any other:
-    # victims of a crash can exit within a few ms of it, while a hang's timeouts all fail alike
-    unlike = lead is not None and lead > 0 and (first["exit_code"], first["signal"]) not in failures
+    # victims of a crash can exit within a few ms of it, while a hang's timeouts all fail alike (and
+    # a first failure followed only by stops, as when the launcher stops the rest of a hang, needs the lead)
+    unlike = bool(failures) and lead is not None and lead > 0 and (first["exit_code"], first["signal"]) not in failures
     if lead is not None and lead < MIN_LEAD_NS and not unlike:
         return None  # no failure stands out in front: a hang's timeouts, or a job-wide failure
     stopped_first = first["signal"] in _STOP_SIGNALS or first["exit_code"] in _STOPPED_CODES
