@@ -104,9 +104,11 @@ def time_ingest(run_dir: Path, root: Path, spans: int, repeat: int, label: str) 
     return rates
 
 
-def time_reader(root: Path, source: str, spans: int, repeat: int, label: str) -> list[tuple[float, float]]:
+def time_reader(root: Path, source: str, spans: int, repeat: int, label: str,
+                table: "pa.Table | None" = None) -> list[tuple[float, float]]:
     """DuckDB reading the same span rows into the same spans table (run id and pid as constants), with the
-    settings ingest loads with, timed from the INSERT to the store's close (its checkpoint), as ingest is."""
+    settings ingest loads with, timed from the INSERT to the store's close (its checkpoint), as ingest is.
+    With `table`, `source` may name it: the rows already in memory as Arrow (no file read or decode at all)."""
     rates = []
     cols = ", ".join(FIELDS)
     for i in range(repeat):
@@ -114,6 +116,8 @@ def time_reader(root: Path, source: str, spans: int, repeat: int, label: str) ->
         con = connect(db)
         tune_for_bulk_load(con)
         con.execute("SET preserve_insertion_order = false")
+        if table is not None:
+            con.register("tk_rows", table)
 
         def load() -> None:
             con.execute(f"INSERT INTO spans (run_id, {cols}, pid) SELECT 'b', {cols}, 1 FROM {source}")
@@ -123,27 +127,6 @@ def time_reader(root: Path, source: str, spans: int, repeat: int, label: str) ->
         con = connect(db, read_only=True)
         assert con.execute("SELECT count(*) FROM spans").fetchone()[0] == spans
         con.close()
-        db.unlink()
-    return rates
-
-
-def time_arrow_insert(root: Path, table: "pa.Table", repeat: int) -> list[tuple[float, float]]:
-    """DuckDB inserting the same rows from an Arrow table already in memory: no file read or decode at all,
-    only the table's own insert (compression, row groups) and checkpoint — the ceiling of any loader into it."""
-    rates = []
-    for i in range(repeat):
-        db = root / f"arrow_insert{i}.duckdb"
-        con = connect(db)
-        tune_for_bulk_load(con)
-        con.execute("SET preserve_insertion_order = false")
-        con.register("tk_rows", table)
-
-        def load() -> None:
-            con.execute(f"INSERT INTO spans (run_id, {', '.join(FIELDS)}, pid) SELECT 'b', {', '.join(FIELDS)}, 1 "
-                        "FROM tk_rows")
-            con.close()
-
-        rates.append(_timed("arrow insert", i, table.num_rows, load))
         db.unlink()
     return rates
 
@@ -184,7 +167,8 @@ def main() -> None:
         ndjson = time_reader(root, f"read_ndjson('{root / 'spans.ndjson'}', columns={{"
                                    + ", ".join(f"'{c}': '{'BIGINT' if c.endswith('_ns') else 'VARCHAR'}'" for c in FIELDS)
                                    + "})", spans, args.repeat, "read_ndjson")
-        ceiling = time_arrow_insert(root, in_memory, args.repeat)
+        # the same rows inserted from memory: only the table's own insert and checkpoint, the ceiling of any loader
+        ceiling = time_reader(root, "tk_rows", spans, args.repeat, "arrow insert", table=in_memory)
         measured = (("binary", binary), ("json", jsonl), ("parquet", parquet), ("ndjson", ndjson), ("arrow", ceiling))
         wall = {k: median([r[0] for r in v]) for k, v in measured}
         cpu = {k: median([r[1] for r in v]) for k, v in measured}
