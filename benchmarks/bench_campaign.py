@@ -119,20 +119,11 @@ def experiments_to_find_chains(order: list[str], edges: dict[str, list[Any]], ch
 def replay(strategy: str, found: Any, names: dict[str, frozenset[str]], slots: int, seed: int = 0,
            steering: Any = None, priority: dict[str, float] | None = None, points: list[Any] | None = None) -> list[str]:
     """The experiments `strategy` would run with `slots`, answered by the exhaustive campaign's outcomes."""
-    from tracekit.inject.budget import Observed, make_allocator
+    from tracekit.inject.budget import Observed, make_allocator, simulate
 
     alloc = make_allocator(strategy, found.candidates, found.primary, seed, priority or found.priority, batch=2,
                            points=found.points if points is None else points, steering=steering)
-    outcomes: dict[Any, Any] = {}
-    order: list[str] = []
-    while len(order) < slots:
-        batch = [e for e in alloc.next_batch(outcomes, slots - len(order)) if e not in outcomes]
-        if not batch:
-            break
-        for e in batch:
-            outcomes[e] = Observed(names.get(e.label, frozenset()))
-            order.append(e.label)
-    return order
+    return [e.label for e in simulate(alloc, slots, lambda e: Observed(names.get(e.label, frozenset())))]
 
 
 def exhaustive_campaign(campaign: Any, db: Path, spool: Path, workers: int) -> tuple[str, dict[str, Any], float]:

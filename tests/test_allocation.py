@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracekit.inject.budget import Observed, Steering, make_allocator
+from tracekit.inject.budget import Observed, Steering, make_allocator, simulate
 from tracekit.inject.campaign import Experiment, PointInfo
 from tracekit.inject.profile import nest_depth, nested_points, point_depth, priorities
 
@@ -71,16 +71,7 @@ class System:
                               points=self.infos, steering=steering)
 
     def run(self, alloc, slots: int) -> list[Experiment]:
-        outcomes: dict[Experiment, Observed] = {}
-        order: list[Experiment] = []
-        while len(order) < slots:
-            batch = [e for e in alloc.next_batch(outcomes, slots - len(order)) if e not in outcomes]
-            if not batch:
-                break
-            for e in batch:
-                outcomes[e] = Observed(frozenset(self.effects.get(e.fault_name, ())))
-                order.append(e)
-        return order
+        return simulate(alloc, slots, lambda e: Observed(frozenset(self.effects.get(e.fault_name, ()))))
 
     def found(self, order: list[Experiment]) -> tuple[bool, bool]:
         """(cycle, chain): every fault of it injected, each one's consequence linking to the next."""

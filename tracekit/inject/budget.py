@@ -316,6 +316,21 @@ class ThreePhase(_Ordered):
         return batch
 
 
+def simulate(allocator: Allocator, slots: int, answer: Callable[[Experiment], Observed]) -> list[Experiment]:
+    """The experiments `allocator` would hand out within `slots`, each answered at once by `answer` (what
+    that experiment is known to cause): a campaign replayed offline, without runs."""
+    outcomes: Outcomes = {}
+    order: list[Experiment] = []
+    while len(order) < slots:
+        batch = [e for e in allocator.next_batch(outcomes, slots - len(order)) if e not in outcomes]
+        if not batch:
+            break
+        for e in batch:
+            outcomes[e] = answer(e)
+            order.append(e)
+    return order
+
+
 def _path_lengths(caused: dict[str, frozenset[str]], bound: int = 6) -> dict[str, int]:
     """For each fault some experiment caused: the links of the longest known path ending at it (bounded).
 
