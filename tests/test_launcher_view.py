@@ -75,3 +75,25 @@ def test_the_handler_is_patched_the_moment_torchrun_imports_it(tmp_path: Path) -
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env=_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_two_odd_failures_in_one_wake_up_are_told_apart_by_the_records() -> None:
+    """The crash and one victim found in the same wake-up, each failing its own way, the rest stopped by
+    the launcher: the exits alone cannot order them, the victim's record of its failed collective can."""
+    import polars as pl
+
+    from tracekit.analysis.collectives import RunFrames, Thresholds, detect_first_exit
+
+    t0 = 1_000_000_000
+    exits = pl.DataFrame({"rank": [5, 4, 0, 1, 2, 3], "exit_code": [13, 1, 143, 143, 143, 143],
+                          "signal": [None] * 6, "ts_ns": [t0, t0, t0 + 30_000_000, t0 + 31_000_000,
+                                                           t0 + 31_000_000, t0 + 40_000_000],
+                          "host": ["h"] * 6}, schema_overrides={"signal": pl.Int64})
+    coll = pl.DataFrame({"rank": [0, 1, 2, 3, 4, 5, 4], "op": ["barrier"] * 6 + ["all_reduce"], "step": [0] * 7,
+                         "error": [None] * 6 + ["Connection reset by peer"]})
+    blind = detect_first_exit(RunFrames(collectives=coll.with_columns(error=pl.lit(None, pl.String)),
+                                        worker_exits=exits), Thresholds())
+    assert blind == []  # 13 and 1 both odd, nothing recorded: no guess
+    found = detect_first_exit(RunFrames(collectives=coll, worker_exits=exits), Thresholds())
+    assert [(f.kind, f.subject) for f in found] == [("crash", "rank:5")]
+    assert found[0].evidence["same_wake_up"] == [4]

@@ -689,7 +689,10 @@ def detect_first_exit(frames: RunFrames, th: Thresholds) -> list[Finding]:
     """The crashed rank as torchrun's launcher saw it: the first worker to fail, clearly before the others."""
     from tracekit.analysis.launcher import first_failure, next_step
 
-    found = first_failure(frames.worker_exits, lambda rank: next_step(frames, rank))
+    coll = frames.collectives
+    waiting = (frozenset(coll.filter(pl.col("error").is_not_null())["rank"].unique().to_list())
+               if coll.height and "error" in coll.columns else frozenset())
+    found = first_failure(frames.worker_exits, lambda rank: next_step(frames, rank), waiting)
     return [] if found is None else [Finding(**found)]
 
 

@@ -5,9 +5,10 @@ tell who stopped first (every rank's records stop at the same place). torchrun s
 ``tracekit record`` its launcher records each worker's exit (``worker_exits``: code, signal, wall
 time; capture/torch/launcher.py). The first worker to fail, clearly before any other, is the crashed
 rank; the ones after it failed waiting for it, or were stopped by the launcher (SIGTERM/SIGKILL, or
-exit 143/137 when a handler turned the signal into a code). Clearly before: by 15 ms or more, or seen
-on its own (exits the launcher found in one wake-up share a time) and failing unlike every later
-failure (its own exit code or signal: the victims of a crash can exit within a few ms of it). A hang
+exit 143/137 when a handler turned the signal into a code). Clearly before: by 15 ms or more, or
+failing unlike every other failure (its own exit code or signal: the victims of a crash can exit
+within a few ms of it, and under load the launcher can find the crash and a victim in one wake-up,
+where they share a time; of those, the one failing unlike all others is named, if exactly one). A hang
 looks different: the waiting ranks time out together, all alike, and the hung rank is stopped last,
 so no failure stands out in front and this detector says nothing.
 
@@ -25,8 +26,14 @@ True
 >>> quick = exits.with_columns(ts_ns=pl.Series([0, 6_000_000, 7_000_000, 9_000_000]))  # victims within 6 ms
 >>> first_failure(quick, lambda rank: 0)["subject"]
 'rank:1'
->>> first_failure(quick.with_columns(ts_ns=pl.Series([0, 0, 7_000_000, 9_000_000])), lambda rank: 0) is None
+>>> tie = quick.with_columns(ts_ns=pl.Series([0, 0, 7_000_000, 9_000_000]))  # rank 1 and 0 in one wake-up
+>>> first_failure(tie, lambda rank: 0)["subject"]  # rank 1 failed unlike every other failure
+'rank:1'
+>>> two = tie.with_columns(exit_code=pl.Series([13, 7, 1, None]))  # two odd ones in one wake-up
+>>> first_failure(two, lambda rank: 0) is None
 True
+>>> first_failure(two, lambda rank: 0, waiting=frozenset({0, 2}))["subject"]  # rank 0 failed inside a collective
+'rank:1'
 """
 
 from __future__ import annotations
@@ -46,39 +53,65 @@ _STOPPED_CODES = (143, 137)  # 128 + SIGTERM / SIGKILL: a worker whose handler t
 _STOP_SIGNALS = (15, 9)
 
 
-def first_failure(exits: pl.DataFrame, next_step: Callable[[int], int]) -> dict[str, Any] | None:
+def first_failure(exits: pl.DataFrame, next_step: Callable[[int], int],
+                  waiting: frozenset[int] = frozenset()) -> dict[str, Any] | None:
     """The crashed rank from the launcher's record of worker exits, as a finding's fields (kind, subject,
-    first_step, confidence, evidence, summary), or None when no failure stands out in front."""
+    first_step, confidence, evidence, summary), or None when no failure stands out in front.
+
+    ``waiting``: ranks whose own records show them failing inside a collective (a peer's error or a
+    time-out): symptoms, so of two odd failures in one wake-up the other one is named."""
     if exits.height == 0:
         return None
     failed = exits.filter(pl.col("exit_code").fill_null(0).ne(0) | pl.col("signal").is_not_null()).sort("ts_ns")
     if failed.height == 0:
         return None
-    first = failed.row(0, named=True)
-    later = failed.slice(1)
-    lead = None if later.height == 0 else int(later["ts_ns"][0]) - int(first["ts_ns"])
-    # the others' own failures (not the launcher stopping them): alike when they all failed the same way
-    failures = {(r["exit_code"], r["signal"]) for r in later.iter_rows(named=True)
-                if r["signal"] not in _STOP_SIGNALS and r["exit_code"] not in _STOPPED_CODES}
-    # a failure unlike all of them (its own exit code or signal), seen on its own before any other:
-    # victims of a crash can exit within a few ms of it, while a hang's timeouts all fail alike (and
-    # a first failure followed only by stops, as when the launcher stops the rest of a hang, needs the lead)
-    unlike = bool(failures) and lead is not None and lead > 0 and (first["exit_code"], first["signal"]) not in failures
-    if lead is not None and lead < MIN_LEAD_NS and not unlike:
-        return None  # no failure stands out in front: a hang's timeouts, or a job-wide failure
+    first_ts = int(failed["ts_ns"][0])
+    sweep = failed.filter(pl.col("ts_ns") == first_ts)  # exits the launcher found in one wake-up share a time
+    later = failed.filter(pl.col("ts_ns") > first_ts)
+    lead = None if later.height == 0 else int(later["ts_ns"][0]) - first_ts
+    # each failure's own way of failing (exit code, signal), the launcher's stops left out: a failure
+    # unlike every other failure is the odd one out -- a crash's victims fail alike (a peer error, a
+    # timeout), and so do a hang's, so a hang has no odd one out
+    rows = list(failed.iter_rows(named=True))
+    own = [(r["exit_code"], r["signal"]) for r in rows
+           if r["signal"] not in _STOP_SIGNALS and r["exit_code"] not in _STOPPED_CODES]
+
+    def unlike(r: dict[str, Any]) -> bool:
+        return len(own) > 1 and own.count((r["exit_code"], r["signal"])) == 1
+
+    odd = [r for r in sweep.iter_rows(named=True) if unlike(r)]
+    if sweep.height > 1:
+        # two or more failed in the first wake-up: the one failing unlike every other failure, if exactly
+        # one (or exactly one not failing inside a collective, by its own records)
+        if len(odd) > 1:
+            odd = [r for r in odd if int(r["rank"]) not in waiting]
+        if len(odd) != 1:
+            return None
+        first = odd[0]
+    else:
+        first = sweep.row(0, named=True)
+        # seen on its own: ahead by a clear lead, or failing unlike every later failure (a crash's
+        # victims can exit within a few ms of it; a first failure followed only by stops needs the lead)
+        if lead is not None and lead < MIN_LEAD_NS and not odd:
+            return None  # no failure stands out in front: a hang's timeouts, or a job-wide failure
     stopped_first = first["signal"] in _STOP_SIGNALS or first["exit_code"] in _STOPPED_CODES
-    if stopped_first and later.height:
+    if stopped_first and failed.height > 1:
         return None  # the first one out was stopped, not failed: nothing to say
+    shared = [int(r["rank"]) for r in sweep.iter_rows(named=True) if r["rank"] != first["rank"]]
+    lead = 0 if shared else lead
     confidence = 0.95 if lead is None or lead >= SURE_LEAD_NS else 0.9
     rank = int(first["rank"])
     how = f"signal {first['signal']}" if first["signal"] is not None else f"exit code {first['exit_code']}"
+    order = [first, *(r for r in rows if r["rank"] != first["rank"])]
     exits_list = [{"rank": int(r["rank"]), "exit_code": r["exit_code"], "signal": r["signal"],
-                   "after_first_ms": round((int(r["ts_ns"]) - int(first["ts_ns"])) / MS, 1)}
-                  for r in failed.iter_rows(named=True)]
+                   "after_first_ms": round((int(r["ts_ns"]) - first_ts) / MS, 1)} for r in order]
     evidence = {"exit_code": first["exit_code"], "signal": first["signal"], "host": first.get("host"),
-                "next_failure_after_ms": None if lead is None else round(lead / MS, 1), "worker_exits": exits_list}
+                "next_failure_after_ms": None if lead is None else round(lead / MS, 1), "same_wake_up": shared,
+                "worker_exits": exits_list}
     summary = (f"rank {rank} was the first worker to fail ({how}), "
-               + (f"{lead / MS:.0f} ms before any other; " if lead is not None else "the only one; ")
+               + (f"found in the same launcher wake-up as rank(s) {', '.join(map(str, shared))} and failing unlike "
+                  "every other worker; " if shared
+                  else f"{lead / MS:.0f} ms before any other; " if lead is not None else "the only one; ")
                + f"{max(0, len(exits_list) - 1)} others failed or were stopped after it (the launcher's record of "
                "worker exits)")
     return {"kind": "crash", "subject": f"rank:{rank}", "first_step": next_step(rank), "confidence": confidence,
