@@ -185,6 +185,32 @@ def test_live_hang_seen_through_heartbeats_only() -> None:
     assert (findings[0].kind, findings[0].subject) == ("hang", "rank:3")
 
 
+def test_a_missing_rank_is_undecided_until_the_others_records_pass_the_hang_threshold() -> None:
+    """Live, a rank that stopped looks crashed until its heartbeats show it alive: with the others'
+    records only 0.6 s past their entry the verdict is marked undecided; 2 s past, it is a crash."""
+    frames = build()
+    c = frames.collectives.filter(pl.col("seq") <= 41)
+    since = c["enter_ns"].max() + 20 * MS
+    steps = frames.steps.filter(pl.col("end_ns") <= since)
+
+    def waiting(after_ms: int) -> RunFrames:
+        hb = pl.concat([frames.heartbeats.filter(pl.col("ts_ns") <= since), pl.DataFrame([
+            {"rank": r, "ts_ns": since + after_ms * MS, "step": 10, "last_seq": 42, "inflight_op": "all_reduce",
+             "inflight_seq": 42, "inflight_since_ns": since, "state": "alive", "sched_lag_ns": MS}
+            for r in (0, 1, 2)], schema=frames.heartbeats.schema)])
+        return RunFrames(collectives=c, steps=steps, heartbeats=hb)
+
+    early = detect(waiting(600))
+    assert (early[0].kind, early[0].subject, early[0].evidence.get("undecided")) == ("crash", "rank:3", True)
+    late = detect(waiting(2_000))
+    assert (late[0].kind, late[0].subject) == ("crash", "rank:3") and "undecided" not in late[0].evidence
+    exits = pl.DataFrame({"rank": [3], "exit_code": [13], "signal": [None], "ts_ns": [since + 100 * MS],
+                          "host": ["h"]}, schema_overrides={"signal": pl.Int64})
+    seen_dead = detect(RunFrames(collectives=c, steps=steps, heartbeats=waiting(600).heartbeats,
+                                 worker_exits=exits))
+    assert "undecided" not in next(f for f in seen_dead if f.subject == "rank:3").evidence  # its exit is on record
+
+
 def test_nonfinite_names_the_first_rank_before_reduction() -> None:
     findings = detect(build(nonfinite={3: 50}))
     assert [(f.kind, f.subject, f.first_step) for f in findings] == [("nonfinite", "rank:3", 12)]

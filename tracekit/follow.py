@@ -4,9 +4,11 @@ Every ``interval`` seconds the follower ingests what the run's spool directories
 is then the store's one writer: ingest stays the single writer) and runs the collective detectors
 over the run's last ``window_steps`` steps, so a poll costs the same at step 10 and step 10,000. A
 finding is reported once per (kind, subject), after it was seen in ``confirm_polls`` consecutive
-polls (a rank that stopped looks crashed until its heartbeats show it alive a second later; a lone
-late step is not yet a straggler). When the run has ended, one last ingest and a full-run detection
-(stored in the findings table, as ``tracekit anomalies`` does) report whatever is still new.
+polls (a lone late step is not yet a straggler). A rank missing from a collective is reported once
+the others stopped progressing and its records decide crash or hang: a rank that stopped looks
+crashed until its heartbeats show it alive a second later (``undecided`` in the finding's
+evidence). When the run has ended, one last ingest and a full-run detection (stored in the findings
+table, as ``tracekit anomalies`` does) report whatever is still new.
 
 After each poll the follower publishes a small JSON snapshot beside the store
 (``<store>.live/<run_id>.json``: status, findings reported and pending, the last window's step
@@ -240,7 +242,8 @@ def follow(
             key = (f["kind"], f["subject"])
             # a missing rank is only missing once the others stopped making progress: while the run
             # moves on, it is a rank whose last records are still on their way to the spool
-            missing = f["kind"] in ("hang", "crash") and stalled < options.confirm_polls - 1
+            missing = f["kind"] in ("hang", "crash") and (stalled < options.confirm_polls - 1
+                                                          or f.get("evidence", {}).get("undecided", False))
             if key not in done and (ended or (seen[key] >= options.confirm_polls and not missing)):
                 if not report(f):
                     publish("stopped", found)

@@ -511,6 +511,11 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
             alive_after >= th.hang_alive_ns or (sigterm is not None and sigterm > others_enter))
         first_step = step if step is not None else _rank_last_step(frames, rank) + 1
         clean = _clean_exit(frames, rank)
+        # while the records are still arriving (a live run), a rank silent for less than the hang
+        # threshold plus one heartbeat since the others entered may still show itself alive: crash or
+        # hang is not yet decided, unless its exit is on record
+        undecided = (not hung and others_enter is not None and clean is None and not _exit_recorded(frames, rank)
+                     and _latest_record(frames) - others_enter < th.hang_alive_ns + HEARTBEAT_BIN_NS)
         evidence = {
             "process_group": group, "stuck_seq": stuck_seq, "op": op, "rank_last_seq": lowest,
             "others_last_seq": max_seq, "ranks_waiting": sorted(set(others["rank"].to_list())),
@@ -519,6 +524,8 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
             "alive_after_others_entered_ms": _ms(alive_after), "received_sigterm": sigterm is not None,
             "clean_exit": clean,
         }
+        if undecided:
+            evidence["undecided"] = True  # crash or hang: later records decide (the live follower waits)
         confidence = round((0.95 if failed.height or others_enter is not None else 0.7) / len(culprits), 3)
         if hung:
             summary = (f"rank {rank} never entered {op or 'collective'} #{stuck_seq} of group {group} that ranks "
@@ -544,6 +551,20 @@ def _last_alive(frames: RunFrames, rank: int) -> int | None:
         times.append(frames.steps.filter(pl.col("rank") == rank)["end_ns"].max())
     times = [t for t in times if t is not None]
     return max(times) if times else None
+
+
+def _latest_record(frames: RunFrames) -> int:
+    """The newest time any rank's records reach (the run's 'now' as far as its records tell)."""
+    times = [frame[col].max() for frame, col in ((frames.collectives, "exit_ns"), (frames.collectives, "enter_ns"),
+                                                (frames.heartbeats, "ts_ns"), (frames.steps, "end_ns"))
+             if frame.height and col in frame.columns]
+    return max((int(t) for t in times if t is not None), default=0)
+
+
+def _exit_recorded(frames: RunFrames, rank: int) -> bool:
+    """The launcher saw the rank's worker exit."""
+    w = frames.worker_exits
+    return bool(w.height) and "rank" in w.columns and w.filter(pl.col("rank") == rank).height > 0
 
 
 def _rank_last_step(frames: RunFrames, rank: int) -> int:
