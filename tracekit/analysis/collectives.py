@@ -269,7 +269,7 @@ def _bucket_span(frames: RunFrames, ranks: Sequence[int]) -> pl.DataFrame:
     c = frames.collectives
     if c.height == 0 or "source" not in c.columns:
         return pl.DataFrame()
-    ddp = c.filter(pl.col("rank").is_in(list(ranks))).filter(pl.col("source").str.starts_with("ddp"))
+    ddp = c.filter(pl.col("rank").is_in(list(ranks))).filter(pl.col("source").cast(pl.String).str.starts_with("ddp"))
     if ddp.height == 0:
         return pl.DataFrame()
     return ddp.group_by("step", "rank").agg(span=pl.col("enter_ns").max() - pl.col("enter_ns").min(), n=pl.len())
