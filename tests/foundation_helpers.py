@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import duckdb
@@ -142,3 +143,17 @@ def spool_streams(root: Path, pattern: str = "*", key: str = "stream") -> dict[o
         merged[k].append({"tracekit_end": max(f["tracekit_end"] for f in found),
                           "records": sum(f["records"] for f in found), "dropped": sum(f.get("dropped", 0) for f in found)})
     return merged
+
+
+def as_read_plainly(read: Any, plain: Any) -> Any:
+    """The collectives analysis' frame ``read`` (tracekit.store.collectives) in the types of a plain read
+    ``plain`` of the same rows, after checking how the two differ: text read as codes is an enum of its
+    values, 64-bit counters whose values all fit are 32-bit; nothing else may differ."""
+    import polars as pl
+
+    assert read.columns == plain.columns
+    for name, kind in read.schema.items():
+        if kind != plain.schema[name]:
+            assert (isinstance(kind, pl.Enum) and plain.schema[name] == pl.String) or \
+                (kind == pl.Int32 and plain.schema[name] == pl.Int64 and name in ("seq", "step", "bytes")), (name, kind)
+    return read.cast(dict(plain.schema))

@@ -8,6 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from foundation_helpers import as_read_plainly
+
 from tracekit.analysis.collectives import (
     DEFAULT_DETECTORS, Finding, RunFrames, Thresholds, detect, detect_missing_rank, detect_nonfinite,
     detect_slow_links, detect_stragglers, infer_period, naive_slowest_rank,
@@ -341,8 +343,8 @@ def test_a_run_read_back_from_the_store_has_the_same_rows_and_findings(tmp_path)
     con = _store(tmp_path, {"other": other, "run": run.collectives})
     read = frames_from_store(con, "run").collectives
     plain = _plain(con, "run")
-    assert _narrowed(read, plain).equals(plain)
-    assert _narrowed(read, plain).equals(run.collectives.drop("async_op"))
+    assert as_read_plainly(read, plain).equals(plain)
+    assert as_read_plainly(read, plain).equals(run.collectives.drop("async_op"))
     table = q.collectives_table(con, "run")  # one value or null throughout in this run: not read
     for name in ("world_size", "process_group", "op", "bytes", "ok", "peer", "source", "error"):
         assert pa.types.is_run_end_encoded(table.schema.field(name).type), name
@@ -374,7 +376,7 @@ def test_a_column_is_left_unread_only_when_every_row_of_the_run_has_its_one_valu
         assert pa.types.is_run_end_encoded(table.schema.field(name).type) == constant, name
     assert pa.types.is_run_end_encoded(table.schema.field("peer").type) == (last == "null")  # null throughout
     read = q.to_polars(table)
-    assert _narrowed(read, _plain(con, "run")).equals(_plain(con, "run"))
+    assert as_read_plainly(read, _plain(con, "run")).equals(_plain(con, "run"))
     con.close()
 
 
@@ -395,19 +397,8 @@ def test_text_codes_are_the_narrowest_integer_and_round_trip_at_the_boundaries(t
     else:
         assert pa.types.is_dictionary(kind) and str(kind.index_type) == code
     read = q.to_polars(table)
-    assert _narrowed(read, _plain(con, "run")).equals(_plain(con, "run")) and set(read["op"].unique()) == set(names)
+    assert as_read_plainly(read, _plain(con, "run")).equals(_plain(con, "run")) and set(read["op"].unique()) == set(names)
     con.close()
-
-
-def _narrowed(read: pl.DataFrame, plain: pl.DataFrame) -> pl.DataFrame:
-    """``read`` in the plain read's types, after checking how it differs: text read as codes is an enum of
-    its values, 64-bit counters whose values fit are 32-bit; nothing else differs."""
-    assert read.columns == plain.columns
-    for name, kind in read.schema.items():
-        if kind != plain.schema[name]:
-            assert (isinstance(kind, pl.Enum) and plain.schema[name] == pl.String) or \
-                (kind == pl.Int32 and plain.schema[name] == pl.Int64 and name in ("seq", "step", "bytes")), (name, kind)
-    return read.cast(dict(plain.schema))
 
 
 @pytest.mark.parametrize("out_of_range", [2**31, -(2**31) - 1, None])
@@ -428,7 +419,7 @@ def test_counters_cross_as_32_bit_only_when_every_value_of_the_run_fits(tmp_path
     assert table.schema.field("seq").type == pa.int32() and table.schema.field("step").type == pa.int32()
     assert table.schema.field("bytes").type == (pa.int64() if out_of_range is not None else pa.int32())
     read = q.to_polars(table)
-    assert _narrowed(read, _plain(con, "run")).equals(_plain(con, "run"))
+    assert as_read_plainly(read, _plain(con, "run")).equals(_plain(con, "run"))
     if out_of_range is not None:
         assert read["bytes"][last] == out_of_range
     con.close()
