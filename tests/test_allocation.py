@@ -156,3 +156,38 @@ def test_a_batch_no_outcome_steers_is_only_as_large_as_keeps_the_workers_busy():
     busy = dict(quiet)
     busy[Experiment("w", "srv.disk", "raise")] = Observed(frozenset({"srv.handle:raise", "cache.check:error_return"}))
     assert len(alloc.next_batch(busy, 4)) == 2
+
+
+def test_of_equally_deep_points_the_one_between_its_callers_other_calls_is_probed_first():
+    """`<p>.take`, `<p>.work`, `<p>.give` run in that order inside `<p>.job`, equally deep; an exception
+    in `work` leaves `take`'s hold without `give` (the chain), one in `take` or `give` leaves nothing.
+    The head probe goes to `work` under any naming and seed; with the rule off, to whichever sorts first."""
+    from tracekit.inject.profile import between_points
+
+    def spans(p: str, runs: int = 3) -> list[list[dict]]:
+        out = []
+        for r in range(runs):
+            job = {"span_id": f"j{r}", "parent_id": None, "name": f"{p}.job", "start_ns": 0, "end_ns": 100}
+            kids = [{"span_id": f"{n}{r}", "parent_id": f"j{r}", "name": f"{p}.{n}", "start_ns": a, "end_ns": b}
+                    for n, a, b in (("take", 10, 20), ("work", 30, 60), ("give", 70, 80))]
+            out.append([job, *kids])
+        return out
+
+    picks = set()
+    for p in ("alpha", "zulu", "m"):
+        middle = between_points(spans(p))
+        assert middle == {f"{p}.work"}
+        infos = [PointInfo(f"{p}.job", "traced", calls=3, below=3, inside=(f"{p}.take", f"{p}.work", f"{p}.give"))]
+        infos += [PointInfo(f"{p}.{n}", "traced", parents=(f"{p}.job",), calls=3, between=f"{p}.{n}" in middle)
+                  for n in ("take", "work", "give")]
+        candidates = [Experiment("w", i.point, f, delay_ms=300 if f == "delay" else 0)
+                      for i in infos for f in ("delay", "raise")]
+        for seed in range(4):
+            alloc = make_allocator("three-phase", candidates, {i.point: "delay" for i in infos}, seed,
+                                   priorities(infos, seed=seed), batch=2, points=infos)
+            heads = alloc._chain_starts(set())
+            assert heads[0].fault_name == f"{p}.work:raise"
+            off = make_allocator("three-phase", candidates, {i.point: "delay" for i in infos}, seed,
+                                 priorities(infos, seed=seed), batch=2, points=infos, steering=Steering(between=False))
+            picks.add(off._chain_starts(set())[0].point.split(".")[1])
+    assert len(picks) > 1  # without the rule the first probe is a toss-up among the three

@@ -125,6 +125,8 @@ class Steering:
     next_frame: bool = True  # of the exceptions one experiment caused, only the innermost is stitched at once
     outermost_last: bool = True  # an exception at a point nothing runs around is stitched after breadth
     hold_blind: bool = True  # a batch no outcome steers is only as large as keeps the workers busy
+    between: bool = True  # of equally deep chain starts, a point between its caller's other calls first
+    retried: bool = True  # an outermost exception the system survived and ran its point again is not held back
 
 
 class _Ordered:
@@ -174,11 +176,12 @@ class ThreePhase(_Ordered):
 
     def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float] | None = None,
                  *, seed: int = 0, steering: Steering = Steering(), depth: dict[str, int] | None = None,
-                 inside: dict[str, tuple[str, ...]] | None = None) -> None:
+                 inside: dict[str, tuple[str, ...]] | None = None, between: frozenset[str] = frozenset()) -> None:
         super().__init__(candidates, primary, priority or {}, seed)
         self.steering = steering
         self.depth = depth or {}  # points standing above each point: traced callers, or spans around it in any process
         self.inside = inside or {}  # points whose spans ran within each point's spans (any process)
+        self.between = between if steering.between else frozenset()  # points run between their caller's other calls
         self.by_fault: dict[str, list[Experiment]] = defaultdict(list)
         for exp in sorted(self.candidates, key=self.key):
             self.by_fault[exp.fault_name].append(exp)
@@ -244,7 +247,7 @@ class ThreePhase(_Ordered):
         raised = {e.point for e in done if e.fault == "raise"}
         out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
                and self.depth.get(e.point, 0) > 0]
-        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), self.key(e)))
+        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), e.point not in self.between, self.key(e)))
 
     def by_fault_kind(self, kind: str) -> list[Experiment]:
         return [e for e in self.candidates if e.fault == kind]
@@ -291,9 +294,17 @@ class ThreePhase(_Ordered):
         # a raise the system itself answered a delay or a flipped check with (a timeout) is loop material
         by_other = {n for e, names in caused.items() if e.fault != "raise" for n in names}
         flips = [e for e in new if e.fault != "raise" or e.fault_name in by_other]
-        if steer.outermost_last:  # an exception nothing runs around can only end the process
-            frames = [e for e in frames if self.depth.get(e.point, 0) > 0]
-            flips = [e for e in flips if e.fault != "raise" or self.depth.get(e.point, 0) > 0]
+        if steer.outermost_last:  # an exception nothing runs around can only end the process ...
+            # ... unless the process survived it: the experiment that caused it also ran its point more
+            # (a retry of what raised, the loop of a redelivery)
+            survived = {n for names in caused.values() for n in names
+                        if n.endswith(":raise") and f"{n.rsplit(':', 1)[0]}:delay" in names} if steer.retried else set()
+
+            def held(e: Experiment) -> bool:
+                return e.fault == "raise" and self.depth.get(e.point, 0) == 0 and e.fault_name not in survived
+
+            frames = [e for e in frames if not held(e)]
+            flips = [e for e in flips if not held(e)]
         heads = self._chain_starts(done)
         probed = any(e.fault == "raise" and self.depth.get(e.point, 0) > 0 for e in done)
         # the next frame of an exception path, new behaviour, one probe where chains start, more of the
@@ -367,4 +378,5 @@ def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[st
         return Breadth(candidates, primary, priority or {}, seed)
     steering = replace(steering or Steering(), batch=max(2, batch))
     return ThreePhase(candidates, primary, priority, seed=seed, steering=steering, depth=point_depth(points or []),
-                      inside={i.point: i.inside for i in points or ()})
+                      inside={i.point: i.inside for i in points or ()},
+                      between=frozenset(i.point for i in points or () if i.between))

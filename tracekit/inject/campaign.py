@@ -53,6 +53,7 @@ class PointInfo:
     spread: int = 0  # max - min calls per run across profile repeats (timing-dependent repetition)
     below: int = 0  # distinct points called beneath it (directly or not)
     inside: tuple[str, ...] = ()  # points whose spans ran within its spans (any process): where its exceptions may come from
+    between: bool = False  # runs after some of its caller's other calls and before others: its exception leaves work half done
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,9 @@ def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, An
         if r["parent"] is not None:
             children[r["parent"]].add(r["op"])
     loops = {op for (parent, op), n in edge_calls.items() if parent is not None and n > totals.get(parent, 0)}
+    spans = [list(run) for run in spans]
     inside = nested_points(spans)
+    middle = between_points(spans)
     runs = max(1, runs)
     out = []
     for r in reached:
@@ -64,9 +66,39 @@ def point_infos(reached: Iterable[dict[str, Any]], counts: Iterable[dict[str, An
         out.append(PointInfo(
             point, r["kind"], parents, r["returns"], r["raises"], point in loops,
             calls=totals.get(point, 0) / runs, spread=(max(series) - min(series)) if series else 0,
-            below=len(below), inside=tuple(sorted(inside.get(point, ()))),
+            below=len(below), inside=tuple(sorted(inside.get(point, ()))), between=point in middle,
         ))
     return out
+
+
+def between_points(runs: Iterable[list[dict[str, Any]]], share: float = 0.5) -> set[str]:
+    """The span names that run between other calls of the same caller: after one of its other calls
+    started and before another one starts, in at least `share` of their spans (a caller's spans
+    `parent_id`). An exception there leaves the caller's work half done -- what the calls before it
+    set up (a hold, a lease, a reservation) without what the calls after it would have done (release,
+    acknowledge, commit) -- the classic start of a cascade; an exception at the first call leaves
+    nothing behind, one at the last leaves everything done.
+
+    >>> between_points([[{"span_id": "c", "parent_id": None, "name": "charge", "start_ns": 0, "end_ns": 9},
+    ...                  {"span_id": "1", "parent_id": "c", "name": "reserve", "start_ns": 1, "end_ns": 2},
+    ...                  {"span_id": "2", "parent_id": "c", "name": "price", "start_ns": 3, "end_ns": 5},
+    ...                  {"span_id": "3", "parent_id": "c", "name": "release", "start_ns": 6, "end_ns": 7}]])
+    {'price'}
+    """
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # name -> [spans between others, spans]
+    for spans in runs:
+        children: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for s in spans:
+            if s.get("parent_id") is not None and s.get("start_ns") is not None and s.get("end_ns") is not None:
+                children[s["parent_id"]].append(s)
+        for siblings in children.values():
+            for s in siblings:
+                before = any(o["name"] != s["name"] and o["start_ns"] < s["start_ns"] for o in siblings)
+                after = any(o["name"] != s["name"] and o["start_ns"] >= s["end_ns"] for o in siblings)
+                tally = counts[s["name"]]
+                tally[0] += before and after
+                tally[1] += 1
+    return {name for name, (mid, n) in counts.items() if n and mid >= share * n}
 
 
 def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, window: int = 4000,
