@@ -135,6 +135,20 @@ def test_an_exception_at_an_outermost_point_waits_for_breadth():
     assert whole.index("cli.request:raise") < breadth_done(whole, system.infos)
 
 
+def test_an_outermost_exception_the_system_survived_and_retried_is_not_held_back():
+    """A delay at the outermost point made the system raise there (a timeout) and run it again (a retry):
+    the process survived that exception, so it is stitched before breadth ends (the loop a redelivery
+    makes); with the rule off it waits for breadth like an exception that ends the process."""
+    system = System(*NAMINGS[0])
+    system.effects["cli.request:delay"] = {"cli.request:raise", "cli.request:delay"}  # timed out, run again
+    system.effects["cli.request:raise"] = {"cli.request:delay"}
+    whole = [e.fault_name for e in system.run(system.allocator(), len(system.candidates))]
+    assert whole.index("cli.request:raise") < breadth_done(whole, system.infos)
+    strict = system.allocator(steering=Steering(retried=False))
+    whole = [e.fault_name for e in system.run(strict, len(system.candidates))]
+    assert whole.index("cli.request:raise") > breadth_done(whole, system.infos)
+
+
 def test_pending_experiments_are_not_offered_again_when_marked_as_run():
     """A pipelined runner asks with pending experiments marked as run (no outcome yet): the answer is new work."""
     system = System(*NAMINGS[0])
