@@ -48,6 +48,19 @@ def test_s_plus_edge_uses_one_sided_welch_test():
     assert fca(profile, noisy) == []
 
 
+def test_a_rise_of_a_call_or_two_in_a_time_driven_loop_is_not_a_consequence():
+    """129 writes in every profile run, 130 in both injected runs (the run lasted a few ms longer): above
+    every profile repeat and 'significant' with no variance, but under the 5 % floor; 4 -> 5 calls of a
+    job retried once is a consequence."""
+    loop = [obs(f"p{i}", BASE, {("a", "b"): 129}) for i in range(3)]
+    assert fca(loop, [obs(f"i{i}", BASE, {("a", "b"): 130}) for i in range(2)]) == []
+    assert [c.kind for c in fca(loop, [obs(f"i{i}", BASE, {("a", "b"): 136}) for i in range(2)])] == ["S+"]
+    jobs = [obs(f"p{i}", BASE, {("a", "b"): 4}) for i in range(3)]
+    assert [c.kind for c in fca(jobs, [obs(f"i{i}", BASE, {("a", "b"): 5}) for i in range(2)])] == ["S+"]
+    off = CausalityParams(min_rise=0.0)
+    assert [c.kind for c in fca(loop, [obs(f"i{i}", BASE, {("a", "b"): 130}) for i in range(2)], params=off)] == ["S+"]
+
+
 def test_fca_needs_two_repeats_each():
     assert fca([obs("p1", BASE)], [obs("i1", BASE + [("x", "ok", None)]), obs("i2", BASE + [("x", "ok", None)])]) == []
 

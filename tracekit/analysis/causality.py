@@ -7,7 +7,8 @@ are compared with the profile repeats of the same test (no injection):
   ``ret:true|false`` of a boolean check, ``ok``, or a fault the program reported), parent
   operation — present in every injection repeat and in no profile repeat;
 * an **S+ edge** (more of the same): the number of spans per (parent, operation) rises
-  significantly — a one-sided Welch t-test with p < 0.1 — and exceeds every profile repeat.
+  significantly — a one-sided Welch t-test with p < 0.1 — exceeds every profile repeat, and rises by
+  at least 5 % of the profile mean (a run a little longer gives a time-driven loop a call or two more).
 
 The injected span itself is compared too, minus what the injection put there (`own_effect`): a
 delay that makes the system raise its own timeout inside the injected call (RQ's job timeout
@@ -45,7 +46,9 @@ class CausalityParams:
     The defaults are what the campaign benchmark (benchmarks/bench_campaign.py) was measured with.
     """
 
-    alpha: float = 0.1            # an S+ edge needs a one-sided Welch p-value below this
+    alpha: float = 0.1            # an S+ edge needs a one-sided Welch p-value below this ...
+    min_rise: float = 0.05        # ... and a mean rise of at least this fraction of the profile mean: a run a
+                                  # little longer gives a time-driven loop (a writer, a poller) a call or two more
     min_repeats: int = 2          # FCA compares at least this many profile and this many fired injection repeats
     max_cycle_length: int = 8     # cycles of more faults than this are not searched for
     max_chain_length: int = 6     # chains are searched up to this many links
@@ -149,6 +152,9 @@ def fca(profile: list[RunObservation], injected: list[RunObservation], *,
         inj = [r.counts.get(key, 0) for r in injected]
         if min(inj) <= max(prof):
             continue
+        before, after = sum(prof) / len(prof), sum(inj) / len(inj)
+        if after - before < params.min_rise * before:
+            continue  # 130 calls where the profile runs made 129: the run's length, not a consequence
         p = welch_greater(inj, prof)
         if p < params.alpha:
             parent, op = key
