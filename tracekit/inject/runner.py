@@ -272,13 +272,24 @@ def plan_experiments(con: Any, campaign: Campaign, campaign_id: str, seed: int) 
     return Discovery(wanted, candidates, primary, priorities(wanted, seed=seed))
 
 
+def rose_in_some(profile: list[int], fired: list[int], min_rise: float) -> bool:
+    """Whether some injection repeat's count is above every profile repeat's and at least `min_rise`
+    above their mean (a partial S+ consequence: worth a confirmation run).
+
+    >>> rose_in_some([129, 129, 129], [130, 129], 0.05), rose_in_some([4, 4, 4], [5, 4], 0.05)
+    (False, True)
+    """
+    return any(n > max(profile) and n >= sum(profile) / len(profile) * (1 + min_rise) for n in fired)
+
+
 def observed(con: Any, analysis: Any) -> dict[str, Observed]:
     """Per experiment label: consequences in every repeat (FCA) and those in some repeats only.
 
     A partial consequence is a signature absent from every profile repeat and present in at least
-    one but not all injection repeats, or a count above every profile repeat's in some repeats only.
+    one but not all injection repeats, or a count above every profile repeat's in some repeats only
+    (by at least FCA's `min_rise` of the profile mean: the noise floor an S+ edge needs too).
     """
-    from tracekit.analysis.causality import Consequence, consequence_node, observations
+    from tracekit.analysis.causality import DEFAULTS, Consequence, consequence_node, observations
 
     run_ids = sorted({r for x in analysis.experiments for r in x.fired_runs}
                      | {r for ids in analysis.profile_runs.values() for r in ids})
@@ -295,8 +306,8 @@ def observed(con: Any, analysis: Any) -> dict[str, Observed]:
                 op, outcome, parent = sig
                 partial.add(consequence_node(Consequence("E", op, outcome, parent)).name)
             for key in set().union(*(r.counts for r in fired)):
-                top = max(r.counts.get(key, 0) for r in prof)
-                if any(r.counts.get(key, 0) > top for r in fired):
+                if rose_in_some([r.counts.get(key, 0) for r in prof], [r.counts.get(key, 0) for r in fired],
+                                DEFAULTS.min_rise):
                     partial.add(consequence_node(Consequence("S+", key[1], "count", key[0])).name)
         out[x.experiment] = Observed(caused, frozenset(partial - caused))
     return out
