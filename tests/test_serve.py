@@ -117,12 +117,15 @@ def start_server(tmp: Path, *args: str, http_port: int = 0, grpc_port: int = 0) 
 
     def read() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            server.lines.append(line)
-            if "OTLP/HTTP on" in line:
-                ports = [int(p.split(" ")[0].rstrip(";")) for p in line.split("127.0.0.1:")[1:]]
-                server.http_port, server.grpc_port = ports[0], ports[1]
-                ready.set()
+        try:
+            for line in proc.stderr:
+                server.lines.append(line)
+                if "OTLP/HTTP on" in line:
+                    ports = [int(p.split(" ")[0].rstrip(";")) for p in line.split("127.0.0.1:")[1:]]
+                    server.http_port, server.grpc_port = ports[0], ports[1]
+                    ready.set()
+        except ValueError:  # stop()'s communicate() closed the pipe under this reader
+            return
 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + 30
