@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tracekit.inject.campaign import PointInfo
 
@@ -92,13 +92,29 @@ def between_points(runs: Iterable[list[dict[str, Any]]], share: float = 0.5) -> 
             if s.get("parent_id") is not None and s.get("start_ns") is not None and s.get("end_ns") is not None:
                 children[s["parent_id"]].append(s)
         for siblings in children.values():
+            # the earliest and the latest start of another name, in one pass (a caller may have thousands
+            # of calls): the two extreme starts of distinct names suffice
+            first = _extremes(siblings, lambda o: o["start_ns"])
+            last = _extremes(siblings, lambda o: -o["start_ns"])
             for s in siblings:
-                before = any(o["name"] != s["name"] and o["start_ns"] < s["start_ns"] for o in siblings)
-                after = any(o["name"] != s["name"] and o["start_ns"] >= s["end_ns"] for o in siblings)
+                earliest = next((t for name, t in first if name != s["name"]), None)
+                latest = next((-t for name, t in last if name != s["name"]), None)
                 tally = counts[s["name"]]
-                tally[0] += before and after
+                tally[0] += earliest is not None and earliest < s["start_ns"] and latest >= s["end_ns"]
                 tally[1] += 1
     return {name for name, (mid, n) in counts.items() if n and mid >= share * n}
+
+
+def _extremes(spans: list[dict[str, Any]], key: Callable[[dict[str, Any]], int]) -> list[tuple[str, int]]:
+    """The smallest `key` of the spans and the smallest of another name: [(name, key), ...], at most two."""
+    best: list[tuple[str, int]] = []
+    for s in spans:
+        k = key(s)
+        if not best or k < best[0][1]:
+            best = [(s["name"], k)] + [b for b in best if b[0] != s["name"]][:1]
+        elif s["name"] != best[0][0] and (len(best) < 2 or k < best[1][1]):
+            best = [best[0], (s["name"], k)]
+    return best
 
 
 def nested_points(runs: Iterable[list[dict[str, Any]]], per_point: int = 40, window: int = 4000,
