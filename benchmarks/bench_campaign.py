@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import final_line  # noqa: E402
 
-FIXTURES = ("retry_storm", "failover", "stampede", "lease", "rq_shop")
+FIXTURES = ("retry_storm", "failover", "stampede", "lease", "rq_shop", "replica")
 
 
 def canonical(cycle: list[str]) -> tuple[str, ...]:
