@@ -33,7 +33,7 @@ from tracekit.faults import resolve_exception
 from tracekit.graph.propagation import Consequence, Edge, FaultNode, consequence_node
 
 __all__ = [
-    "CausalityParams", "RunObservation", "own_effect", "FaultNode", "Consequence", "Edge", "consequence_node", "welch_greater",
+    "CausalityParams", "RunObservation", "clears_floor", "own_effect", "FaultNode", "Consequence", "Edge", "consequence_node", "welch_greater",
     "fca", "injection_nodes", "ExperimentResult", "CampaignAnalysis", "observations", "analyze_experiments",
     "analyze_campaign", "report_findings", "analyze_run",
 ]
@@ -127,6 +127,16 @@ def welch_greater(injected: list[int], profile: list[int]) -> float:
     return p
 
 
+def clears_floor(count: float, profile: list[int], min_rise: float) -> bool:
+    """Whether `count` rises at least `min_rise` of the profile repeats' mean above it (S+'s noise floor).
+
+    >>> clears_floor(130, [129, 129, 129], 0.05), clears_floor(5, [4, 4, 4], 0.05)
+    (False, True)
+    """
+    mean = sum(profile) / len(profile)
+    return count - mean >= min_rise * mean
+
+
 def fca(profile: list[RunObservation], injected: list[RunObservation], *,
         params: CausalityParams = DEFAULTS) -> list[Consequence]:
     """Consequences of one injection: E signatures and S+ count rises against the profile runs.
@@ -152,8 +162,7 @@ def fca(profile: list[RunObservation], injected: list[RunObservation], *,
         inj = [r.counts.get(key, 0) for r in injected]
         if min(inj) <= max(prof):
             continue
-        before, after = sum(prof) / len(prof), sum(inj) / len(inj)
-        if after - before < params.min_rise * before:
+        if not clears_floor(sum(inj) / len(inj), prof, params.min_rise):
             continue  # 130 calls where the profile runs made 129: the run's length, not a consequence
         p = welch_greater(inj, prof)
         if p < params.alpha:

@@ -279,7 +279,9 @@ def rose_in_some(profile: list[int], fired: list[int], min_rise: float) -> bool:
     >>> rose_in_some([129, 129, 129], [130, 129], 0.05), rose_in_some([4, 4, 4], [5, 4], 0.05)
     (False, True)
     """
-    return any(n > max(profile) and n >= sum(profile) / len(profile) * (1 + min_rise) for n in fired)
+    from tracekit.analysis.causality import clears_floor
+
+    return any(n > max(profile) and clears_floor(n, profile, min_rise) for n in fired)
 
 
 def observed(con: Any, analysis: Any) -> dict[str, Observed]:

@@ -76,11 +76,16 @@ _NARROWED = {"seq": "INTEGER", "step": "INTEGER", "bytes": "INTEGER"}
 _RANGE = {"INTEGER": (-(2**31), 2**31 - 1)}
 
 
+def _any_row(rest: str, test: str) -> str:
+    """SQL: whether any row of ``FROM{rest}`` (`` table WHERE condition``) passes ``test`` (stops at the first)."""
+    source, condition = rest.split("WHERE", 1)
+    return f"EXISTS (SELECT 1 FROM{source}WHERE ({condition.strip()}) AND {test})"
+
+
 def _fixed(cursor: duckdb.DuckDBPyConnection, columns: list[str], rest: str,
            params: dict[str, Any]) -> tuple[int, pa.Table, set[str]]:
     """(rows, the first row (typed, empty when no rows), the columns null or one value throughout) of
     ``SELECT columns FROM{rest}`` (``rest``: `` table WHERE condition``)."""
-    source, condition = rest.split("WHERE", 1)
     first = cursor.sql(f"SELECT (SELECT count(*) FROM{rest}) AS tk_rows, {', '.join(columns)} FROM{rest} LIMIT 1",
                        params=params).to_arrow_table()
     rows = first.column("tk_rows")[0].as_py() if first.num_rows else 0
@@ -88,17 +93,13 @@ def _fixed(cursor: duckdb.DuckDBPyConnection, columns: list[str], rest: str,
     if not rows:
         return 0, first, set(columns)
     values = first.to_pylist()[0]
-
-    def any_row(test: str) -> str:
-        return f"EXISTS (SELECT 1 FROM{source}WHERE ({condition.strip()}) AND {test})"
-
     probes, bound = [], dict(params)
     for i, c in enumerate(columns):
         if values[c] is None:
-            probes.append(any_row(f"{c} IS NOT NULL"))
+            probes.append(_any_row(rest, f"{c} IS NOT NULL"))
         else:  # two tests, not one IS DISTINCT FROM: each is one DuckDB can check against a row group's min/max
             bound[f"tk_{i}"] = values[c]
-            probes.append(f"{any_row(f'{c} <> $tk_{i}')} OR {any_row(f'{c} IS NULL')}")
+            probes.append(f"{_any_row(rest, f'{c} <> $tk_{i}')} OR {_any_row(rest, f'{c} IS NULL')}")
     varies = cursor.sql("SELECT " + ", ".join(probes), params=bound).fetchall()[0]
     return rows, first, {c for c, v in zip(columns, varies) if not v}
 
@@ -138,9 +139,7 @@ def _fitting(cursor: duckdb.DuckDBPyConnection, columns: list[str], rest: str, p
     """Of ``columns``, those with no value of the rows of ``FROM{rest}`` outside their narrower type's range."""
     if not columns:
         return set()
-    source, condition = rest.split("WHERE", 1)
-    probes = [f"EXISTS (SELECT 1 FROM{source}WHERE ({condition.strip()}) AND {c} {op} {bound})"
-              for c in columns for op, bound in zip("<>", _RANGE[_NARROWED[c]])]
+    probes = [_any_row(rest, f"{c} {op} {bound}") for c in columns for op, bound in zip("<>", _RANGE[_NARROWED[c]])]
     out = cursor.sql("SELECT " + ", ".join(probes), params=params).fetchall()[0]
     return {c for i, c in enumerate(columns) if not (out[2 * i] or out[2 * i + 1])}
 

@@ -118,6 +118,7 @@ def _watch(run: Any) -> None:
     patched = False
     waiter = _ExitWaiter()
     while True:
+        # a fallback: watch_workers patches the handler at its import (this catches an import its hook did not see)
         if not patched and _HANDLER_MODULE in sys.modules:
             _patch(sys.modules[_HANDLER_MODULE])
             patched = True
