@@ -38,6 +38,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <chrono>
@@ -75,6 +76,9 @@ struct Record {
   bool ok = true;
   std::optional<bool> nonfinite;  // checked buckets only
   std::string error;
+  // a bucket all-reduce's future while in flight: its exit is recorded by a callback that runs after the
+  // future's waiters wake, so at exit `settle` waits for the callbacks of completed ones (null for calls)
+  c10::intrusive_ptr<c10::ivalue::Future> future;
 };
 
 // One ``steps`` record as close_step took it; formatted when drained.
@@ -314,6 +318,16 @@ double norm_then_average(float* data, int64_t n, int64_t divisor) {
   return std::sqrt(total);
 }
 
+// Test hook: TRACEKIT_NATIVE_CALLBACK_DELAY_MS holds every bucket's exit callback back that long, as a
+// descheduled gloo thread would (the exit-time `settle` must still see the bucket). Read once.
+int64_t callback_delay_ms() {
+  static const int64_t delay = [] {
+    const char* value = std::getenv("TRACEKIT_NATIVE_CALLBACK_DELAY_MS");
+    return value != nullptr ? std::max<int64_t>(0, std::atoll(value)) : 0;
+  }();
+  return delay;
+}
+
 class RecordingAllReduceHook
     : public c10d::CppCommHookInterface<c10::intrusive_ptr<c10d::ProcessGroup>> {
  public:
@@ -382,10 +396,21 @@ class RecordingAllReduceHook
       finish(token, false, e.what());
       throw;
     }
+    {
+      auto& s = state();
+      std::lock_guard<std::mutex> lock(s.mu);
+      auto it = s.inflight.find(token);
+      if (it != s.inflight.end()) {
+        it->second.future = future;
+      }
+    }
     // DDP gets the all-reduce's own future, as without a comm hook; the exit is recorded by a callback
     // that runs on gloo's thread after the future's waiters are woken, so it is on no one's critical
     // path (a `then` continuation would chain a second future that DDP waits for)
     future->addCallback([token](c10::ivalue::Future& done) {
+      if (callback_delay_ms() > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(callback_delay_ms()));
+      }
       if (done.hasError()) {
         finish(token, false, done.tryRetrieveErrorMessage());
       } else {
@@ -405,6 +430,7 @@ class RecordingAllReduceHook
     }
     Record record = std::move(it->second);
     s.inflight.erase(it);
+    record.future.reset();
     record.exit_ns = exit;
     record.ok = ok;
     record.error = error.substr(0, 300);
@@ -435,6 +461,7 @@ std::vector<Record> take_done(const std::string& interrupted) {
       record.exit_ns = now;
       record.ok = false;
       record.error = interrupted;
+      record.future.reset();
       out.push_back(std::move(record));
     }
     s.inflight.clear();
@@ -488,6 +515,30 @@ py::str decoded(const std::string& text) {
 py::tuple drain(const std::string& interrupted) {
   std::vector<Record> out = take_done(interrupted);
   return py::make_tuple(decoded(format_records(out)), static_cast<int64_t>(out.size()));
+}
+
+// Wait, up to `timeout_s`, until no bucket all-reduce is left whose future completed but whose callback
+// (which records the exit) has not run yet: the training thread wakes when the future completes and may
+// reach exit before gloo's thread runs the callback, so the last flush would miss that bucket (seen
+// under load: one bucket of the last step absent). Returns how many were still pending at the timeout.
+int64_t settle(double timeout_s) {
+  py::gil_scoped_release release;  // the callbacks take no GIL, but let other Python threads run
+  auto& s = state();
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::nanoseconds(static_cast<int64_t>(timeout_s * 1e9));
+  for (;;) {
+    int64_t pending = 0;
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      for (const auto& [token, record] : s.inflight) {
+        pending += record.future && record.future->completed() ? 1 : 0;
+      }
+    }
+    if (pending == 0 || std::chrono::steady_clock::now() >= deadline) {
+      return pending;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
 }
 
 // The oldest in-flight call or bucket all-reduce as (group, seq, enter_ns, op), or None.
@@ -992,6 +1043,9 @@ void after_fork_in_child() {
   // the parent's completed, in-flight and step records are the parent's to write: written here too,
   // they would land twice
   s.done.clear();
+  for (auto& [token, record] : s.inflight) {
+    (void)record.future.release();  // leaked, not dropped: the parent's gloo threads own them, not here
+  }
   s.inflight.clear();
   s.steps.clear();
   s.mu.unlock();
@@ -1028,6 +1082,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("drain_steps", &drain_steps);
   m.def("drain", &drain, py::arg("interrupted") = "");
   m.def("oldest_inflight", &oldest_inflight);
+  m.def("settle", &settle, py::arg("timeout_s"));
   m.def("start_writer", &start_writer, py::arg("collectives_fd"), py::arg("steps_fd"), py::arg("heartbeats_fd"),
         py::arg("tick_s"), py::arg("beat_s"), py::arg("flush_s"));
   m.def("flush_writer", &flush_writer, py::arg("interrupted") = "");

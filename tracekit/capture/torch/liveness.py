@@ -115,6 +115,7 @@ class Liveness:
                 cap.native.beat("sigterm")
             else:
                 cap.run.spool.stream("heartbeats").write(self.record("sigterm"))
+            cap.settle(0.1)  # completed, not yet recorded: written as completed, not as interrupted
             cap.drain_native(INTERRUPTED)
             for token in list(cap.inflight):
                 cap.finish(token, False, INTERRUPTED)

@@ -101,8 +101,11 @@ class Capture:
     def after_fork_in_child(self) -> None:
         """A forked child (a DataLoader worker) has no native writer thread and none of the parent's
         in-flight calls; its records, if any, go through its own spool files."""
+        from tracekit.capture.torch.patching import forget_callbacks
+
         self.writer = False
         self.inflight.clear()
+        forget_callbacks()
         self.liveness.after_fork_in_child()
 
     # -- identity --------------------------------------------------------------------------
@@ -199,6 +202,19 @@ class Capture:
         if count:
             self.steps.write_lines(lines, count)
 
+    def settle(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` each) for the exit callbacks of async calls and bucket all-reduces that
+        completed but whose callback has not run yet: the script may reach exit first (the backend's thread
+        wakes the waiter before it runs callbacks), and the last flush would miss them."""
+        from tracekit.capture.torch.patching import settle_callbacks
+
+        settle_callbacks(timeout_s)
+        if self.native is not None:
+            try:
+                self.native.settle(timeout_s)
+            except Exception:  # noqa: BLE001 - a library built before settle() existed: nothing to wait for
+                pass
+
     def _native_streams(self) -> tuple[Any, Any, Any]:
         spool = self.run.spool
         return spool.stream("collectives"), spool.stream("steps"), spool.stream("heartbeats")
@@ -230,6 +246,7 @@ class Capture:
     def close(self) -> None:
         """Stop the heartbeat and write what the native hook still holds (the spool is closing)."""
         self.liveness.stop()
+        self.settle(1.0)
         if self.writer:
             self.writer = False
             self.count_native(self.native.stop_writer())
