@@ -165,3 +165,26 @@ def test_pending_experiments_are_never_handed_out_again():
     assert _allocate(alloc, done, {exps[4]: _Pending(exps[4], 2)}, slots=10) == []  # only a pending one is left
     assert _allocate(alloc, {**done, exps[4]: Observed()}, {}, slots=10) is None  # nothing left at all
     assert _allocate(alloc, {}, {}, slots=0) is None  # budget spent
+
+
+def test_the_budgets_last_choices_wait_for_pending_outcomes():
+    """With no more slots than pending experiments, a steered allocator's next choice would be final and
+    blind: the runner waits for the outcomes instead. Earlier, and for unsteered strategies, it does not."""
+    from tracekit.inject.budget import Steering
+    from tracekit.inject.runner import _informed_last
+
+    exps = [Experiment("w", f"p{i}", "raise", "RuntimeError") for i in range(6)]
+    primary = {e.point: "raise" for e in exps}
+    priority = {e.point: 1.0 - i / 10 for i, e in enumerate(exps)}
+    steered = make_allocator("three-phase", exps, primary, 0, priority, batch=2)
+    pending = {exps[0]: _Pending(exps[0], 2)}
+    assert _informed_last(steered, 1, pending) and _allocate(steered, {}, pending, slots=1, informed=True) == []
+    assert not _informed_last(steered, 2, pending)  # a choice left after this one: not held
+    two_more = _allocate(steered, {}, pending, slots=2, informed=_informed_last(steered, 2, pending))
+    assert two_more and exps[0] not in two_more
+    assert not _informed_last(steered, 1, {})  # nothing pending: nothing to wait for
+    for strategy in ("breadth", "random", "exhaustive"):  # nothing steers them: waiting buys nothing
+        assert not _informed_last(make_allocator(strategy, exps, primary, 0, priority), 1, pending)
+    ablated = make_allocator("three-phase", exps, primary, 0, priority, steering=Steering(informed_last=False))
+    assert not _informed_last(ablated, 1, pending)
+    assert _allocate(ablated, {}, pending, slots=1) == [exps[1]]  # ablated: the free worker takes the next point

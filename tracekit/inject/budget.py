@@ -127,6 +127,7 @@ class Steering:
     hold_blind: bool = True  # a batch no outcome steers is only as large as keeps the workers busy
     between: bool = True  # of equally deep chain starts, a point between its caller's other calls first
     retried: bool = True  # an outermost exception the system survived and ran its point again is not held back
+    informed_last: bool = True  # the budget's last experiments wait for pending outcomes, never chosen blind
 
 
 class _Ordered:
