@@ -416,7 +416,7 @@ def test_settle_waits_for_completed_calls_only() -> None:
 
     import torch
 
-    from tracekit.capture.torch import patching
+    from tracekit.capture.torch import patching, state
 
     class Work:
         def __init__(self) -> None:
@@ -429,18 +429,18 @@ def test_settle_waits_for_completed_calls_only() -> None:
     running = Work()
     patching.on_completion(lambda token, ok, error=None: finished.append((token, ok)), 1, running)
     start = time.monotonic()
-    patching.settle_callbacks(2.0)  # pending, not done: nothing to wait for
+    state.settle_callbacks(2.0)  # pending, not done: nothing to wait for
     assert time.monotonic() - start < 1.0
     running.future.set_result(None)  # the callback runs: recorded, no longer awaited
-    assert finished == [(1, True)] and not patching._awaiting
+    assert finished == [(1, True)] and not state.awaiting
 
     late = torch.futures.Future()
     late.set_result(None)
-    patching._awaiting[-1] = late  # done, its callback not yet run: as a descheduled backend thread leaves it
-    timer = threading.Timer(0.3, patching._awaiting.pop, args=(-1, None))
+    state.awaiting[-1] = late  # done, its callback not yet run: as a descheduled backend thread leaves it
+    timer = threading.Timer(0.3, state.awaiting.pop, args=(-1, None))
     timer.start()
     start = time.monotonic()
-    patching.settle_callbacks(5.0)
+    state.settle_callbacks(5.0)
     waited = time.monotonic() - start
     timer.join()
     assert 0.25 <= waited < 4.0, waited

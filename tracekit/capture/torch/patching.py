@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import sys
-import time
 from typing import Any, Callable
 
 from tracekit.capture.torch import state
@@ -111,12 +109,6 @@ def wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# futures of async calls whose exit callback has not run yet, by a key of their own (Python and native
-# tokens are separate counters): see settle_callbacks
-_awaiting: dict[int, Any] = {}
-_keys = itertools.count()
-
-
 def on_completion(finish: Callable[..., None], token: int, work: Any) -> None:
     """Record the exit when an async work handle completes (its future's callback)."""
     try:
@@ -124,7 +116,7 @@ def on_completion(finish: Callable[..., None], token: int, work: Any) -> None:
     except Exception:  # noqa: BLE001 - a backend without futures: the exit is the wait() call
         _wrap_wait(finish, token, work)
         return
-    key = next(_keys)
+    key = next(state.awaiting_keys)
 
     def done(fut: Any) -> None:
         try:
@@ -134,33 +126,14 @@ def on_completion(finish: Callable[..., None], token: int, work: Any) -> None:
         else:
             finish(token, True)
         finally:
-            _awaiting.pop(key, None)
+            state.awaiting.pop(key, None)
 
-    _awaiting[key] = future
+    state.awaiting[key] = future
     try:
         future.add_done_callback(done)
     except Exception:  # noqa: BLE001
-        _awaiting.pop(key, None)
+        state.awaiting.pop(key, None)
         finish(token, True)
-
-
-def settle_callbacks(timeout_s: float) -> None:
-    """Wait (at most ``timeout_s``) until every async call whose future completed has had its exit
-    recorded. The backend's thread wakes the waiter first and runs the callback after, so a script can
-    reach exit in between and the last flush would miss (or, at SIGTERM, mark interrupted) that call."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if not any(future.done() for future in list(_awaiting.values())):
-                return
-        except Exception:  # noqa: BLE001
-            return
-        time.sleep(0.001)  # releases the GIL the callback needs
-
-
-def forget_callbacks() -> None:
-    """A forked child: the parent's pending futures are the parent's."""
-    _awaiting.clear()
 
 
 def _wrap_wait(finish: Callable[..., None], token: int, work: Any) -> None:

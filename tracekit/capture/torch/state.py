@@ -26,6 +26,24 @@ local = _Local()
 current: "Capture | None" = None  # this process's capture, once instrument() ran (None: paused or off)
 originals: dict[tuple[str, str], Callable[..., Any]] = {}  # (module, name) -> original function
 lock = threading.Lock()
+# futures of async calls whose exit callback has not run yet (patching.on_completion), by a key of their
+# own (Python and native tokens are separate counters): see settle_callbacks
+awaiting: dict[int, Any] = {}
+awaiting_keys = itertools.count()
+
+
+def settle_callbacks(timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) until every async call whose future completed has had its exit
+    recorded. The backend's thread wakes the waiter first and runs the callback after, so a script can
+    reach exit in between and the last flush would miss (or, at SIGTERM, mark interrupted) that call."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not any(future.done() for future in list(awaiting.values())):
+                return
+        except Exception:  # noqa: BLE001
+            return
+        time.sleep(0.001)  # releases the GIL the callback needs
 
 _DTYPE_NAMES: dict[Any, str] = {}  # torch.float32 -> "float32"
 
@@ -101,11 +119,9 @@ class Capture:
     def after_fork_in_child(self) -> None:
         """A forked child (a DataLoader worker) has no native writer thread and none of the parent's
         in-flight calls; its records, if any, go through its own spool files."""
-        from tracekit.capture.torch.patching import forget_callbacks
-
         self.writer = False
         self.inflight.clear()
-        forget_callbacks()
+        awaiting.clear()  # the parent's pending futures are the parent's
         self.liveness.after_fork_in_child()
 
     # -- identity --------------------------------------------------------------------------
@@ -206,8 +222,6 @@ class Capture:
         """Wait (at most ``timeout_s`` each) for the exit callbacks of async calls and bucket all-reduces that
         completed but whose callback has not run yet: the script may reach exit first (the backend's thread
         wakes the waiter before it runs callbacks), and the last flush would miss them."""
-        from tracekit.capture.torch.patching import settle_callbacks
-
         settle_callbacks(timeout_s)
         if self.native is not None:
             try:
