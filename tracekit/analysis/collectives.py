@@ -107,7 +107,9 @@ class Thresholds:
     min_in_window: int = 4            # (also: a throttle's scheduling lag, heartbeat by heartbeat)
     min_fraction: float = 0.5         # ... and in at least this fraction of all steps since its onset
     throttle_ratio: float = 5.0       # a throttled rank's threads wake this many times later than its peers' ...
-    throttle_lag_ns: int = 40 * MS    # ... and this late: 8 GIL switch intervals, more than a busy process causes
+    throttle_lag_ns: int = 20 * MS    # ... and this late: 4 GIL switch intervals. Measured on 11 throttled 4-rank
+    # jobs (fixtures/ddp_job.py, 90 % stopped): the starved rank's median lag 38-78 ms, its peers' largest 5.7 ms;
+    # at 40 ms, a run whose starved rank lagged 28-67 ms had 3 of 7 beats over it and no finding (a CI failure)
     probe_ratio: float = 4.0          # a probed direction this many times the round's median ...
     probe_excess_ns: int = 10 * MS    # ... and this much slower is a slow link
     probe_min_rounds: int = 2         # a slow link is slow in at least this many probe rounds ...
