@@ -123,7 +123,8 @@ class _Session:
                 if (not spent and not queue and len(running) < workers and (running or analysing is None)
                         and asked_at != (len(outcomes), len(pending))):
                     slots = (budget - committed) // repeats
-                    new = _allocate(allocator, outcomes, pending, slots, informed=_informed_last(allocator, slots, pending))
+                    informed = _informed_last(allocator, slots, pending)
+                    new = _allocate(allocator, outcomes, pending, slots, informed=informed)
                     if new is None:
                         spent = True
                     elif not new:

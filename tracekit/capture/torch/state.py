@@ -45,6 +45,7 @@ def settle_callbacks(timeout_s: float) -> None:
             return
         time.sleep(0.001)  # releases the GIL the callback needs
 
+
 _DTYPE_NAMES: dict[Any, str] = {}  # torch.float32 -> "float32"
 
 
