@@ -213,6 +213,32 @@ def test_a_missing_rank_is_undecided_until_the_others_records_pass_the_hang_thre
     assert "undecided" not in next(f for f in seen_dead if f.subject == "rank:3").evidence  # its exit is on record
 
 
+def test_a_live_rank_whose_newest_beat_trails_the_others_is_not_called_crashed() -> None:
+    """Live, the store holds a hung rank's beats up to a beat and a flush behind the others' newest
+    records: 0.8 s after the others entered, while theirs reach 1.6 s. It is undecided (it has been silent
+    0.8 s, not 1.6 s), and a hang once its beats pass the hang threshold."""
+    frames = build()
+    c = frames.collectives.filter(pl.col("seq") <= 41)
+    since = c["enter_ns"].max() + 20 * MS
+    steps = frames.steps.filter(pl.col("end_ns") <= since)
+
+    def beats(others_ms: int, mine_ms: int) -> RunFrames:
+        rows = [{"rank": r, "ts_ns": since + others_ms * MS, "step": 10, "last_seq": 42, "inflight_op": "all_reduce",
+                 "inflight_seq": 42, "inflight_since_ns": since, "state": "alive", "sched_lag_ns": MS} for r in (0, 1, 2)]
+        rows.append({"rank": 3, "ts_ns": since + mine_ms * MS, "step": 10, "last_seq": 41, "inflight_op": None,
+                     "inflight_seq": None, "inflight_since_ns": None, "state": "alive", "sched_lag_ns": MS})
+        hb = pl.concat([frames.heartbeats.filter(pl.col("ts_ns") <= since),
+                        pl.DataFrame(rows, schema=frames.heartbeats.schema)])
+        return RunFrames(collectives=c, steps=steps, heartbeats=hb)
+
+    trailing = detect(beats(1_600, 800))
+    assert (trailing[0].subject, trailing[0].evidence.get("undecided")) == ("rank:3", True)
+    later = detect(beats(2_600, 1_900))
+    assert (later[0].kind, later[0].subject) == ("hang", "rank:3") and "undecided" not in later[0].evidence
+    silent = detect(beats(2_600, 800))  # its beats stopped 1.8 s ago: it died after the others entered
+    assert (silent[0].kind, silent[0].subject) == ("crash", "rank:3") and "undecided" not in silent[0].evidence
+
+
 def test_nonfinite_names_the_first_rank_before_reduction() -> None:
     findings = detect(build(nonfinite={3: 50}))
     assert [(f.kind, f.subject, f.first_step) for f in findings] == [("nonfinite", "rank:3", 12)]

@@ -513,11 +513,16 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
             alive_after >= th.hang_alive_ns or (sigterm is not None and sigterm > others_enter))
         first_step = step if step is not None else _rank_last_step(frames, rank) + 1
         clean = _clean_exit(frames, rank)
-        # while the records are still arriving (a live run), a rank silent for less than the hang
-        # threshold plus one heartbeat since the others entered may still show itself alive: crash or
-        # hang is not yet decided, unless its exit is on record
-        undecided = (not hung and others_enter is not None and clean is None and not _exit_recorded(frames, rank)
-                     and _latest_record(frames) - others_enter < th.hang_alive_ns + HEARTBEAT_BIN_NS)
+        # while the records are still arriving (a live run), a rank silent for less than the hang threshold
+        # plus one heartbeat may still show itself alive: crash or hang is not yet decided, unless its exit
+        # is on record. Silent: since its own last record, not since the others entered -- a live rank's
+        # newest beat in the store trails the others' newest records by up to a beat and a flush (more
+        # under load), so a hung rank read then looked crashed (a flake of the live test, beside a busy loop)
+        latest = _latest_record(frames)
+        silent = latest - (alive if alive is not None and alive > others_enter else others_enter) \
+            if others_enter is not None else None
+        undecided = (not hung and silent is not None and clean is None and not _exit_recorded(frames, rank)
+                     and silent < th.hang_alive_ns + HEARTBEAT_BIN_NS)
         evidence = {
             "process_group": group, "stuck_seq": stuck_seq, "op": op, "rank_last_seq": lowest,
             "others_last_seq": max_seq, "ranks_waiting": sorted(set(others["rank"].to_list())),
