@@ -178,9 +178,9 @@ def test_the_budgets_last_choices_wait_for_pending_outcomes():
     priority = {e.point: 1.0 - i / 10 for i, e in enumerate(exps)}
     steered = make_allocator("three-phase", exps, primary, 0, priority, batch=2)
     pending = {exps[0]: _Pending(exps[0], 2)}
-    assert _informed_last(steered, 1, pending) and _allocate(steered, {}, pending, slots=1, informed=True) == []
+    assert _informed_last(steered, 1, pending) and _allocate(steered, {}, pending, slots=1) == []
     assert not _informed_last(steered, 2, pending)  # a choice left after this one: not held
-    two_more = _allocate(steered, {}, pending, slots=2, informed=_informed_last(steered, 2, pending))
+    two_more = _allocate(steered, {}, pending, slots=2)
     assert two_more and exps[0] not in two_more
     assert not _informed_last(steered, 1, {})  # nothing pending: nothing to wait for
     for strategy in ("breadth", "random", "exhaustive"):  # nothing steers them: waiting buys nothing

@@ -515,12 +515,11 @@ def detect_missing_rank(frames: RunFrames, th: Thresholds) -> list[Finding]:
         clean = _clean_exit(frames, rank)
         # while the records are still arriving (a live run), a rank silent for less than the hang threshold
         # plus one heartbeat may still show itself alive: crash or hang is not yet decided, unless its exit
-        # is on record. Silent: since its own last record, not since the others entered -- a live rank's
+        # is on record. Silent: since its own last record or the others' entry, whichever is later -- a live rank's
         # newest beat in the store trails the others' newest records by up to a beat and a flush (more
         # under load), so a hung rank read then looked crashed (a flake of the live test, beside a busy loop)
-        latest = _latest_record(frames)
-        silent = latest - (alive if alive is not None and alive > others_enter else others_enter) \
-            if others_enter is not None else None
+        last_heard = others_enter if alive is None or others_enter is None else max(alive, others_enter)
+        silent = None if last_heard is None else _latest_record(frames) - last_heard
         undecided = (not hung and silent is not None and clean is None and not _exit_recorded(frames, rank)
                      and silent < th.hang_alive_ns + HEARTBEAT_BIN_NS)
         evidence = {

@@ -122,9 +122,7 @@ class _Session:
                     ready = []
                 if (not spent and not queue and len(running) < workers and (running or analysing is None)
                         and asked_at != (len(outcomes), len(pending))):
-                    slots = (budget - committed) // repeats
-                    informed = _informed_last(allocator, slots, pending)
-                    new = _allocate(allocator, outcomes, pending, slots, informed=informed)
+                    new = _allocate(allocator, outcomes, pending, (budget - committed) // repeats)
                     if new is None:
                         spent = True
                     elif not new:
@@ -207,17 +205,18 @@ def _informed_last(allocator: Allocator, slots: int, pending: dict[Experiment, A
 
 
 def _allocate(allocator: Allocator, outcomes: Outcomes, pending: dict[Experiment, _Pending],
-              slots: int, informed: bool = False) -> list[Experiment] | None:
+              slots: int) -> list[Experiment] | None:
     """Up to `slots` experiments neither run nor pending; None when nothing is left to run at all.
 
     The allocator is first asked with the outcomes known so far and its pending choices are dropped;
     when it offers only pending ones, it is asked again with each pending experiment marked as run
     with no outcome yet (`Observed()`), so a free worker gets the next choice instead of waiting --
-    unless `informed` (the budget's last choices): then nothing while any outcome is pending.
+    unless these are a steered allocator's last choices (`_informed_last`): then nothing while any
+    outcome is pending.
     """
     if slots <= 0:
         return None
-    if informed and pending:
+    if _informed_last(allocator, slots, pending):
         return []
     offered = allocator.next_batch(outcomes, slots + len(pending))
     new = [e for e in dict.fromkeys(offered) if e not in outcomes and e not in pending][:slots]

@@ -227,7 +227,7 @@ class Capture:
         if self.native is not None:
             try:
                 self.native.settle(timeout_s)
-            except Exception:  # noqa: BLE001 - a library built before settle() existed: nothing to wait for
+            except Exception:  # noqa: BLE001 - waiting must never keep close() from writing what the hook holds
                 pass
 
     def _native_streams(self) -> tuple[Any, Any, Any]:
