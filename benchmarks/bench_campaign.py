@@ -243,7 +243,7 @@ def ablation(fixture: str, oracle_dir: Path, seeds: tuple[int, ...] = (0, 1, 2))
                                                                                 found.points),
         "traced callers only": (Steering(), Signals(), flat)}
     variants.update({f"no {k}": (replace(Steering(), **{k: False}), Signals(), found.points)
-                     for k in ("head", "next_frame", "outermost_last", "hold_blind", "between", "retried")})
+                     for k in ("head", "next_frame", "outermost_last", "hold_blind", "between", "retried", "reprobe")})
     out: dict[str, Any] = {"budget_injection_runs": n // 3 * repeats}
     for label, (steering, signals, points) in variants.items():
         figures = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tracekit.inject.budget import Observed, Steering, make_allocator, simulate
 from tracekit.inject.campaign import Experiment, PointInfo
 from tracekit.inject.profile import nest_depth, nested_points, point_depth, priorities
@@ -29,6 +31,10 @@ def test_depth_counts_frames_around_a_point_in_any_process():
              PointInfo("db.query", "traced", inside=("db.disk",)),  # another process: no traced parent
              PointInfo("db.disk", "traced", parents=("db.query",))]
     assert point_depth(infos) == {"app.request": 0, "app.call": 1, "db.query": 2, "db.disk": 3}
+    # a point's traced callers stand on whatever waits on the topmost of them: `db.disk` is rare, so no
+    # profile span lay around it, yet its exception leaves `db.query` and the two client frames too
+    rare = [replace(i, inside=tuple(n for n in i.inside if n != "db.disk")) for i in infos]
+    assert point_depth(rare)["db.disk"] == 3
     # timing hid one containment (the job started before the client began waiting): its step keeps depth 2
     assert nest_depth({"wait": ["step"], "job": ["step"]}) == {"job": 0, "step": 2, "wait": 0}
 
@@ -162,11 +168,14 @@ def test_a_batch_no_outcome_steers_is_only_as_large_as_keeps_the_workers_busy():
     """With nothing caused to follow up, more breadth goes out one experiment at a time (its repeats fill
     two workers), so an outcome arriving meanwhile steers the next one; a steered batch stays full."""
     system = System(*NAMINGS[0])
-    alloc = system.allocator()
+    alloc = system.allocator(steering=Steering(reprobe=False))
     first = alloc.next_batch({}, 4)
     quiet = {e: Observed() for e in first}  # the first experiments caused nothing
     assert len(alloc.next_batch(quiet, 4)) == 1
-    assert len(system.allocator(steering=Steering(hold_blind=False)).next_batch(quiet, 4)) == 2
+    assert len(system.allocator(steering=Steering(hold_blind=False, reprobe=False)).next_batch(quiet, 4)) == 2
+    # the head probe left no frame: the next probe follows from that outcome, so the batch stays full
+    again = system.allocator().next_batch(quiet, 4)
+    assert len(again) == 2 and Experiment("w", "srv.handle", "raise") in again
     busy = dict(quiet)
     busy[Experiment("w", "srv.disk", "raise")] = Observed(frozenset({"srv.handle:raise", "cache.check:error_return"}))
     assert len(alloc.next_batch(busy, 4)) == 2
@@ -205,3 +214,43 @@ def test_of_equally_deep_points_the_one_between_its_callers_other_calls_is_probe
                                  priorities(infos, seed=seed), batch=2, points=infos, steering=Steering(between=False))
             picks.add(off._chain_starts(set())[0].point.split(".")[1])
     assert len(picks) > 1  # without the rule the first probe is a toss-up among the three
+
+
+def with_bystander(system: System, around: tuple[str, ...]) -> System:
+    """`system` plus `<other>.beat`, a heartbeat its profile saw within the spans of `around` by coincidence
+    (a busy service covers the whole run): as deep as those make it, no traced caller, hot, and its
+    exception leaves no frame (it only fails a check)."""
+    o = system.infos[-1].point.split(".")[0]
+    system.infos = [replace(i, inside=(*i.inside, f"{o}.beat")) if i.point in around else i for i in system.infos]
+    system.infos.append(PointInfo(f"{o}.beat", "traced", calls=60, loop=True))
+    system.candidates += [Experiment("w", f"{o}.beat", f, delay_ms=300 if f == "delay" else 0) for f in ("delay", "raise")]
+    system.primary[f"{o}.beat"] = "delay"
+    system.effects[f"{o}.beat:raise"] = {f"{system.k}.check:error_return"}
+    return system
+
+
+def test_of_equally_deep_points_the_one_whose_callers_are_recorded_is_probed_first():
+    """`beat` lies within three points' spans by timing alone; `disk` has a traced caller (recorded
+    structure) under a handler two client frames wait on: equally deep, `disk` is probed first."""
+    for naming in NAMINGS:
+        s, c = naming[0], naming[1]
+        system = with_bystander(System(*naming), (f"{c}.request", f"{c}.call", f"{s}.handle"))
+        depth = point_depth(system.infos)
+        assert depth[f"{s}.disk"] == depth[f"{naming[3]}.beat"] == 3
+        assert Experiment("w", f"{s}.disk", "raise") in system.allocator().next_batch({}, 2)
+
+
+def test_a_probe_whose_exception_left_no_frame_is_followed_by_the_next_deepest():
+    """`beat` is deeper than `disk` by coincidence (four spans around it) and probed first; its exception
+    only fails a check -- it left no frame, so the depth was wrong there: `disk` is probed next, before
+    breadth goes on. With the rule off, the chain waits for breadth and is missed within a third."""
+    for naming in NAMINGS:
+        s, c, k = naming[0], naming[1], naming[2]
+        system = with_bystander(System(*naming), (f"{c}.request", f"{c}.call", f"{s}.handle", f"{k}.check"))
+        order = [e.fault_name for e in system.run(system.allocator(), 4)]
+        assert order[0] == f"{naming[3]}.beat:raise"
+        assert f"{s}.disk:raise" in order[2:4], order
+        slots = len(system.candidates) // 3
+        assert system.found(system.run(system.allocator(), slots)) == (True, True), naming
+        off = system.run(system.allocator(steering=Steering(reprobe=False)), slots)
+        assert system.found(off)[1] is False, naming

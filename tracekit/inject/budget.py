@@ -11,8 +11,10 @@ only), so later batches spend where new chains are likely. Budgets count runs: a
    (tracekit.inject.profile: hot path, loop feeders, call-graph position — points beneath, depth —,
    timing slack; ties by a seeded hash, never by name), in small batches so fault causality analysis
    steers from the first results on. Beside the first of it, one exception where chains start: at
-   the most deeply nested point (`profile.point_depth`: traced callers, or spans around it in any
-   process), when an exception there can leave two frames or more (a chain has two links);
+   the most deeply nested point (`profile.point_depth`: traced callers, on top of the spans around the
+   topmost of them in any process; of equally deep points, the one more of whose depth is recorded
+   callers), when an exception there can leave two frames or more (a chain has two links). A probe
+   whose exception left no frame showed the depth wrong there: the next deepest is probed;
 2. *uniqueness* — before more breadth, faults some experiment caused and nobody injected yet, as the
    fault type that was observed: first the next frame of each exception path (of the exceptions one
    experiment caused, the innermost: the outer ones follow from injecting it), then new behaviour (a
@@ -43,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tracekit.inject.campaign import Experiment, PointInfo
-from tracekit.inject.profile import point_depth, tie_break
+from tracekit.inject.profile import call_depth, point_depth, tie_break
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Steering:
     hold_blind: bool = True  # a batch no outcome steers is only as large as keeps the workers busy
     between: bool = True  # of equally deep chain starts, a point between its caller's other calls first
     retried: bool = True  # an outermost exception the system survived and ran its point again is not held back
+    reprobe: bool = True  # a chain-start probe whose exception left no frame is followed by the next deepest
     informed_last: bool = True  # the budget's last experiments wait for pending outcomes, never chosen blind
 
 
@@ -177,11 +180,15 @@ class ThreePhase(_Ordered):
 
     def __init__(self, candidates: list[Experiment], primary: dict[str, str], priority: dict[str, float] | None = None,
                  *, seed: int = 0, steering: Steering = Steering(), depth: dict[str, int] | None = None,
-                 inside: dict[str, tuple[str, ...]] | None = None, between: frozenset[str] = frozenset()) -> None:
+                 inside: dict[str, tuple[str, ...]] | None = None, between: frozenset[str] = frozenset(),
+                 called: dict[str, int] | None = None) -> None:
         super().__init__(candidates, primary, priority or {}, seed)
         self.steering = steering
         self.depth = depth or {}  # points standing above each point: traced callers, or spans around it in any process
         self.inside = inside or {}  # points whose spans ran within each point's spans (any process)
+        # traced callers above each point: recorded structure, so of equally deep points the one whose depth
+        # more of it shows is probed first (time containment can be coincidence on a busy service)
+        self.called = called or {}
         self.between = between if steering.between else frozenset()  # points run between their caller's other calls
         self.by_fault: dict[str, list[Experiment]] = defaultdict(list)
         for exp in sorted(self.candidates, key=self.key):
@@ -248,7 +255,8 @@ class ThreePhase(_Ordered):
         raised = {e.point for e in done if e.fault == "raise"}
         out = [e for e in self.by_fault_kind("raise") if e not in done and e.point not in raised
                and self.depth.get(e.point, 0) > 0]
-        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), e.point not in self.between, self.key(e)))
+        return sorted(out, key=lambda e: (-self.depth.get(e.point, 0), -self.called.get(e.point, 0),
+                                          e.point not in self.between, self.key(e)))
 
     def by_fault_kind(self, kind: str) -> list[Experiment]:
         return [e for e in self.candidates if e.fault == kind]
@@ -307,7 +315,13 @@ class ThreePhase(_Ordered):
             frames = [e for e in frames if not held(e)]
             flips = [e for e in flips if not held(e)]
         heads = self._chain_starts(done)
-        probed = any(e.fault == "raise" and self.depth.get(e.point, 0) > 0 for e in done)
+        # a probe found where chains start once its exception left a frame (caused an exception at another
+        # point); one that left none shows the depth signal wrong there (spans around it by coincidence):
+        # the next deepest point is probed
+        probed = any(e.fault == "raise" and self.depth.get(e.point, 0) > 0
+                     and (not steer.reprobe or any(n.endswith(":raise") and n != e.fault_name
+                                                   for n in caused.get(e, ())))
+                     for e in done)
         # the next frame of an exception path, new behaviour, one probe where chains start, more of the
         # same (delays), then partial edges, breadth, the rest of the stitches, other chain starts, diversity
         head = heads[:1] if steer.head and not probed else []
@@ -380,4 +394,4 @@ def make_allocator(strategy: str, candidates: list[Experiment], primary: dict[st
     steering = replace(steering or Steering(), batch=max(2, batch))
     return ThreePhase(candidates, primary, priority, seed=seed, steering=steering, depth=point_depth(points or []),
                       inside={i.point: i.inside for i in points or ()},
-                      between=frozenset(i.point for i in points or () if i.between))
+                      between=frozenset(i.point for i in points or () if i.between), called=call_depth(points or []))

@@ -203,8 +203,9 @@ def nest_depth(inside: dict[str, Iterable[str]]) -> dict[str, int]:
     return {name: len(around[name]) for name in sorted(around)}
 
 
-def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
-    """How many traced callers stand above each point (the longest chain of points calling it).
+def call_depth(infos: Iterable[PointInfo], base: dict[str, int] | None = None) -> dict[str, int]:
+    """How many traced callers stand above each point (the longest chain of points calling it), each
+    chain standing on `base` of its topmost point when given (what waits on it from other processes).
 
     An exception raised at a deep point leaves every traced frame above it unless one catches it:
     each frame it leaves is one more link a chain can have.
@@ -219,7 +220,7 @@ def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
     def walk(point: str, seen: frozenset[str]) -> int:
         if point not in depth:
             above = [walk(p, seen | {point}) + 1 for p in parents.get(point, ()) if p in parents and p not in seen]
-            depth[point] = max(above, default=0)
+            depth[point] = max(above, default=0) if base is None else max(above + [base.get(point, 0)])
         return depth[point]
 
     for point in parents:
@@ -228,15 +229,16 @@ def call_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
 
 
 def point_depth(infos: Iterable[PointInfo]) -> dict[str, int]:
-    """How many points stand above each point: traced callers in its process, or spans around its spans
-    in any process (a server handler is as deep as the client call waiting on it), whichever is more.
+    """How many points stand above each point: its traced callers in its process, on top of the spans
+    around the topmost of them in any process (a server handler is as deep as the client calls waiting
+    on it, and the handler's own callees one deeper each), or the spans around its own spans if more.
 
     >>> point_depth([PointInfo("cli.call", "traced", inside=("srv.handle",)), PointInfo("srv.handle", "traced")])
     {'cli.call': 0, 'srv.handle': 1}
     """
     infos = list(infos)
-    calls, nests = call_depth(infos), nest_depth({i.point: i.inside for i in infos})
-    return {i.point: max(calls.get(i.point, 0), nests.get(i.point, 0)) for i in infos}
+    nests = nest_depth({i.point: i.inside for i in infos})
+    return call_depth(infos, base=nests)
 
 
 def _descendants(point: str, children: dict[str, set[str]]) -> set[str]:
