@@ -1,6 +1,6 @@
 """Causal fault-injection campaigns: seeded cascades found per budget, campaign throughput, injection-point cost.
 
-1. Accuracy per seeded target (fixtures/campaigns/{retry_storm,failover,stampede,lease,rq_shop,replica,pool}.toml,
+1. Accuracy per seeded target (fixtures/campaigns/{retry_storm,failover,stampede,lease,rq_shop,replica,pool,group}.toml,
    ground truth in each file's [ground_truth] and GROUND_TRUTH.md): one exhaustive campaign (every
    allowed fault at every point; kept and reused with --oracle-dir), then real three-phase,
    breadth-only and uniform-random campaigns with one third of the exhaustive injection budget.
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import final_line  # noqa: E402
 
-FIXTURES = ("retry_storm", "failover", "stampede", "lease", "rq_shop", "replica", "pool")
+FIXTURES = ("retry_storm", "failover", "stampede", "lease", "rq_shop", "replica", "pool", "group")
 
 
 def canonical(cycle: list[str]) -> tuple[str, ...]:
