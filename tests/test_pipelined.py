@@ -188,3 +188,24 @@ def test_the_budgets_last_choices_wait_for_pending_outcomes():
     ablated = make_allocator("three-phase", exps, primary, 0, priority, steering=Steering(informed_last=False))
     assert not _informed_last(ablated, 1, pending)
     assert _allocate(ablated, {}, pending, slots=1) == [exps[1]]  # ablated: the free worker takes the next point
+
+
+def test_a_steered_allocator_hands_out_only_what_the_free_workers_start_now():
+    """One free worker and two repeats per experiment: one experiment now, though the steered batch holds
+    two -- the second would wait in the queue for a worker, chosen before outcomes that arrive meanwhile.
+    Unsteered strategies (and the rule switched off) still hand out the whole batch."""
+    from tracekit.inject.budget import Steering
+    from tracekit.inject.runner import _startable
+
+    exps = [Experiment("w", f"p{i}", "raise", "RuntimeError") for i in range(6)]
+    primary = {e.point: "raise" for e in exps}
+    priority = {e.point: 1.0 - i / 10 for i, e in enumerate(exps)}
+    steered = make_allocator("three-phase", exps, primary, 0, priority, batch=2)
+    assert _startable(steered, free=1, repeats=2) == 1 and _startable(steered, free=4, repeats=2) == 2
+    assert _startable(steered, free=3, repeats=1) == 3
+    assert _allocate(steered, {}, {}, slots=10, start=_startable(steered, 1, 2)) == exps[:1]
+    assert _allocate(steered, {}, {}, slots=10, start=None) == exps[:2]
+    off = make_allocator("three-phase", exps, primary, 0, priority, steering=Steering(start_late=False))
+    assert _startable(off, 1, 2) is None
+    for strategy in ("breadth", "random", "exhaustive"):
+        assert _startable(make_allocator(strategy, exps, primary, 0, priority), 1, 2) is None

@@ -131,6 +131,7 @@ class Steering:
     retried: bool = True  # an outermost exception the system survived and ran its point again is not held back
     reprobe: bool = True  # a chain-start probe whose exception left no frame is followed by the next deepest
     informed_last: bool = True  # the budget's last experiments wait for pending outcomes, never chosen blind
+    start_late: bool = True  # the runner hands out only what the free workers start now (no queued choices)
 
 
 class _Ordered:

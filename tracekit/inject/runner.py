@@ -122,7 +122,8 @@ class _Session:
                     ready = []
                 if (not spent and not queue and len(running) < workers and (running or analysing is None)
                         and asked_at != (len(outcomes), len(pending))):
-                    new = _allocate(allocator, outcomes, pending, (budget - committed) // repeats)
+                    new = _allocate(allocator, outcomes, pending, (budget - committed) // repeats,
+                                    start=_startable(allocator, workers - len(running), repeats))
                     if new is None:
                         spent = True
                     elif not new:
@@ -204,9 +205,22 @@ def _informed_last(allocator: Allocator, slots: int, pending: dict[Experiment, A
     return bool(steering is not None and steering.informed_last and pending and slots <= len(pending))
 
 
+def _startable(allocator: Allocator, free: int, repeats: int) -> int | None:
+    """How many experiments a steered allocator hands out when `free` workers are idle: as many as those
+    workers start now (an experiment has `repeats` runs). A choice made earlier would wait in the queue
+    for a worker, blind to the outcomes that arrive meanwhile (replica: a breadth pick queued beside a
+    steered one ran 2 s later, after the outcome that named the storm's next step had come in).
+    None (no limit) for strategies nothing steers: they hand out everything at once."""
+    steering = getattr(allocator, "steering", None)
+    if steering is None or not steering.start_late:
+        return None
+    return max(1, -(-free // max(1, repeats)))
+
+
 def _allocate(allocator: Allocator, outcomes: Outcomes, pending: dict[Experiment, _Pending],
-              slots: int) -> list[Experiment] | None:
-    """Up to `slots` experiments neither run nor pending; None when nothing is left to run at all.
+              slots: int, start: int | None = None) -> list[Experiment] | None:
+    """Up to `slots` experiments neither run nor pending (at most `start` of them, when given: see
+    `_startable`); None when nothing is left to run at all.
 
     The allocator is first asked with the outcomes known so far and its pending choices are dropped;
     when it offers only pending ones, it is asked again with each pending experiment marked as run
@@ -218,13 +232,14 @@ def _allocate(allocator: Allocator, outcomes: Outcomes, pending: dict[Experiment
         return None
     if _informed_last(allocator, slots, pending):
         return []
+    take = slots if start is None else min(slots, start)
     offered = allocator.next_batch(outcomes, slots + len(pending))
-    new = [e for e in dict.fromkeys(offered) if e not in outcomes and e not in pending][:slots]
+    new = [e for e in dict.fromkeys(offered) if e not in outcomes and e not in pending][:take]
     if new or not pending:
         return new or None
     if offered:
         again = allocator.next_batch({**outcomes, **{e: Observed() for e in pending}}, slots)
-        new = [e for e in dict.fromkeys(again) if e not in outcomes and e not in pending][:slots]
+        new = [e for e in dict.fromkeys(again) if e not in outcomes and e not in pending][:take]
     return new  # [] with experiments pending: their outcomes may call for more (a confirmation)
 
 
