@@ -94,7 +94,8 @@ class _Session:
         unless allocated runs are still waiting for a worker (the allocator will not be asked before they
         start: exhaustive, breadth and random hand out everything at once), recomputes what each
         experiment caused. When a worker is free and no allocated run waits, the
-        allocator is asked again with the outcomes known so far; experiments still pending (allocated,
+        allocator is asked again with the outcomes known so far (a steered one for only as many
+        experiments as the free workers start now: `_startable`); experiments still pending (allocated,
         outcome not known) are never handed out twice. Only when no run is executing does the runner
         wait for the analysis in progress before asking — so with one worker the allocator always sees
         every earlier outcome and a seeded campaign is reproducible; with several, what it sees depends
