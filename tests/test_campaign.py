@@ -155,6 +155,9 @@ def test_seeded_retry_storm_cycle_found_at_one_third_budget_and_cli_ux(env):
     dry = cli("campaign", "run", str(RETRY_STORM), "--dry-run", "--name", "storm-ci", "--format", "json", env=env)
     plan = json.loads(dry.stdout)
     assert plan["experiments"] == 20 and {p["point"] for p in plan["points"]} >= {"storm.handle", "storm.await_reply"}
+    points = {p["point"]: p for p in plan["points"]}  # parse runs in the handler, which the client's wait contains
+    assert points["storm.parse"]["callers"] == ["storm.handle"]
+    assert points["storm.parse"]["depth"] == points["storm.handle"]["depth"] + 1 >= 2
     ambiguous = cli("campaign", "report", "storm-ci", env=env)
     assert ambiguous.returncode == 2 and "2 campaigns are named 'storm-ci'" in ambiguous.stderr
 

@@ -61,6 +61,6 @@ def plan_rows(plan: dict[str, Any], fmt: Format) -> None:
         emit_object(plan, fmt)
         return
     emit(plan["points"], fmt, title="injection points found by the profile runs (breadth order)",
-         columns=["point", "priority", "primary", "calls_per_run", "loop", "returns", "raises", "points_below"])
+         columns=["point", "priority", "primary", "calls_per_run", "loop", "returns", "raises", "points_below", "depth"])
     print(f"experiments: {plan['experiments']}   exhaustive budget: {plan['exhaustive_budget']} runs   "
           f"one third: {plan['one_third_budget']} runs")

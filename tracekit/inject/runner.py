@@ -432,13 +432,16 @@ def run_campaign(
 
 
 def _plan_summary(found: Discovery, campaign: Campaign, profile_cost: int) -> dict[str, Any]:
-    from tracekit.inject.profile import tie_break
+    from tracekit.inject.profile import point_depth, tie_break
 
     order = sorted(found.points, key=lambda i: (-found.priority.get(i.point, 0.0), tie_break(i.point)))
+    depth = point_depth(found.points)  # where three-phase probes for chains: the deepest first
     return {
         "points": [{"point": i.point, "kind": i.kind, "priority": round(found.priority.get(i.point, 0.0), 3),
                     "primary": found.primary.get(i.point), "calls_per_run": round(i.calls, 2), "loop": i.loop,
-                    "returns": i.returns, "raises": i.raises, "points_below": i.below, "spread": i.spread}
+                    "returns": i.returns, "raises": i.raises, "points_below": i.below, "spread": i.spread,
+                    "depth": depth.get(i.point, 0), "callers": [p for p in i.parents if p is not None],
+                    "spans_within": list(i.inside)}
                    for i in order],
         "experiments": len(found.candidates),
         "exhaustive_budget": profile_cost + len(found.candidates) * campaign.injection_repeats,
