@@ -185,7 +185,7 @@ class ThreePhase(_Ordered):
                  called: dict[str, int] | None = None) -> None:
         super().__init__(candidates, primary, priority or {}, seed)
         self.steering = steering
-        self.depth = depth or {}  # points standing above each point: traced callers, or spans around it in any process
+        self.depth = depth or {}  # points standing above each point: traced callers on what waits on the topmost
         self.inside = inside or {}  # points whose spans ran within each point's spans (any process)
         # traced callers above each point: recorded structure, so of equally deep points the one whose depth
         # more of it shows is probed first (time containment can be coincidence on a busy service)
