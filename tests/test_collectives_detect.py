@@ -237,6 +237,43 @@ def test_a_live_rank_whose_newest_beat_trails_the_others_is_not_called_crashed()
     assert (later[0].kind, later[0].subject) == ("hang", "rank:3") and "undecided" not in later[0].evidence
     silent = detect(beats(2_600, 800))  # its beats stopped 1.8 s ago: it died after the others entered
     assert (silent[0].kind, silent[0].subject) == ("crash", "rank:3") and "undecided" not in silent[0].evidence
+    # the same, as a live read gives it: every rank's files still open, their clean exit not known (NULL);
+    # read after the run, a rank whose files have no footer died without closing them: decided at once
+    live = beats(1_600, 800)
+    exits = pl.DataFrame({"rank": [0, 1, 2, 3], "clean_exit": [None] * 4}, schema={"rank": pl.Int32, "clean_exit": pl.Boolean})
+    trailing = detect(RunFrames(collectives=live.collectives, steps=live.steps, heartbeats=live.heartbeats,
+                                rank_exits=exits))
+    assert (trailing[0].subject, trailing[0].evidence.get("undecided")) == ("rank:3", True)
+    died = detect(RunFrames(collectives=live.collectives, steps=live.steps, heartbeats=live.heartbeats,
+                            rank_exits=exits.with_columns(clean_exit=pl.lit(False))))
+    assert (died[0].kind, died[0].subject) == ("crash", "rank:3") and "undecided" not in died[0].evidence
+
+
+def test_a_live_read_does_not_call_open_spool_files_an_unclean_exit(tmp_path) -> None:
+    """While a run is written, a rank whose files have no footer yet is running (or died: later records
+    tell): a live read gives its clean exit as NULL, the full read as False; once closed, True in both."""
+    from tracekit.capture.spool import Spool
+    from tracekit.ingest import ingest_paths
+    from tracekit.store.collectives import rank_exits_table
+    from tracekit.store.db import connect
+
+    run_id = "e" * 32
+    spools = [Spool(tmp_path / "spool" / run_id, run_id, f"rank:{r}") for r in range(2)]
+    for r, sp in enumerate(spools):
+        sp.write("collectives", {"rank": r, "world_size": 2, "process_group": "0", "seq": 0, "op": "allreduce",
+                                 "bytes": 8, "dtype": "float32", "enter_ns": 10, "exit_ns": 20, "step": 0, "ok": True})
+        sp.flush()
+
+    def exits(live: bool) -> dict[int, bool | None]:
+        ingest_paths([tmp_path / "spool"], tmp_path / "t.duckdb")
+        with connect(tmp_path / "t.duckdb", read_only=True) as con:
+            table = rank_exits_table(con, run_id, live=live).to_pylist()
+        return {row["rank"]: row["clean_exit"] for row in table}
+
+    assert exits(live=True) == {0: None, 1: None} and exits(live=False) == {0: False, 1: False}
+    spools[0].close()
+    assert exits(live=True) == {0: True, 1: None} and exits(live=False) == {0: True, 1: False}
+    spools[1].close()
 
 
 def test_nonfinite_names_the_first_rank_before_reduction() -> None:

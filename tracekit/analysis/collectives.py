@@ -583,7 +583,8 @@ def _clean_exit(frames: RunFrames, rank: int) -> bool | None:
     if e.height == 0:
         return None
     row = e.filter(pl.col("rank") == rank)
-    return bool(row["clean_exit"][0]) if row.height else None
+    value = row["clean_exit"][0] if row.height else None
+    return None if value is None else bool(value)  # None: not known (live, its files are still open)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,14 @@ WHERE run_id = $run AND starts_with(node, 'rank:')
 GROUP BY 1
 """
 
+# Read live, a spool file without its footer is still being written -- or its process died: the two look
+# alike until later records (beats) or the launcher's exit record tell them apart. So a live read knows a
+# rank's clean exit only once every file of it has its footer: NULL until then, never False (which, read
+# after the run, means "died without closing its files" and decides a missing rank's crash at once).
+_LIVE_RANK_EXITS_SQL = f"""
+SELECT rank, CASE WHEN clean_exit THEN true END AS clean_exit, ended_ns, started_ns, host
+FROM ({_RANK_EXITS_SQL})
+"""
 
 _WORKER_EXITS_SQL = """
 SELECT rank, local_rank, worker_pid, exit_code, signal, ts_ns, host FROM worker_exits WHERE run_id = $run
@@ -243,8 +251,10 @@ def heartbeats_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
     return _arrow(con, _HEARTBEATS_SQL, run_id)
 
 
-def rank_exits_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
-    return _arrow(con, _RANK_EXITS_SQL, run_id)
+def rank_exits_table(con: duckdb.DuckDBPyConnection, run_id: str, *, live: bool = False) -> pa.Table:
+    """One row per rank: whether every spool file of its process ended with a footer. `live` (the run is
+    still running): NULL instead of False while a file has none (`_LIVE_RANK_EXITS_SQL`)."""
+    return _arrow(con, _LIVE_RANK_EXITS_SQL if live else _RANK_EXITS_SQL, run_id)
 
 
 def worker_exits_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:

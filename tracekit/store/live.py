@@ -33,7 +33,7 @@ def window_tables(con: duckdb.DuckDBPyConnection, run_id: str, steps: int) -> di
                for name, sql in _WINDOW.items()}
     finally:
         cursor.close()
-    out["rank_exits"] = full.rank_exits_table(con, run_id)
+    out["rank_exits"] = full.rank_exits_table(con, run_id, live=True)  # a clean exit unknown while files are open
     out["worker_exits"] = full.worker_exits_table(con, run_id)
     return out
 
