@@ -194,6 +194,12 @@ class _Pending:
     run_dirs: list[Path] = field(default_factory=list)
 
 
+def _runner_rule(allocator: Allocator, rule: str) -> bool:
+    """Whether `allocator` is steered (three-phase) with the runner's `Steering` rule `rule` switched on."""
+    steering = getattr(allocator, "steering", None)
+    return steering is not None and bool(getattr(steering, rule))
+
+
 def _informed_last(allocator: Allocator, slots: int, pending: dict[Experiment, Any]) -> bool:
     """Whether a steered allocator's next choices are among the budget's last: no more slots than
     experiments whose outcome is pending. Those choices wait for the outcomes instead of being made blind.
@@ -202,8 +208,7 @@ def _informed_last(allocator: Allocator, slots: int, pending: dict[Experiment, A
     ones are final, and an outcome still pending is the one most likely to redirect them: a cascade in
     progress makes its runs the slowest (a snapshot storm's runs took 10 s against 1.4 s for the others).
     Costs a worker's idle time at most once per pending experiment, at the end of a tight budget."""
-    steering = getattr(allocator, "steering", None)
-    return bool(steering is not None and steering.informed_last and pending and slots <= len(pending))
+    return bool(_runner_rule(allocator, "informed_last") and pending and slots <= len(pending))
 
 
 def _startable(allocator: Allocator, free: int, repeats: int) -> int | None:
@@ -212,10 +217,7 @@ def _startable(allocator: Allocator, free: int, repeats: int) -> int | None:
     for a worker, blind to the outcomes that arrive meanwhile (replica: a breadth pick queued beside a
     steered one ran 2 s later, after the outcome that named the storm's next step had come in).
     None (no limit) for strategies nothing steers: they hand out everything at once."""
-    steering = getattr(allocator, "steering", None)
-    if steering is None or not steering.start_late:
-        return None
-    return max(1, -(-free // max(1, repeats)))
+    return max(1, -(-free // max(1, repeats))) if _runner_rule(allocator, "start_late") else None
 
 
 def _allocate(allocator: Allocator, outcomes: Outcomes, pending: dict[Experiment, _Pending],
