@@ -1,14 +1,18 @@
 """Spans per second from closed spool files into DuckDB, binary (Arrow frames) and JSON lines, against DuckDB's own readers.
 
-Spool files are written by the real `SpoolStream` writer (8 processes' worth of files, realistic span records
-with attributes and a few exception events), once per spool encoding, then synced to disk, as they are when a
-job has ended. Each repeat ingests them into a fresh store; the median rate is reported (this machine is shared
-and noisy). The fair baselines load the same span rows into the same schema in the same run:
-`read_parquet` of one Parquet file holding them (the practical ceiling: a columnar file DuckDB reads natively)
-and `read_ndjson` of the same rows as plain JSON lines (what the JSON spool's fast path builds on), and an
-INSERT from the same rows already in memory as one Arrow table (no file at all: the table's own ceiling), with the
-settings ingest loads with, timed to the store's close as ingest is. Besides wall-clock spans/s it prints spans
-per CPU-second of the process (all threads), which a shared, loaded machine distorts far less.
+tracekit ingest is timed three ways on the binary spool: as configured by default (each big file becomes a
+Parquet span segment, hex ids stored plain), with TRACEKIT_SEGMENT_COMPRESSION=small (every column zstd),
+and with segments off (TRACEKIT_SEGMENT_MIN_ROWS=0: the native DuckDB table, the design before segments),
+each with its store's size on disk. Spool files are written by the real `SpoolStream` writer (8 processes'
+worth of files, realistic span records with attributes and a few exception events), once per spool
+encoding, then synced to disk, as they are when a job has ended. Each repeat ingests them into a fresh
+store; the median rate is reported (this machine is shared and noisy). The fair baselines load the same
+span rows into the same schema in the same run: `read_parquet` of one Parquet file holding them (a
+columnar file DuckDB reads natively) and `read_ndjson` of the same rows as plain JSON lines (what the JSON
+spool's fast path builds on), and an INSERT from the same rows already in memory as one Arrow table (no
+file at all: the native table's own ceiling), with the settings ingest loads with, timed to the store's
+close as ingest is. Besides wall-clock spans/s it prints spans per CPU-second of the process (all
+threads), which a shared, loaded machine distorts far less.
 
     python benchmarks/bench_ingest.py [--spans 1000000] [--repeat 5]
 """
@@ -31,6 +35,7 @@ from _common import final_line, median  # noqa: E402
 
 from tracekit.capture.spool import Spool  # noqa: E402
 from tracekit.ingest import ingest_paths  # noqa: E402
+from tracekit.store import segments  # noqa: E402
 from tracekit.store.db import connect  # noqa: E402
 from tracekit.store.load import tune_for_bulk_load  # noqa: E402
 
@@ -88,19 +93,33 @@ def _timed(label: str, i: int, spans: int, run: Callable[[], None]) -> tuple[flo
     return spans / seconds, spans / cpu
 
 
-def time_ingest(run_dir: Path, root: Path, spans: int, repeat: int, label: str) -> list[tuple[float, float]]:
-    """tracekit ingest of the spool into a fresh store, from opening the store to closing it."""
+SIZES: dict[str, float] = {}  # MB on disk of each variant's store (the DuckDB file and its segments directory)
+
+
+def time_ingest(run_dir: Path, root: Path, spans: int, repeat: int, label: str,
+                env: dict[str, str] | None = None) -> list[tuple[float, float]]:
+    """tracekit ingest of the spool into a fresh store, from opening the store to closing it, with the
+    TRACEKIT_* settings `env` (segments on or off, their compression)."""
     rates = []
-    for i in range(repeat):
-        db = root / f"{label}{i}.duckdb"
-        reports = []
-        rates.append(_timed(label + " ingest", i, spans, lambda: reports.append(ingest_paths([run_dir], db))))
-        con = connect(db, read_only=True)
-        stored, events = con.execute("SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM events)").fetchone()
-        con.close()
-        report = reports[0]
-        assert stored == spans and report.records == spans + events and not report.quarantined, report.to_dict()
-        db.unlink()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        for i in range(repeat):
+            db = root / f"{label.replace(' ', '_')}{i}.duckdb"
+            reports = []
+            rates.append(_timed(label + " ingest", i, spans, lambda: reports.append(ingest_paths([run_dir], db))))
+            con = connect(db, read_only=True)
+            stored, events = con.execute("SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM events)").fetchone()
+            con.close()
+            report = reports[0]
+            assert stored == spans and report.records == spans + events and not report.quarantined, report.to_dict()
+            folder = segments.directory_of(db)
+            SIZES[label] = (db.stat().st_size + sum(f.stat().st_size for f in folder.glob("*"))) / 1e6
+            db.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return rates
 
 
@@ -120,7 +139,7 @@ def time_reader(root: Path, source: str, spans: int, repeat: int, label: str,
             con.register("tk_rows", table)
 
         def load() -> None:
-            con.execute(f"INSERT INTO spans (run_id, {cols}, pid) SELECT 'b', {cols}, 1 FROM {source}")
+            con.execute(f"INSERT INTO span_rows (run_id, {cols}, pid) SELECT 'b', {cols}, 1 FROM {source}")
             con.close()
 
         rates.append(_timed(label, i, spans, load))
@@ -161,7 +180,11 @@ def main() -> None:
         os.sync()
 
         load_before = os.getloadavg()
-        binary = time_ingest(runs["arrow"], root, spans, args.repeat, "binary")
+        binary = time_ingest(runs["arrow"], root, spans, args.repeat, "binary",
+                             {"TRACEKIT_SEGMENT_MIN_ROWS": "100000", "TRACEKIT_SEGMENT_COMPRESSION": "fast"})
+        small = time_ingest(runs["arrow"], root, spans, args.repeat, "binary small",
+                            {"TRACEKIT_SEGMENT_MIN_ROWS": "100000", "TRACEKIT_SEGMENT_COMPRESSION": "small"})
+        native = time_ingest(runs["arrow"], root, spans, args.repeat, "binary native", {"TRACEKIT_SEGMENT_MIN_ROWS": "0"})
         jsonl = time_ingest(runs["json"], root, spans, args.repeat, "json")
         parquet = time_reader(root, f"read_parquet('{root / 'spans.parquet'}')", spans, args.repeat, "read_parquet")
         ndjson = time_reader(root, f"read_ndjson('{root / 'spans.ndjson'}', columns={{"
@@ -169,13 +192,20 @@ def main() -> None:
                                    + "})", spans, args.repeat, "read_ndjson")
         # the same rows inserted from memory: only the table's own insert and checkpoint, the ceiling of any loader
         ceiling = time_reader(root, "tk_rows", spans, args.repeat, "arrow insert", table=in_memory)
-        measured = (("binary", binary), ("json", jsonl), ("parquet", parquet), ("ndjson", ndjson), ("arrow", ceiling))
+        measured = (("binary", binary), ("small", small), ("native", native), ("json", jsonl), ("parquet", parquet),
+                    ("ndjson", ndjson), ("arrow", ceiling))
         wall = {k: median([r[0] for r in v]) for k, v in measured}
         cpu = {k: median([r[1] for r in v]) for k, v in measured}
         print(f"load average (1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; "
               f"{os.cpu_count()} CPUs; medians of {args.repeat}; wall-clock spans/s | spans per CPU-second")
-        print(f"tracekit ingest, binary spool : {wall['binary']:12,.0f} | {cpu['binary']:12,.0f}  (target >= 2,000,000 spans/s)")
-        print(f"tracekit ingest, JSON spool   : {wall['json']:12,.0f} | {cpu['json']:12,.0f}")
+        print(f"tracekit ingest, binary spool : {wall['binary']:12,.0f} | {cpu['binary']:12,.0f}  (target >= 2,000,000 spans/s; "
+              f"segments, compression fast; store {SIZES['binary']:.0f} MB)")
+        print(f"  segments, compression small : {wall['small']:12,.0f} | {cpu['small']:12,.0f}  "
+              f"(store {SIZES['binary small']:.0f} MB)")
+        print(f"  segments off (native table) : {wall['native']:12,.0f} | {cpu['native']:12,.0f}  "
+              f"binary/native {wall['binary'] / wall['native']:.2f} (the design before segments; store "
+              f"{SIZES['binary native']:.0f} MB)")
+        print(f"tracekit ingest, JSON spool   : {wall['json']:12,.0f} | {cpu['json']:12,.0f}  (closed JSON files: native table)")
         print(f"DuckDB read_parquet, same rows: {wall['parquet']:12,.0f} | {cpu['parquet']:12,.0f}  "
               f"binary/parquet {wall['binary'] / wall['parquet']:.2f} | {cpu['binary'] / cpu['parquet']:.2f} (target >= 0.5)")
         print(f"DuckDB read_ndjson, same rows : {wall['ndjson']:12,.0f} | {cpu['ndjson']:12,.0f}  "
@@ -186,6 +216,8 @@ def main() -> None:
         final_line(name="ingest_spans_per_s", value=round(wall["binary"]), unit="spans/s", baseline="duckdb read_parquet",
                    baseline_value=round(wall["parquet"]), ratio=round(wall["binary"] / wall["parquet"], 2), target_ratio=0.5,
                    json_spool=round(wall["json"]), read_ndjson=round(wall["ndjson"]),
+                   segments_small=round(wall["small"]), segments_off=round(wall["native"]),
+                   store_mb={k: round(v, 1) for k, v in SIZES.items()},
                    arrow_insert_ceiling=round(wall["arrow"]), ratio_to_ceiling=round(wall["binary"] / wall["arrow"], 2),
                    cpu_spans_per_s={k: round(v) for k, v in cpu.items()},
                    cpu_ratio=round(cpu["binary"] / cpu["parquet"], 2), spans=spans, repeats=args.repeat,

@@ -404,7 +404,7 @@ def test_closed_and_killed_files_load_identically(tmp_path, monkeypatch):
 
     careful_calls = []
     real_parse = ingest._parse_prepared
-    monkeypatch.setattr(ingest, "_parse_prepared", lambda item: careful_calls.append(item.path) or real_parse(item))
+    monkeypatch.setattr(ingest, "_parse_prepared", lambda item, *rest: careful_calls.append(item.path) or real_parse(item, *rest))
     fast = ingest_paths([spool.run_dir], tmp_path / "fast.duckdb")
     assert careful_calls == [], "a cleanly closed, valid file should not need the careful path"
     careful = ingest_paths([killed], tmp_path / "careful.duckdb")

@@ -27,6 +27,8 @@
 | TRACEKIT_RUN_BY             | session.id,gen_ai.conversation.id,file | how OTLP spans are grouped into runs (attribute names, trace, file) |
 | TRACEKIT_SPOOL_FORMAT       | arrow                  | spool encoding of spans, events, collectives, steps: arrow or json |
 | TRACEKIT_NO_LEAN            | (unset)                | 1 keeps traced calls on the OpenTelemetry SDK path (no lean spans) |
+| TRACEKIT_SEGMENT_MIN_ROWS   | 100000                 | spans a bulk load needs to be stored as Parquet segments (0: never) |
+| TRACEKIT_SEGMENT_COMPRESSION| fast                   | segments: fast (hex ids stored plain) or small (every column zstd) |
 | TRACEKIT_FINDING            | (set by tracekit)      | `anomalies --follow --exec`: the finding (JSON) given to the command |
 | TRACEKIT_FINDING_KIND       | (set by tracekit)      | `anomalies --follow --exec`: the finding's kind             |
 | TRACEKIT_FINDING_SUBJECT    | (set by tracekit)      | `anomalies --follow --exec`: the finding's subject (e.g. rank:3) |
@@ -75,6 +77,22 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
 def lock_timeout_s() -> int:
     """Seconds a store writer waits for another process's lock (TRACEKIT_LOCK_TIMEOUT, default 30; 0: fail at once)."""
     return env_int("TRACEKIT_LOCK_TIMEOUT", 30)
+
+
+def segment_min_rows() -> int:
+    """Spans a bulk load needs to be written as Parquet segments rather than inserted (0: never); see
+    ``tracekit.store.segments``. Fewer, bigger segments keep reads fast."""
+    return env_int("TRACEKIT_SEGMENT_MIN_ROWS", 100_000)
+
+
+def segment_compression() -> str:
+    """How span segments are compressed: ``fast`` (the default) stores the random hex ids as they are and
+    zstd-compresses the rest; ``small`` zstd-compresses every column. Zstd halves hex ids (4 bits of entropy
+    per 8-bit character) but costs a third of a segment write's CPU."""
+    value = (os.environ.get("TRACEKIT_SEGMENT_COMPRESSION") or "fast").strip().lower()
+    if value not in ("fast", "small"):
+        raise ConfigError(f"TRACEKIT_SEGMENT_COMPRESSION={value!r} is not a segment compression: use fast or small")
+    return value
 
 
 def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:

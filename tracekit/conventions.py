@@ -150,7 +150,7 @@ def _register(stream: Stream) -> Stream:
 
 
 SPANS = _register(Stream(
-    "spans", "spans",
+    "spans", "span_rows",  # read through the `spans` view (tracekit.store.segments)
     (("trace_id", "string"), ("span_id", "string"), ("parent_id", "string"), ("name", "string"),
      ("node", "string"), ("kind", "string"), ("start_ns", "int64"), ("end_ns", "int64"),
      ("status", "string"), ("status_message", "string"), ("attributes", "string"),

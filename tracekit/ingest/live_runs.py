@@ -21,6 +21,7 @@ from tracekit.store.load import mark_running
 from tracekit.store.load_runs import (
     add_span_events, runs_fed_by_processes, set_span_attributes, settle_span_runs, span_events_of, spans_named,
 )
+from tracekit.store.segments import remove_files
 from tracekit.store.sql import transaction
 
 
@@ -66,7 +67,8 @@ def join_log_events(db: str | os.PathLike[str] | None, events: Sequence[LogEvent
                 missing = {k: v for k, v in lifted.items() if k not in attributes}
                 if missing:
                     updates.append((run_id, span_id, json.dumps({**attributes, **missing}, ensure_ascii=False)))
-            set_span_attributes(con, updates)
+            unused = set_span_attributes(con, updates)
+        remove_files(unused)
         if updates:
             derive_runs(con, sorted({u[0] for u in updates}))
     finally:

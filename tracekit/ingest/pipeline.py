@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import duckdb
 
 from tracekit import conventions as conv
 from tracekit.capture.multihost import read_host_manifests
+from tracekit.config import segment_compression, segment_min_rows
 from tracekit.errors import SpoolError
 from tracekit.ingest.derive import derive_runs
 from tracekit.ingest.discover import discover
@@ -28,17 +30,20 @@ from tracekit.ingest.liveness import read_manifest, refresh_run
 from tracekit.ingest.report import IngestReport
 from tracekit.ingest.resume import Prepared, is_unchanged, prepare, split_closed, spool_file_row
 from tracekit.ingest.spool import Closed, ParsedFile, parse_spool_file, raw_lines
+from tracekit.store import segments
 from tracekit.store.db import connect
 from tracekit.store.load import (
     Part, load_ndjson_files, load_tables, quarantine, remember_files, tune_for_bulk_load, unordered_inserts,
 )
 from tracekit.store.sql import transaction
+from tracekit.store.streams import SPANS
 
 Progress = Callable[[int, int, str], None]
 
 BATCH_ROWS = 500_000  # files are loaded together up to this many rows: big inserts skip the WAL
 FAST_BATCH_BYTES = 1 << 30  # closed files are loaded by one INSERT per stream, up to this much JSON
 PARSE_AHEAD_BYTES = 512 << 20  # how much spool the parser may read ahead of the loader
+PARSE_WORKERS = 2  # parse (and write segments of) two files at once: the load itself is mostly DuckDB's threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,23 +117,57 @@ def _ingest_closed_files(
 # the careful path: parse ahead on a worker thread, load in batches
 
 
-def _parse_prepared(item: Prepared) -> Prepared:
+@dataclass(frozen=True)
+class _SegmentTarget:
+    """Where a parse worker writes a big file's spans as a Parquet segment (``tracekit.store.segments``)."""
+
+    folder: Path
+    columns: tuple[str, ...]
+    min_rows: int
+
+
+def _segment_target(con: duckdb.DuckDBPyConnection) -> _SegmentTarget | None:
+    threshold = segment_min_rows()
+    if not threshold or segments.store_file(con) is None:
+        return None
+    segment_compression()  # a bad setting is an error before any file is written, not on a worker
+    return _SegmentTarget(segments.folder_of(con), tuple(segments.span_columns(con)), threshold)
+
+
+def _write_segment(item: Prepared, target: _SegmentTarget) -> None:
+    """A big file of flat spans is written as its own segment on the parse worker, overlapping the parse of
+    the next file and the load of the last batch; on a write error the load inserts it natively instead."""
+    parsed = item.parsed
+    if parsed is None or parsed.spec.name != SPANS.name or parsed.spec.nested or parsed.table.num_rows < target.min_rows:
+        return
+    header = parsed.header
+    run_id = str(header["run_id"])
+    table = segments.span_table([(parsed.table, run_id, _pid(header), header.get("node"))], target.columns)
+    try:
+        item.segment = segments.write_file(target.folder, table, [run_id], parsed.agent_spans)
+    except OSError:
+        item.segment = None
+
+
+def _parse_prepared(item: Prepared, target: _SegmentTarget | None = None) -> Prepared:
     offset, records_before = item.start()
     try:
         item.parsed = parse_spool_file(item.path, offset, records_before)
     except SpoolError as exc:
         item.error = str(exc)
+    if target is not None:
+        _write_segment(item, target)
     return item
 
 
-def _submit(pool: Any, item: Prepared) -> Any:
+def _submit(pool: Any, item: Prepared, target: _SegmentTarget | None) -> Any:
     try:
-        return pool.submit(_parse_prepared, item)
+        return pool.submit(_parse_prepared, item, target)
     except RuntimeError:
-        return _parse_prepared(item)
+        return _parse_prepared(item, target)
 
 
-def _parsed_ahead(pool: Any, items: list[Prepared]) -> Iterator[Prepared]:
+def _parsed_ahead(pool: Any, items: list[Prepared], target: _SegmentTarget | None = None) -> Iterator[Prepared]:
     """Yield parsed items in order while `pool` parses up to PARSE_AHEAD_BYTES of later files, so
     loading one batch overlaps parsing the next. Parses inline when the interpreter is shutting
     down (an ingest at exit cannot start threads)."""
@@ -146,7 +185,7 @@ def _parsed_ahead(pool: Any, items: list[Prepared]) -> Iterator[Prepared]:
     while next_index < len(items) or pending:
         while next_index < len(items) and (not pending or ahead + size(items[next_index]) <= PARSE_AHEAD_BYTES):
             nbytes = size(items[next_index])
-            pending.append((_submit(pool, items[next_index]), nbytes))
+            pending.append((_submit(pool, items[next_index], target), nbytes))
             ahead += nbytes
             next_index += 1
         future, nbytes = pending.popleft()
@@ -160,12 +199,15 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[Prepared], report: I
     if not parsed_files:
         return
     by_stream: dict[tuple[str, ...], list[ParsedFile]] = {}
-    for parsed in parsed_files:
-        by_stream.setdefault((parsed.spec.name, *parsed.spec.schema.names), []).append(parsed)
+    for item in batch:
+        if item.parsed is not None and item.segment is None:
+            by_stream.setdefault((item.parsed.spec.name, *item.parsed.spec.schema.names), []).append(item.parsed)
     with unordered_inserts(con), transaction(con):
+        segments.register(con, [item.segment for item in batch if item.segment is not None])
         for group in by_stream.values():  # one INSERT per stream: whole row groups, nothing for the checkpoint to redo
             load_tables(con, group[0].spec, [
-                Part(parsed.table, str(parsed.header["run_id"]), _pid(parsed.header), parsed.header.get("node"))
+                Part(parsed.table, str(parsed.header["run_id"]), _pid(parsed.header), parsed.header.get("node"),
+                     json_checked=True)
                 for parsed in group
             ])
         remembered = []
@@ -201,8 +243,8 @@ def _ingest_spool_files(
     batch: list[Prepared] = []
     batch_rows = 0
     # parse the next file on a worker thread while the current batch loads (pyarrow and DuckDB release the GIL)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-parse") as pool:
-        for item in _parsed_ahead(pool, items):
+    with ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="tracekit-parse") as pool:
+        for item in _parsed_ahead(pool, items, _segment_target(con)):
             on_done(item.path)
             if item.error is not None or item.parsed is None:
                 report.rejected.append((str(item.path), item.error or f"{item.path}: could not be read"))
@@ -214,7 +256,7 @@ def _ingest_spool_files(
                 report.unchanged_files += 1
                 continue
             batch.append(item)
-            batch_rows += item.parsed.table.num_rows
+            batch_rows += 0 if item.segment else item.parsed.table.num_rows  # a written segment is only registered
             if batch_rows >= BATCH_ROWS:
                 _load_batch(con, batch, report)
                 batch, batch_rows = [], 0
@@ -251,6 +293,7 @@ def ingest_paths(
     con = connect(db)
     try:
         tune_for_bulk_load(con)
+        segments.sweep(con)  # files of loads that were rolled back or killed, of segments moved into rows
         for run_dir, files in sources.spool_runs.items():
             run_ids = _ingest_spool_files(con, files, report, on_done)
             manifest = read_manifest(run_dir)

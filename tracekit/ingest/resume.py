@@ -16,6 +16,7 @@ import duckdb
 from tracekit import conventions as conv
 from tracekit.ingest.spool import Closed, ParsedFile, peek_closed, peek_file_id
 from tracekit.store.load import file_progress, known_file_ids
+from tracekit.store.segments import Segment
 from tracekit.store.streams import StreamSpec
 
 
@@ -27,6 +28,7 @@ class Prepared:
     prior: tuple[int, int, int | None] | None  # (bytes loaded, records seen, end time)
     parsed: ParsedFile | None = None
     error: str | None = None
+    segment: Segment | None = None  # its spans, already written as a Parquet segment (registered when loaded)
 
     def start(self) -> tuple[int, int]:
         """(byte offset, records before) to parse from."""

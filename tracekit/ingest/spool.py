@@ -8,6 +8,7 @@ with its line and id. A torn last record (the writer was killed mid-line) is ski
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from tracekit import conventions as conv
 from tracekit import frames
 from tracekit.errors import SpoolError
 from tracekit.ingest.report import Quarantined
-from tracekit.store.load import has_invalid_json
+from tracekit.store.load import attribute_facts, has_invalid_json, json_valid_mask
 from tracekit.store.streams import STREAMS, StreamSpec
 
 READABLE_VERSIONS = (*conv.READABLE_VERSIONS, frames.BINARY_VERSION)
@@ -40,6 +41,7 @@ class ParsedFile:
     torn_bytes: int
     footer: dict[str, Any] | None
     records_before: int
+    agent_spans: bool | None = None  # whether some record has agent attributes (None: not looked at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,17 +278,22 @@ def _parse_binary(
     table = pa.concat_tables(tables) if tables else spec.schema.empty_table()
     bad: list[Quarantined] = []
     missing = [name for name in spec.required if table.column(name).null_count]
-    if missing:
+    # attribute text is checked here, on the parse thread, so a load never has to (the JSON reader checks it too)
+    not_json, agent = attribute_facts(table.column("attributes")) if "attributes" in spec.schema.names else (False, False)
+    if missing or not_json:
         import pyarrow.compute as pc
 
-        ok = pc.and_(*[pc.is_valid(table.column(name)) for name in spec.required]) if len(spec.required) > 1 \
-            else pc.is_valid(table.column(spec.required[0]))
+        checks = [pc.is_valid(table.column(name)) for name in spec.required]
+        if not_json:
+            checks.append(json_valid_mask(table.column("attributes")))
+        ok = functools.reduce(pc.and_, checks)
         for i in pc.indices_nonzero(pc.invert(ok)).to_pylist():
-            name = next(n for n in spec.required if table.column(n)[i].as_py() is None)
+            name = next((n for n in spec.required if table.column(n)[i].as_py() is None), None)
+            error = f"required field {name!r} is missing" if name else "field 'attributes' is not valid JSON text"
             bad.append(Quarantined(str(path), records_before + i + 1, _record_id(table.slice(i, 1).to_pylist()[0], spec),
-                                   f"required field {name!r} is missing"))
+                                   error))
         table = table.filter(ok)
-    return ParsedFile(header, spec, table, bad, found.end, found.torn, footer, records_before)
+    return ParsedFile(header, spec, table, bad, found.end, found.torn, footer, records_before, agent)
 
 
 def peek_file_id(path: Path) -> str | None:

@@ -9,10 +9,11 @@ import duckdb
 
 from tracekit.store.load import load_records, upsert_run
 from tracekit.store.queries import rows
+from tracekit.store.segments import AGENT_MARKERS, materialise, remove_files, spans_source
 from tracekit.store.sql import transaction
 from tracekit.store.streams import LINKS, SPANS
 
-_RUN_TABLES = ("spans", "events", "links", "findings")
+_RUN_TABLES = ("span_rows", "events", "links", "findings")
 
 
 def replace_run(
@@ -23,6 +24,7 @@ def replace_run(
     import of the same run id, so importing twice leaves the same rows. Returns the spans written."""
     run_id = run["run_id"]
     with transaction(con):
+        unused = materialise(con, [run_id])  # spans stored in a segment become rows that can be deleted
         for table in _RUN_TABLES:
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])  # table names are constants
         upsert_run(con, run_id, kind=run.get("kind", "agents"), name=run.get("name"),
@@ -31,6 +33,7 @@ def replace_run(
         n = load_records(con, SPANS, spans, run_id=run_id, default_node="unknown")
         if links:
             load_records(con, LINKS, list(links), run_id=run_id)
+    remove_files(unused)
     return n
 
 
@@ -72,11 +75,9 @@ DERIVED_BY = "genai"  # links.attributes.derived_by of links derived from span a
 
 def has_agent_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     """Whether any span of the run carries GenAI or OpenInference agent attributes."""
-    row = con.execute("""
-        SELECT EXISTS (SELECT 1 FROM spans WHERE run_id = ? AND (
-            contains(CAST(attributes AS VARCHAR), '"openinference.span.kind"')
-            OR contains(CAST(attributes AS VARCHAR), '"gen_ai.operation.name"')))
-    """, [run_id]).fetchone()
+    source = spans_source(con, ["run_id", "attributes"], agent_only=True)
+    markers = " OR ".join(f"contains(CAST(attributes AS VARCHAR), '{m}')" for m in AGENT_MARKERS)
+    row = con.execute(f"SELECT EXISTS (SELECT 1 FROM {source} WHERE run_id = ? AND ({markers}))", [run_id]).fetchone()
     return bool(row and row[0])
 
 

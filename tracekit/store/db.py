@@ -18,6 +18,7 @@ import duckdb
 from tracekit.config import db_path, lock_timeout_s
 from tracekit.errors import StoreError
 from tracekit.store.schema import LATEST, current_version, migrate
+from tracekit.store.segments import configure as configure_segments
 
 
 def _is_locked(exc: Exception) -> bool:
@@ -121,11 +122,13 @@ def connect(
                 con.close()
                 connect(store).close()
                 return connect(store, read_only=True, sandbox=sandbox)
+            configure_segments(con, store, sandbox=sandbox, writer=False)
             if sandbox:
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
         else:
             migrate(con)
+            configure_segments(con, store, sandbox=False, writer=True)
     except StoreError:
         con.close()
         raise

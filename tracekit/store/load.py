@@ -19,7 +19,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tracekit.store.sql import one
+from tracekit.config import segment_min_rows
+from tracekit.store.segments import AGENT_MARKERS
+from tracekit.store.sql import one, scratch
 from tracekit.store.streams import StreamSpec
 
 _DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
@@ -57,6 +59,7 @@ class Part:
     run_id: str
     pid: int | None = None
     node: str | None = None  # the default for records without a node
+    json_checked: bool = False  # its attribute texts are known to be JSON (a spool parser checked them)
 
 
 def load_tables(con: duckdb.DuckDBPyConnection, spec: StreamSpec, parts: Sequence[Part]) -> int:
@@ -70,6 +73,15 @@ def load_tables(con: duckdb.DuckDBPyConnection, spec: StreamSpec, parts: Sequenc
     parts = [p for p in parts if p.table.num_rows]
     if not parts:
         return 0
+    if _to_segments(spec, parts):
+        from tracekit.store import segments
+
+        columns = segments.span_columns(con)
+        table = segments.span_table([(p.table, p.run_id, p.pid, p.node) for p in parts], columns)
+        try:
+            return segments.write_segments(con, table, [p.run_id for p in parts])
+        except OSError:  # the segments directory is not writable or full: the store itself may still take them
+            pass
     tables = [p.table.append_column("tk_part", pa.repeat(pa.scalar(i, pa.int32()), p.table.num_rows))
               for i, p in enumerate(parts)]
     batch = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
@@ -102,6 +114,20 @@ def load_tables(con: duckdb.DuckDBPyConnection, spec: StreamSpec, parts: Sequenc
     return batch.num_rows
 
 
+def _to_segments(spec: StreamSpec, parts: Sequence[Part]) -> bool:
+    """Whether a load of spans is big enough to be written as Parquet segments (``tracekit.store.segments``).
+    Format-1 records with nested events, and attribute text that is not JSON (the native insert rejects it,
+    naming the file), take the native insert."""
+    threshold = segment_min_rows()
+    if spec.table != "span_rows" or not threshold or sum(p.table.num_rows for p in parts) < threshold:
+        return False
+    if any("events" in p.table.schema.names and p.table.column("events").null_count < p.table.num_rows for p in parts):
+        return False
+    attributes = pa.chunked_array([c for p in parts if not p.json_checked for c in p.table.column("attributes").chunks],
+                                  pa.string())
+    return not has_invalid_json(attributes)
+
+
 def load_table(
     con: duckdb.DuckDBPyConnection, spec: StreamSpec, table: pa.Table, *, run_id: str,
     pid: int | None = None, default_node: str | None = None,
@@ -125,11 +151,37 @@ def has_invalid_json(column: pa.ChunkedArray) -> bool:
     """Whether any text of an attributes column is not JSON (the store's column is JSON: it would fail the insert)."""
     if column.null_count == len(column):
         return False
-    con = duckdb.connect()
+    con = scratch()
     try:
         con.register("tk_attrs", pa.table({"a": column}))
         row = con.execute("SELECT bool_or(NOT json_valid(a)) FROM tk_attrs WHERE a IS NOT NULL").fetchall()
         return bool(row[0][0])
+    finally:
+        con.close()
+
+
+def attribute_facts(column: pa.ChunkedArray) -> tuple[bool, bool]:
+    """(any text not JSON, any text naming an agent key: ``segments.AGENT_MARKERS``) of an attributes column,
+    in one scan."""
+    if column.null_count == len(column):
+        return False, False
+    con = scratch()
+    try:
+        con.register("tk_attrs", pa.table({"a": column}))
+        agent = " OR ".join(f"contains(a, {_sql_text(m)})" for m in AGENT_MARKERS)
+        row = con.execute(f"SELECT bool_or(NOT json_valid(a)), bool_or({agent}) FROM tk_attrs WHERE a IS NOT NULL"
+                          ).fetchall()[0]
+        return bool(row[0]), bool(row[1])
+    finally:
+        con.close()
+
+
+def json_valid_mask(column: pa.ChunkedArray) -> pa.Array:
+    """Per row: is the attributes text JSON (or absent)? In the column's order."""
+    con = scratch()
+    try:
+        con.register("tk_attrs", pa.table({"a": column}))
+        return con.sql("SELECT a IS NULL OR json_valid(a) AS ok FROM tk_attrs").to_arrow_table().column("ok").combine_chunks()
     finally:
         con.close()
 
@@ -247,11 +299,9 @@ def run_processes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[tuple[str
 
 def span_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int | None, int | None, int]:
     """(first span start, last span end, root spans in error) of a run."""
-    row = one(con,
-        "SELECT min(start_ns), max(end_ns), count(*) FILTER (WHERE parent_id IS NULL AND status = 'error') "
-        "FROM spans WHERE run_id = ?", [run_id]
-    )
-    return (row[0], row[1], int(row[2] or 0)) if row else (None, None, 0)
+    from tracekit.store.segments import run_bounds
+
+    return run_bounds(con, run_id)
 
 
 def run_header(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str, dict[str, Any]] | None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from tracekit.store.segments import AGENT_MARKERS, materialise, spans_source
 
 _SETTLE_SQL = """
     INSERT OR REPLACE INTO runs
@@ -110,10 +113,10 @@ def runs_with_agent_spans(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]
     ``tracekit.store.agents.has_agent_spans``)."""
     if not run_ids:
         return []
-    found = _with_table(con, "tk_runs", _ids(run_ids), """
-        SELECT DISTINCT s.run_id FROM spans s SEMI JOIN tk_runs q ON s.run_id = q.run_id
-        WHERE contains(CAST(s.attributes AS VARCHAR), '"openinference.span.kind"')
-           OR contains(CAST(s.attributes AS VARCHAR), '"gen_ai.operation.name"')
+    source = spans_source(con, ["run_id", "attributes"], agent_only=True)  # segments without any are not read
+    found = _with_table(con, "tk_runs", _ids(run_ids), f"""
+        SELECT DISTINCT s.run_id FROM {source} s SEMI JOIN tk_runs q ON s.run_id = q.run_id
+        WHERE {" OR ".join(f"contains(CAST(s.attributes AS VARCHAR), '{m}')" for m in AGENT_MARKERS)}
     """)
     return sorted(r[0] for r in found)
 
@@ -171,14 +174,17 @@ def span_events_of(con: duckdb.DuckDBPyConnection, spans: Sequence[tuple[str, st
                                 for e in (r[3] or [])]) for r in found]
 
 
-def set_span_attributes(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, str, str]]) -> None:
-    """Replace the attributes (JSON text) of stored spans: (run id, span id, attributes)."""
+def set_span_attributes(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, str, str]]) -> list[Path]:
+    """Replace the attributes (JSON text) of stored spans: (run id, span id, attributes). Spans stored in a
+    segment are moved into ``span_rows`` first; returns the segment files to delete once the caller commits."""
     if not rows:
-        return
+        return []
+    unused = materialise(con, sorted({r[0] for r in rows}))
     table = pa.table({"run_id": pa.array([r[0] for r in rows], pa.string()),
                       "span_id": pa.array([r[1] for r in rows], pa.string()),
                       "attributes": pa.array([r[2] for r in rows], pa.string())})
     _with_table(con, "tk_upd", table, """
-        UPDATE spans SET attributes = u.attributes::JSON FROM tk_upd u
-        WHERE spans.run_id = u.run_id AND spans.span_id = u.span_id
+        UPDATE span_rows SET attributes = u.attributes::JSON FROM tk_upd u
+        WHERE span_rows.run_id = u.run_id AND span_rows.span_id = u.span_id
     """)
+    return unused

@@ -60,6 +60,13 @@ MIGRATIONS: list[Migration] = [
                max(ended_ns) AS ended_ns, bool_and(ended_ns IS NOT NULL) AS clean_exit
         FROM spool_files WHERE pid IS NOT NULL GROUP BY run_id, host, pid;
     """),
+    Migration(3, "spans: native rows and Parquet segments behind one view", """
+    ALTER TABLE spans RENAME TO span_rows;
+    CREATE TABLE span_segments (
+        segment VARCHAR PRIMARY KEY, path VARCHAR, run_ids VARCHAR[], rows BIGINT, bytes BIGINT, created_ns BIGINT,
+        agent BOOLEAN, min_start_ns BIGINT, max_end_ns BIGINT, root_errors BIGINT);
+    CREATE VIEW spans AS SELECT * FROM span_rows;
+    """),
     Migration(10, "training: collective details, link probes, rank heartbeats", """
     ALTER TABLE collectives ADD COLUMN peer INTEGER;
     ALTER TABLE collectives ADD COLUMN async_op BOOLEAN;
