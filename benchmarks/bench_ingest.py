@@ -212,7 +212,7 @@ def main() -> None:
               f"binary/ndjson {wall['binary'] / wall['ndjson']:.2f} | {cpu['binary'] / cpu['ndjson']:.2f}")
         print(f"DuckDB insert of in-memory Arrow: {wall['arrow']:12,.0f} | {cpu['arrow']:12,.0f}  "
               f"binary/insert {wall['binary'] / wall['arrow']:.2f} | {cpu['binary'] / cpu['arrow']:.2f} "
-              "(no file at all: the spans table's own insert, the ceiling of any loader)")
+              "(no file at all: the native table's own insert, the ceiling of any loader into it)")
         final_line(name="ingest_spans_per_s", value=round(wall["binary"]), unit="spans/s", baseline="duckdb read_parquet",
                    baseline_value=round(wall["parquet"]), ratio=round(wall["binary"] / wall["parquet"], 2), target_ratio=0.5,
                    json_spool=round(wall["json"]), read_ndjson=round(wall["ndjson"]),

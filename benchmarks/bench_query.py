@@ -2,6 +2,8 @@
 
 Each query runs as a real `tracekit sql ... --format json` subprocess (CLI start-up included), against a
 baseline in the same run: pandas loading the needed columns from the same store and grouping in memory.
+The spans are stored both ways a store holds them, and each is timed: in the native table, and as Parquet
+segments written by tracekit's own segment writer (what a big ingest makes; see tracekit.store.segments).
 
     python benchmarks/bench_query.py [--spans 10000000] [--keep STORE]
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import final_line, median  # noqa: E402
 
 from tracekit.store.db import connect  # noqa: E402
+from tracekit.store.segments import directory_of as segments_dir  # noqa: E402
 
 QUERIES = {
     "errors_per_node": "SELECT node, count(*) FILTER (WHERE status = 'error') AS errors, count(*) AS spans "
@@ -31,11 +34,11 @@ QUERIES = {
 }
 
 
-def build_store(path: Path, spans: int) -> None:
+def build_store(path: Path, spans: int, segmented: bool) -> None:
     con = connect(path)
     con.execute("INSERT INTO runs VALUES ('synthetic', 'training', 'synthetic-10m', 0, 1, 'ok', '{}')")
     con.execute("""
-        INSERT INTO spans
+        INSERT INTO span_rows
         SELECT 'synthetic', printf('%032x', i // 50), printf('%016x', i),
                CASE WHEN i % 50 = 0 THEN NULL ELSE printf('%016x', i - i % 50) END,
                ['forward', 'backward', 'all_reduce', 'optimizer.step', 'load_batch'][1 + i % 5],
@@ -45,6 +48,18 @@ def build_store(path: Path, spans: int) -> None:
                NULL, '{}', 1
         FROM range($n) t(i)
     """, {"n": spans})
+    if segmented:  # the same rows moved into segments of 1 M spans, as big ingests write them
+        from tracekit.store import segments
+        from tracekit.store.sql import transaction
+
+        columns = segments.span_columns(con)
+        rows = con.sql(f"SELECT {', '.join(columns)} FROM span_rows").to_arrow_table()
+        with transaction(con):
+            for start in range(0, rows.num_rows, 1_000_000):
+                part = rows.slice(start, 1_000_000)
+                segments.write_segments(con, segments.span_table([(part, "synthetic", 1, None)], columns), ["synthetic"])
+            con.execute("DELETE FROM span_rows")
+        con.execute("CHECKPOINT")
     con.close()
 
 
@@ -77,23 +92,28 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build (or reuse) the store here instead of a temp dir")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-query-"))
-    store = args.keep or tmp / "store.duckdb"
     try:
-        if not store.exists():
-            t0 = time.perf_counter()
-            build_store(store, args.spans)
-            print(f"built a {args.spans:,}-span store ({os.path.getsize(store) / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
         figures = {}
-        for name, query in QUERIES.items():
-            timings = []
-            for _ in range(args.repeats):
-                seconds, result = via_cli(store, query)
-                timings.append(seconds)
-            assert len(result) == 64, result[:3]
-            baseline = via_pandas(store, name)
-            figures[name] = (median(timings), baseline)
-            print(f"{name:16s}: tracekit sql {median(timings):.3f} s (median of {args.repeats}, CLI start included); "
-                  f"pandas in-memory baseline {baseline:.3f} s; ratio {baseline / median(timings):.1f}x faster (target < 1 s)")
+        for storage in ("native", "segments"):
+            store = (args.keep.with_name(f"{args.keep.stem}-{storage}{args.keep.suffix}") if args.keep
+                     else tmp / f"{storage}.duckdb")
+            if not store.exists():
+                t0 = time.perf_counter()
+                build_store(store, args.spans, segmented=storage == "segments")
+                size = os.path.getsize(store) + sum(f.stat().st_size for f in segments_dir(store).glob("*"))
+                print(f"built a {args.spans:,}-span store, spans {storage} ({size / 1e6:.0f} MB) "
+                      f"in {time.perf_counter() - t0:.1f} s")
+            for name, query in QUERIES.items():
+                timings = []
+                for _ in range(args.repeats):
+                    seconds, result = via_cli(store, query)
+                    timings.append(seconds)
+                assert len(result) == 64, result[:3]
+                baseline = via_pandas(store, name)
+                figures[f"{storage}_{name}"] = (median(timings), baseline)
+                print(f"{storage:8s} {name:16s}: tracekit sql {median(timings):.3f} s (median of {args.repeats}, CLI "
+                      f"start included); pandas in-memory baseline {baseline:.3f} s; ratio "
+                      f"{baseline / median(timings):.1f}x faster (target < 1 s)")
         worst = max(v[0] for v in figures.values())
         final_line(name="query_10m_spans_worst_s", value=round(worst, 3), unit="s",
                    baseline="pandas in-memory groupby", baseline_value=round(max(v[1] for v in figures.values()), 3),

@@ -242,3 +242,20 @@ def test_bad_segment_settings_are_clear_errors_before_anything_is_written(tmp_pa
     with pytest.raises(ConfigError, match=name):
         config.segment_min_rows()
         config.segment_compression()
+
+
+def test_fast_segments_store_random_ids_plain_and_structured_ids_compressed(tmp_path, small_segments):
+    import random
+
+    import pyarrow.parquet as pq
+
+    rng = random.Random(3)
+    records = [span(i, trace_id=f"{rng.getrandbits(128):032x}", span_id=f"{rng.getrandbits(64):016x}")
+               for i in range(200)]  # OpenTelemetry's random ids; parent ids stay sequential here
+    run = spool_run(tmp_path / "spool", 0, records=records)
+    ingest_paths([run], tmp_path / "s.duckdb")
+    (path, _, _), = segment_rows(tmp_path / "s.duckdb")
+    meta = pq.ParquetFile(tmp_path / path).metadata.row_group(0)
+    codec = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codec["trace_id"] == codec["span_id"] == "UNCOMPRESSED"
+    assert codec["parent_id"] == codec["attributes"] == "ZSTD"

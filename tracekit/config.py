@@ -28,7 +28,7 @@
 | TRACEKIT_SPOOL_FORMAT       | arrow                  | spool encoding of spans, events, collectives, steps: arrow or json |
 | TRACEKIT_NO_LEAN            | (unset)                | 1 keeps traced calls on the OpenTelemetry SDK path (no lean spans) |
 | TRACEKIT_SEGMENT_MIN_ROWS   | 100000                 | spans a bulk load needs to be stored as Parquet segments (0: never) |
-| TRACEKIT_SEGMENT_COMPRESSION| fast                   | segments: fast (hex ids stored plain) or small (every column zstd) |
+| TRACEKIT_SEGMENT_COMPRESSION| fast                   | segments: fast (random hex ids stored plain) or small (every column zstd) |
 | TRACEKIT_FINDING            | (set by tracekit)      | `anomalies --follow --exec`: the finding (JSON) given to the command |
 | TRACEKIT_FINDING_KIND       | (set by tracekit)      | `anomalies --follow --exec`: the finding's kind             |
 | TRACEKIT_FINDING_SUBJECT    | (set by tracekit)      | `anomalies --follow --exec`: the finding's subject (e.g. rank:3) |
@@ -86,9 +86,9 @@ def segment_min_rows() -> int:
 
 
 def segment_compression() -> str:
-    """How span segments are compressed: ``fast`` (the default) stores the random hex ids as they are and
-    zstd-compresses the rest; ``small`` zstd-compresses every column. Zstd halves hex ids (4 bits of entropy
-    per 8-bit character) but costs a third of a segment write's CPU."""
+    """How span segments are compressed: ``fast`` (the default) stores random hex ids as they are and
+    zstd-compresses the rest (structured ids too); ``small`` zstd-compresses every column. Zstd halves random
+    hex ids (4 bits of entropy per 8-bit character) but costs a third of a segment write's CPU."""
     value = (os.environ.get("TRACEKIT_SEGMENT_COMPRESSION") or "fast").strip().lower()
     if value not in ("fast", "small"):
         raise ConfigError(f"TRACEKIT_SEGMENT_COMPRESSION={value!r} is not a segment compression: use fast or small")
