@@ -175,7 +175,7 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
                        use_dictionary=[c for c in _LOW_CARDINALITY if c in columns],
                        write_statistics=[c for c in _PRUNING if c in columns],
                        column_encoding={c: "DELTA_BINARY_PACKED" for c in _TIMES if c in columns})
-        size = path.stat().st_size
+        size = _sync(path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -183,6 +183,17 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
     return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size,
                    _has_agent_spans(table.column("attributes")) if agent is None else agent, pc.min(table.column("start_ns")).as_py(),
                    pc.max(table.column("end_ns")).as_py(), int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
+
+
+def _sync(path: Path) -> int:
+    """Flush a written file to disk (a registered segment must survive a power cut as DuckDB's commit does);
+    returns its size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _stored_plain(ids: pa.ChunkedArray) -> bool:
@@ -199,6 +210,9 @@ def register(con: duckdb.DuckDBPyConnection, segments: Sequence[Segment]) -> Non
     """Record written segments in the caller's transaction and put them in the ``spans`` view."""
     if not segments:
         return
+    store = store_file(con)
+    if store is not None:  # the new files' directory entries, before the commit that names them
+        _sync(directory_of(store))
     now = time.time_ns()
     con.executemany("INSERT INTO span_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
         [Path(g.name).stem, g.name, list(g.run_ids), g.rows, g.bytes, now, g.agent, g.min_start_ns, g.max_end_ns,
