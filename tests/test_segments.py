@@ -259,3 +259,24 @@ def test_fast_segments_store_random_ids_plain_and_structured_ids_compressed(tmp_
     codec = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
     assert codec["trace_id"] == codec["span_id"] == "UNCOMPRESSED"
     assert codec["parent_id"] == codec["attributes"] == "ZSTD"
+
+
+def test_a_store_copied_without_its_segments_is_a_clear_error(tmp_path, small_segments):
+    from tracekit.errors import StoreError
+
+    run = spool_run(tmp_path / "spool", 120)
+    ingest_paths([run], tmp_path / "a" / "s.duckdb")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "s.duckdb", tmp_path / "b" / "s.duckdb")  # the file alone
+    for read_only in (True, False):
+        with pytest.raises(StoreError, match="without its segments directory"):
+            connect(tmp_path / "b" / "s.duckdb", read_only=read_only)
+    done = cli(tmp_path, "runs", "--db", str(tmp_path / "b" / "s.duckdb"))
+    assert_one_line_error(done)
+    assert "s.duckdb.segments" in done.err and "re-ingest" in done.err
+    want = query(tmp_path / "a" / "s.duckdb", ROWS)
+    shutil.copytree(tmp_path / "a" / "s.duckdb.segments", tmp_path / "b" / "s.duckdb.segments")
+    shutil.rmtree(tmp_path / "a")  # the copy reads its own segments
+    con = connect(tmp_path / "b" / "s.duckdb", read_only=True)
+    assert con.execute(ROWS).fetchall() == want != []
+    con.close()

@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.config import segment_compression
+from tracekit.errors import StoreError
 from tracekit.store.sql import one, scratch
 
 SUFFIX = ".segments"
@@ -67,8 +68,16 @@ def configure(con: duckdb.DuckDBPyConnection, store: Path, *, sandbox: bool, wri
     store = store.resolve()
     if sandbox:
         con.execute(f"SET allowed_directories = [{_quote(f'{directory_of(store)}{os.sep}')}]")
-    if not one(con, "SELECT count(*) FROM span_segments")[0]:  # type: ignore[index]
+    paths = [r[0] for r in con.execute("SELECT path FROM span_segments").fetchall()]
+    if not paths:
         return
+    missing = [p for p in paths if not (store.parent / p).is_file()]
+    if missing:
+        raise StoreError(
+            f"the store {store} keeps {len(paths)} span segment file(s) in {directory_of(store)}, and {len(missing)} "
+            f"of them are missing (first: {missing[0]}): the store was copied or moved without its segments "
+            "directory; copy the directory beside it, or move the store aside and re-ingest the spool directories"
+        )
     view = one(con, "SELECT sql FROM duckdb_views() WHERE view_name = 'spans' AND database_name = current_database()")
     if view and _quote(f"{directory_of(store)}{os.sep}")[1:-1] in view[0]:
         return
