@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from tracekit.config import segment_min_rows
-from tracekit.store.segments import AGENT_MARKERS
+from tracekit.store import segments
 from tracekit.store.sql import one, scratch
 from tracekit.store.streams import StreamSpec
 
@@ -74,8 +74,6 @@ def load_tables(con: duckdb.DuckDBPyConnection, spec: StreamSpec, parts: Sequenc
     if not parts:
         return 0
     if _to_segments(spec, parts):
-        from tracekit.store import segments
-
         columns = segments.span_columns(con)
         table = segments.span_table([(p.table, p.run_id, p.pid, p.node) for p in parts], columns)
         try:
@@ -147,17 +145,23 @@ def load_records(
     return load_table(con, spec, table, run_id=run_id, pid=pid, default_node=default_node)
 
 
+@contextmanager
+def _attributes(column: pa.ChunkedArray) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A scratch connection (``sql.scratch``) that sees an attributes column as ``tk_attrs(a)``."""
+    con = scratch()
+    try:
+        con.register("tk_attrs", pa.table({"a": column}))
+        yield con
+    finally:
+        con.close()
+
+
 def has_invalid_json(column: pa.ChunkedArray) -> bool:
     """Whether any text of an attributes column is not JSON (the store's column is JSON: it would fail the insert)."""
     if column.null_count == len(column):
         return False
-    con = scratch()
-    try:
-        con.register("tk_attrs", pa.table({"a": column}))
-        row = con.execute("SELECT bool_or(NOT json_valid(a)) FROM tk_attrs WHERE a IS NOT NULL").fetchall()
-        return bool(row[0][0])
-    finally:
-        con.close()
+    with _attributes(column) as con:
+        return bool(con.execute("SELECT bool_or(NOT json_valid(a)) FROM tk_attrs WHERE a IS NOT NULL").fetchall()[0][0])
 
 
 def attribute_facts(column: pa.ChunkedArray) -> tuple[bool, bool]:
@@ -165,25 +169,17 @@ def attribute_facts(column: pa.ChunkedArray) -> tuple[bool, bool]:
     in one scan."""
     if column.null_count == len(column):
         return False, False
-    con = scratch()
-    try:
-        con.register("tk_attrs", pa.table({"a": column}))
-        agent = " OR ".join(f"contains(a, {_sql_text(m)})" for m in AGENT_MARKERS)
+    agent = " OR ".join(f"contains(a, {_sql_text(m)})" for m in segments.AGENT_MARKERS)
+    with _attributes(column) as con:
         row = con.execute(f"SELECT bool_or(NOT json_valid(a)), bool_or({agent}) FROM tk_attrs WHERE a IS NOT NULL"
                           ).fetchall()[0]
-        return bool(row[0]), bool(row[1])
-    finally:
-        con.close()
+    return bool(row[0]), bool(row[1])
 
 
 def json_valid_mask(column: pa.ChunkedArray) -> pa.Array:
-    """Per row: is the attributes text JSON (or absent)? In the column's order."""
-    con = scratch()
-    try:
-        con.register("tk_attrs", pa.table({"a": column}))
+    """Per row: is the attributes text JSON (or absent)? In the column's order (a plain projection keeps it)."""
+    with _attributes(column) as con:
         return con.sql("SELECT a IS NULL OR json_valid(a) AS ok FROM tk_attrs").to_arrow_table().column("ok").combine_chunks()
-    finally:
-        con.close()
 
 
 def _sql_text(value: str) -> str:
@@ -298,10 +294,8 @@ def run_processes(con: duckdb.DuckDBPyConnection, run_id: str) -> list[tuple[str
 
 
 def span_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int | None, int | None, int]:
-    """(first span start, last span end, root spans in error) of a run."""
-    from tracekit.store.segments import run_bounds
-
-    return run_bounds(con, run_id)
+    """(first span start, last span end, root spans in error) of a run (``segments.run_bounds``)."""
+    return segments.run_bounds(con, run_id)
 
 
 def run_header(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str, dict[str, Any]] | None:

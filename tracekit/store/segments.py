@@ -39,7 +39,7 @@ SUFFIX = ".segments"
 ROW_GROUP = 122_880  # DuckDB scans a Parquet file one row group per thread; its own row groups are this size
 # attribute keys that make a span an agent's (GenAI or OpenInference): a segment records whether it holds any
 AGENT_MARKERS = ('"openinference.span.kind"', '"gen_ai.operation.name"')
-_ORPHAN_AGE_S = 600
+_ORPHAN_AGE_S = 600  # an unregistered file younger than this may belong to a load still in progress
 # Parquet encodings, each measured on 250k bench spans (CPU per span of the write): random ids and attribute
 # text are never worth a dictionary (pyarrow tries, then gives up: -5 %); min/max statistics only where a
 # filter can skip row groups (a run, a time window), not on names within a run (-7 %); delta-encoded times
@@ -47,7 +47,7 @@ _ORPHAN_AGE_S = 600
 _LOW_CARDINALITY = ("run_id", "name", "node", "kind", "status", "status_message", "pid")
 _PRUNING = ("run_id", "start_ns", "end_ns", "pid")
 _TIMES = ("start_ns", "end_ns")
-_IDS = ("trace_id", "span_id", "parent_id")  # an unregistered file younger than this may belong to a load still in progress
+_IDS = ("trace_id", "span_id", "parent_id")  # stored plain by "fast" segments when they are random (_stored_plain)
 
 
 def store_file(con: duckdb.DuckDBPyConnection) -> Path | None:
