@@ -23,7 +23,8 @@ from tracekit import conventions as conv
 from tracekit import frames
 from tracekit.errors import SpoolError
 from tracekit.ingest.report import Quarantined
-from tracekit.store.load import attribute_facts, has_invalid_json, json_valid_mask
+from tracekit.store.load import has_invalid_json, json_valid_mask
+from tracekit.store.segments import names_agent_keys
 from tracekit.store.streams import STREAMS, StreamSpec
 
 READABLE_VERSIONS = (*conv.READABLE_VERSIONS, frames.BINARY_VERSION)
@@ -279,7 +280,9 @@ def _parse_binary(
     bad: list[Quarantined] = []
     missing = [name for name in spec.required if table.column(name).null_count]
     # attribute text is checked here, on the parse thread, so a load never has to (the JSON reader checks it too)
-    not_json, agent = attribute_facts(table.column("attributes")) if "attributes" in spec.schema.names else (False, False)
+    attributes = table.column("attributes") if "attributes" in spec.schema.names else None
+    not_json = attributes is not None and has_invalid_json(attributes)
+    agent = attributes is not None and names_agent_keys(attributes)  # for the segment this file may become
     if missing or not_json:
         import pyarrow.compute as pc
 

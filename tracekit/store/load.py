@@ -164,18 +164,6 @@ def has_invalid_json(column: pa.ChunkedArray) -> bool:
         return bool(con.execute("SELECT bool_or(NOT json_valid(a)) FROM tk_attrs WHERE a IS NOT NULL").fetchall()[0][0])
 
 
-def attribute_facts(column: pa.ChunkedArray) -> tuple[bool, bool]:
-    """(any text not JSON, any text naming an agent key: ``segments.AGENT_MARKERS``) of an attributes column,
-    in one scan."""
-    if column.null_count == len(column):
-        return False, False
-    agent = " OR ".join(f"contains(a, {_sql_text(m)})" for m in segments.AGENT_MARKERS)
-    with _attributes(column) as con:
-        row = con.execute(f"SELECT bool_or(NOT json_valid(a)), bool_or({agent}) FROM tk_attrs WHERE a IS NOT NULL"
-                          ).fetchall()[0]
-    return bool(row[0]), bool(row[1])
-
-
 def json_valid_mask(column: pa.ChunkedArray) -> pa.Array:
     """Per row: is the attributes text JSON (or absent)? In the column's order (a plain projection keeps it)."""
     with _attributes(column) as con:

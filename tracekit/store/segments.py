@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from tracekit.config import segment_compression
 from tracekit.errors import StoreError
-from tracekit.store.sql import one, scratch
+from tracekit.store.sql import one
 
 SUFFIX = ".segments"
 ROW_GROUP = 122_880  # DuckDB scans a Parquet file one row group per thread; its own row groups are this size
@@ -190,7 +190,7 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
         raise
     roots = pc.and_(pc.is_null(table.column("parent_id")), pc.equal(table.column("status"), "error"))
     return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size,
-                   _has_agent_spans(table.column("attributes")) if agent is None else agent, pc.min(table.column("start_ns")).as_py(),
+                   names_agent_keys(table.column("attributes")) if agent is None else agent, pc.min(table.column("start_ns")).as_py(),
                    pc.max(table.column("end_ns")).as_py(), int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
 
 
@@ -266,18 +266,21 @@ def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int | None,
     return (row[0], row[1], int(row[2] or 0)) if row else (None, None, 0)
 
 
-def _has_agent_spans(attributes: pa.ChunkedArray) -> bool:
-    """Whether any attribute text names an agent key (DuckDB's `contains` is 3x pyarrow's match_substring here)."""
-    text = pa.chunked_array([c.storage if isinstance(c, pa.ExtensionArray) else c for c in attributes.chunks],
-                            pa.string())
-    con = scratch()
-    try:
-        con.register("tk_attrs", pa.table({"a": text}))
-        found = con.execute("SELECT bool_or(" + " OR ".join(f"contains(a, {_quote(m)})" for m in AGENT_MARKERS)
-                            + ") FROM tk_attrs").fetchall()
-        return bool(found[0][0])
-    finally:
-        con.close()
+def names_agent_keys(attributes: pa.ChunkedArray) -> bool:
+    """Whether some attribute text may name an agent key (``AGENT_MARKERS``): a byte search of each chunk's
+    whole text buffer (2.5 ms per 125k spans, a third of DuckDB's `contains` over the rows). A chunk sliced out
+    of a bigger array is searched with its neighbours' text: it may say yes for a span outside it (the
+    segment is then searched again by ``runs_with_agent_spans``, correctly), never no for one inside."""
+    markers = [m.encode() for m in AGENT_MARKERS]
+    for chunk in attributes.chunks:
+        if isinstance(chunk, pa.ExtensionArray):
+            chunk = chunk.storage
+        data = chunk.buffers()[2] if len(chunk) else None
+        if data is not None and data.size:
+            text = data.to_pybytes()
+            if any(text.find(m) >= 0 for m in markers):
+                return True
+    return False
 
 
 def spans_source(con: duckdb.DuckDBPyConnection, columns: Sequence[str], *, agent_only: bool = False) -> str:
