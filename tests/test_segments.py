@@ -65,6 +65,7 @@ def test_segments_store_exactly_what_the_native_table_stores(tmp_path, monkeypat
     seg = ingest_paths([run], tmp_path / "seg.duckdb")
 
     assert segment_rows(tmp_path / "native.duckdb") == []
+    assert not segments.directory_of(tmp_path / "native.duckdb").exists()  # no empty sidecar without segments
     (path, run_ids, rows), = segment_rows(tmp_path / "seg.duckdb")  # one file of 300 spans: a segment of its own
     assert rows == 300 and run_ids == [run.name] and (tmp_path / path).is_file()
     assert query(tmp_path / "seg.duckdb", "SELECT count(*) FROM span_rows") == [(0,)]

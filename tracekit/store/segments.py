@@ -158,13 +158,11 @@ class Segment:
 
 
 def folder_of(con: duckdb.DuckDBPyConnection) -> Path:
-    """The store's segments directory (made when missing)."""
+    """The store's segments directory (made by the first segment written into it)."""
     store = store_file(con)
     if store is None:
         raise ValueError("span segments need a store file, not an in-memory database")
-    folder = directory_of(store)
-    folder.mkdir(exist_ok=True)
-    return folder
+    return directory_of(store)
 
 
 def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: bool | None = None) -> Segment:
@@ -175,6 +173,7 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
     import pyarrow.parquet as pq
 
     columns = table.column_names
+    folder.mkdir(exist_ok=True)
     path = folder / f"spans-{uuid.uuid4().hex}.parquet"
     try:
         plain = {c for c in _IDS if c in columns and _stored_plain(table.column(c))} \
@@ -220,8 +219,9 @@ def register(con: duckdb.DuckDBPyConnection, segments: Sequence[Segment]) -> Non
     if not segments:
         return
     store = store_file(con)
-    if store is not None:  # the new files' directory entries, before the commit that names them
+    if store is not None:  # the new files' directory entries (and the directory's own), before the commit
         _sync(directory_of(store))
+        _sync(store.parent)
     now = time.time_ns()
     con.executemany("INSERT INTO span_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
         [Path(g.name).stem, g.name, list(g.run_ids), g.rows, g.bytes, now, g.agent, g.min_start_ns, g.max_end_ns,
