@@ -101,8 +101,9 @@ def test_a_batch_of_small_files_becomes_segments_of_several_runs_and_reads_like_
     con.close()
     (_, run_ids, rows), = segment_rows(tmp_path / "batch.duckdb")
     assert run_ids == ["run0", "run1", "run2"] and rows == 120
-    assert query(tmp_path / "batch.duckdb", "SELECT run_id, count(*), min(pid), max(node) FROM spans GROUP BY 1 ORDER BY 1") \
-        == [("run0", 40, 0, "service:db"), ("run1", 40, 1, "service:db"), ("run2", 40, 2, "service:db")]
+    per_run = "SELECT run_id, count(*), min(pid), max(node) FROM spans GROUP BY 1 ORDER BY 1"
+    assert query(tmp_path / "batch.duckdb", per_run) == [
+        ("run0", 40, 0, "service:db"), ("run1", 40, 1, "service:db"), ("run2", 40, 2, "service:db")]
     con = connect(tmp_path / "batch.duckdb", read_only=True)
     # a segment shared by runs is scanned for one run's bounds: same answer as a scan of the view
     assert segments.run_bounds(con, "run1") == con.execute(

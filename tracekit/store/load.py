@@ -167,7 +167,8 @@ def has_invalid_json(column: pa.ChunkedArray) -> bool:
 def json_valid_mask(column: pa.ChunkedArray) -> pa.Array:
     """Per row: is the attributes text JSON (or absent)? In the column's order (a plain projection keeps it)."""
     with _attributes(column) as con:
-        return con.sql("SELECT a IS NULL OR json_valid(a) AS ok FROM tk_attrs").to_arrow_table().column("ok").combine_chunks()
+        found = con.sql("SELECT a IS NULL OR json_valid(a) AS ok FROM tk_attrs").to_arrow_table()
+    return found.column("ok").combine_chunks()
 
 
 def _sql_text(value: str) -> str:

@@ -188,9 +188,11 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
         path.unlink(missing_ok=True)
         raise
     roots = pc.and_(pc.is_null(table.column("parent_id")), pc.equal(table.column("status"), "error"))
-    return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size,
-                   names_agent_keys(table.column("attributes")) if agent is None else agent, pc.min(table.column("start_ns")).as_py(),
-                   pc.max(table.column("end_ns")).as_py(), int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
+    if agent is None:
+        agent = names_agent_keys(table.column("attributes"))
+    return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size, agent,
+                   pc.min(table.column("start_ns")).as_py(), pc.max(table.column("end_ns")).as_py(),
+                   int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
 
 
 def _sync(path: Path) -> int:
@@ -239,15 +241,13 @@ def write_segments(con: duckdb.DuckDBPyConnection, table: pa.Table, run_ids: Seq
     n = max(1, min(workers or os.cpu_count() or 1, table.num_rows // ROW_GROUP or 1))
     step = -(-table.num_rows // n)
     slices = [table.slice(k * step, step) for k in range(n)]
-    written: list[Segment] = []
-    try:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="tracekit-segment") as pool:
-            futures = [pool.submit(write_file, folder, piece, sorted(set(run_ids))) for piece in slices]
-            for future in futures:
-                written.append(future.result())
-    except BaseException:
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="tracekit-segment") as pool:
+        futures = [pool.submit(write_file, folder, piece, sorted(set(run_ids))) for piece in slices]
+    written = [f.result() for f in futures if f.exception() is None]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:  # every slice's file or none
         remove_files(folder.parent / g.name for g in written)
-        raise
+        raise failed[0]  # type: ignore[misc]
     register(con, written)
     return table.num_rows
 
