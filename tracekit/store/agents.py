@@ -9,7 +9,7 @@ import duckdb
 
 from tracekit.store.load import load_records, upsert_run
 from tracekit.store.queries import rows
-from tracekit.store.segments import AGENT_MARKERS, materialise, remove_files, spans_source
+from tracekit.store.segments import agent_condition, materialise, remove_files, spans_source
 from tracekit.store.sql import transaction
 from tracekit.store.streams import LINKS, SPANS
 
@@ -76,8 +76,8 @@ DERIVED_BY = "genai"  # links.attributes.derived_by of links derived from span a
 def has_agent_spans(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     """Whether any span of the run carries GenAI or OpenInference agent attributes."""
     source = spans_source(con, ["run_id", "attributes"], agent_only=True)
-    markers = " OR ".join(f"contains(CAST(attributes AS VARCHAR), '{m}')" for m in AGENT_MARKERS)
-    row = con.execute(f"SELECT EXISTS (SELECT 1 FROM {source} WHERE run_id = ? AND ({markers}))", [run_id]).fetchone()
+    row = con.execute(f"SELECT EXISTS (SELECT 1 FROM {source} WHERE run_id = ? AND {agent_condition()})",
+                      [run_id]).fetchone()
     return bool(row and row[0])
 
 

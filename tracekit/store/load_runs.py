@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tracekit.store.segments import AGENT_MARKERS, materialise, spans_source
+from tracekit.store.segments import agent_condition, materialise, spans_source
 
 _SETTLE_SQL = """
     INSERT OR REPLACE INTO runs
@@ -116,7 +116,7 @@ def runs_with_agent_spans(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]
     source = spans_source(con, ["run_id", "attributes"], agent_only=True)  # segments without any are not read
     found = _with_table(con, "tk_runs", _ids(run_ids), f"""
         SELECT DISTINCT s.run_id FROM {source} s SEMI JOIN tk_runs q ON s.run_id = q.run_id
-        WHERE {" OR ".join(f"contains(CAST(s.attributes AS VARCHAR), '{m}')" for m in AGENT_MARKERS)}
+        WHERE {agent_condition("s.attributes")}
     """)
     return sorted(r[0] for r in found)
 

@@ -283,6 +283,11 @@ def names_agent_keys(attributes: pa.ChunkedArray) -> bool:
     return False
 
 
+def agent_condition(column: str = "attributes") -> str:
+    """SQL: the span's attributes (`column`) name an agent key (``AGENT_MARKERS``)."""
+    return "(" + " OR ".join(f"contains(CAST({column} AS VARCHAR), {_quote(m)})" for m in AGENT_MARKERS) + ")"
+
+
 def spans_source(con: duckdb.DuckDBPyConnection, columns: Sequence[str], *, agent_only: bool = False) -> str:
     """A FROM-able SQL source of span `columns`: like the ``spans`` view, or (`agent_only`) only the segments
     that hold an agent span, which is all a search for agent spans needs to read."""
