@@ -9,7 +9,7 @@ from typing import Any
 
 import duckdb
 
-from tracekit.store.sql import one
+from tracekit.store.sql import literal, one
 
 EXPORT_TABLES = ("runs", "spans", "events", "links", "collectives", "steps", "faults", "findings")
 
@@ -69,10 +69,6 @@ def write_chrome_trace(con: duckdb.DuckDBPyConnection, run_id: str, out: Path) -
     return sum(1 for e in doc["traceEvents"] if e["ph"] == "X")
 
 
-def _sql_string(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def write_parquet(con: duckdb.DuckDBPyConnection, run_ids: list[str], out_dir: Path) -> dict[str, int]:
     """One hive-partitioned dataset per table: ``out_dir/<table>/run_id=<id>/*.parquet``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +80,7 @@ def write_parquet(con: duckdb.DuckDBPyConnection, run_ids: list[str], out_dir: P
         counts[table] = int(n)
         if n:
             con.execute(
-                f"COPY tk_export TO {_sql_string(out_dir / table)} "
+                f"COPY tk_export TO {literal(str(out_dir / table))} "
                 "(FORMAT parquet, PARTITION_BY (run_id), OVERWRITE_OR_IGNORE true)"
             )
         con.execute("DROP TABLE tk_export")

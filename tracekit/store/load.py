@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from tracekit.config import segment_min_rows
 from tracekit.store import segments
-from tracekit.store.sql import one, scratch
+from tracekit.store.sql import literal, one, scratch
 from tracekit.store.streams import StreamSpec
 
 _DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
@@ -171,10 +171,6 @@ def json_valid_mask(column: pa.ChunkedArray) -> pa.Array:
     return found.column("ok").combine_chunks()
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def load_ndjson_files(
     con: duckdb.DuckDBPyConnection, spec: StreamSpec, files: Sequence[tuple[Path, str, int | None, str]],
     *, skip_keys: Sequence[str],
@@ -194,8 +190,8 @@ def load_ndjson_files(
         if fld.name in spec.required:
             checks.append(f"{fld.name} IS NOT NULL")
     reader = (  # read_ndjson takes its file list and columns as literals, not as parameters
-        f"read_ndjson([{', '.join(_sql_text(str(path)) for path, *_ in files)}], "
-        f"columns={{{', '.join(f'{_sql_text(k)}: {_sql_text(v)}' for k, v in columns.items())}}}, "
+        f"read_ndjson([{', '.join(literal(str(path)) for path, *_ in files)}], "
+        f"columns={{{', '.join(f'{literal(k)}: {literal(v)}' for k, v in columns.items())}}}, "
         "format='newline_delimited', filename=true, hive_partitioning=false)"
     )
     fields = spec.schema.names

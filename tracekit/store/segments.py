@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from tracekit.config import segment_compression
 from tracekit.errors import StoreError
-from tracekit.store.sql import one
+from tracekit.store.sql import literal, one
 
 SUFFIX = ".segments"
 ROW_GROUP = 122_880  # DuckDB scans a Parquet file one row group per thread; its own row groups are this size
@@ -67,7 +67,7 @@ def configure(con: duckdb.DuckDBPyConnection, store: Path, *, sandbox: bool, wri
     and a reader shadows it with a temporary view of the new paths."""
     store = store.resolve()
     if sandbox:
-        con.execute(f"SET allowed_directories = [{_quote(f'{directory_of(store)}{os.sep}')}]")
+        con.execute(f"SET allowed_directories = [{literal(f'{directory_of(store)}{os.sep}')}]")
     paths = [r[0] for r in con.execute("SELECT path FROM span_segments").fetchall()]
     if not paths:
         return
@@ -79,7 +79,7 @@ def configure(con: duckdb.DuckDBPyConnection, store: Path, *, sandbox: bool, wri
             "directory; copy the directory beside it, or move the store aside and re-ingest the spool directories"
         )
     view = one(con, "SELECT sql FROM duckdb_views() WHERE view_name = 'spans' AND database_name = current_database()")
-    if view and _quote(f"{directory_of(store)}{os.sep}")[1:-1] in view[0]:
+    if view and literal(f"{directory_of(store)}{os.sep}")[1:-1] in view[0]:  # the directory as the SQL spells it
         return
     if writer:
         rebuild_view(con)
@@ -91,7 +91,7 @@ def _files(con: duckdb.DuckDBPyConnection, paths: Iterable[str]) -> str:
     """A DuckDB list of the absolute paths of segment files (registered relative to the store's directory)."""
     store = store_file(con)
     base = store.resolve().parent if store else Path.cwd()
-    return "[" + ", ".join(_quote(str(base / p)) for p in paths) + "]"
+    return "[" + ", ".join(literal(str(base / p)) for p in paths) + "]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,10 +102,6 @@ def span_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute(
         "SELECT column_name FROM duckdb_columns() WHERE table_name = 'span_rows' AND database_name = current_database() "
         "ORDER BY column_index").fetchall()]
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def rebuild_view(con: duckdb.DuckDBPyConnection) -> None:
@@ -285,7 +281,7 @@ def names_agent_keys(attributes: pa.ChunkedArray) -> bool:
 
 def agent_condition(column: str = "attributes") -> str:
     """SQL: the span's attributes (`column`) name an agent key (``AGENT_MARKERS``)."""
-    return "(" + " OR ".join(f"contains(CAST({column} AS VARCHAR), {_quote(m)})" for m in AGENT_MARKERS) + ")"
+    return "(" + " OR ".join(f"contains(CAST({column} AS VARCHAR), {literal(m)})" for m in AGENT_MARKERS) + ")"
 
 
 def spans_source(con: duckdb.DuckDBPyConnection, columns: Sequence[str], *, agent_only: bool = False) -> str:

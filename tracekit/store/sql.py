@@ -21,6 +21,11 @@ def one(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[A
     return found[0] if found else None
 
 
+def literal(text: str) -> str:
+    """A SQL string literal of `text` (for the places DuckDB takes no parameter: file lists, SET, DDL)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """Run the block in one transaction: committed when it ends, rolled back (and re-raised) on an error."""
