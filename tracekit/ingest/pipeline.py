@@ -144,7 +144,7 @@ def _write_segment(item: Prepared, target: _SegmentTarget) -> None:
     run_id = str(header["run_id"])
     table = segments.span_table([(parsed.table, run_id, _pid(header), header.get("node"))], target.columns)
     try:
-        item.segment = segments.write_file(target.folder, table, [run_id], parsed.agent_spans)
+        item.segment = segments.write_file(target.folder, table, [run_id])
     except OSError:
         item.segment = None
 

@@ -24,7 +24,6 @@ from tracekit import frames
 from tracekit.errors import SpoolError
 from tracekit.ingest.report import Quarantined
 from tracekit.store.load import has_invalid_json, json_valid_mask
-from tracekit.store.segments import names_agent_keys
 from tracekit.store.streams import STREAMS, StreamSpec
 
 READABLE_VERSIONS = (*conv.READABLE_VERSIONS, frames.BINARY_VERSION)
@@ -42,7 +41,6 @@ class ParsedFile:
     torn_bytes: int
     footer: dict[str, Any] | None
     records_before: int
-    agent_spans: bool | None = None  # whether some record has agent attributes (None: not looked at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,9 +278,7 @@ def _parse_binary(
     bad: list[Quarantined] = []
     missing = [name for name in spec.required if table.column(name).null_count]
     # attribute text is checked here, on the parse thread, so a load never has to (the JSON reader checks it too)
-    attributes = table.column("attributes") if "attributes" in spec.schema.names else None
-    not_json = attributes is not None and has_invalid_json(attributes)
-    agent = attributes is not None and names_agent_keys(attributes)  # for the segment this file may become
+    not_json = "attributes" in spec.schema.names and has_invalid_json(table.column("attributes"))
     if missing or not_json:
         import pyarrow.compute as pc
 
@@ -296,7 +292,7 @@ def _parse_binary(
             bad.append(Quarantined(str(path), records_before + i + 1, _record_id(table.slice(i, 1).to_pylist()[0], spec),
                                    error))
         table = table.filter(ok)
-    return ParsedFile(header, spec, table, bad, found.end, found.torn, footer, records_before, agent)
+    return ParsedFile(header, spec, table, bad, found.end, found.torn, footer, records_before)
 
 
 def peek_file_id(path: Path) -> str | None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from tracekit.config import segment_min_rows
 from tracekit.store import segments
 from tracekit.store.sql import literal, one, scratch
-from tracekit.store.streams import StreamSpec
+from tracekit.store.streams import StreamSpec, null_defaults
 
 _DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
 
@@ -36,19 +36,9 @@ def tune_for_bulk_load(con: duckdb.DuckDBPyConnection) -> None:
 
 def _value_exprs(spec: StreamSpec, fields: list[str], node_default: str) -> list[str]:
     """SELECT expressions for a stream's fields, with the defaults the store's tables expect."""
-    select = []
-    for name in fields:
-        if name == "node":
-            select.append(f"coalesce(node, {node_default}) AS node")
-        elif name == "attributes":
-            select.append("coalesce(attributes, '{}') AS attributes")
-        elif name == "kind" and spec.name == "spans":
-            select.append("coalesce(kind, 'internal') AS kind")
-        elif name == "status" and spec.name == "spans":
-            select.append("coalesce(status, 'unset') AS status")
-        else:
-            select.append(name)
-    return select
+    defaults = {name: literal(value) for name, value in null_defaults(spec).items()}
+    defaults["node"] = node_default
+    return [f"coalesce({name}, {defaults[name]}) AS {name}" if name in defaults else name for name in fields]
 
 
 @dataclass(frozen=True)

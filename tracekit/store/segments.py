@@ -34,6 +34,7 @@ import pyarrow as pa
 from tracekit.config import segment_compression
 from tracekit.errors import StoreError
 from tracekit.store.sql import literal, one
+from tracekit.store.streams import SPANS, null_defaults
 
 SUFFIX = ".segments"
 ROW_GROUP = 122_880  # DuckDB scans a Parquet file one row group per thread; its own row groups are this size
@@ -118,19 +119,16 @@ def span_table(parts: Sequence[tuple[pa.Table, str, int | None, str | None]], co
     and pid, its default node where a record names none, the defaults of kind, status and attributes."""
     import pyarrow.compute as pc
 
+    defaults = null_defaults(SPANS)
     tables = []
     for table, run_id, pid, node in parts:
         n = table.num_rows
         if not n:
             continue
-        fixed = {
-            "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
-            "pid": pa.repeat(pa.scalar(pid, pa.int32()), n),
-            "node": pc.fill_null(table.column("node"), node or "unknown"),
-            "kind": pc.fill_null(table.column("kind"), "internal"),
-            "status": pc.fill_null(table.column("status"), "unset"),
-            "attributes": pc.fill_null(table.column("attributes"), "{}"),
-        }
+        fills = {**defaults, "node": node or "unknown"}
+        fixed = {name: pc.fill_null(table.column(name), value) for name, value in fills.items()}
+        fixed["run_id"] = pa.repeat(pa.scalar(run_id, pa.string()), n)
+        fixed["pid"] = pa.repeat(pa.scalar(pid, pa.int32()), n)
         tables.append(pa.table({c: fixed[c] if c in fixed else table.column(c) for c in columns}))
     out = pa.concat_tables(tables)
     text = pa.chunked_array([pa.ExtensionArray.from_storage(pa.json_(), chunk)  # typed JSON for DuckDB; no copy
@@ -161,10 +159,9 @@ def folder_of(con: duckdb.DuckDBPyConnection) -> Path:
     return directory_of(store)
 
 
-def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: bool | None = None) -> Segment:
+def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str]) -> Segment:
     """Write span rows (columns of ``span_rows``, in its order, from :func:`span_table`) to one Parquet file in
-    `folder` (any thread: pyarrow and DuckDB release the GIL). The file is removed again when the write fails.
-    `agent`: whether some span has agent attributes, when the caller knows (else it is looked up)."""
+    `folder` (any thread: pyarrow and DuckDB release the GIL). The file is removed again when the write fails."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -184,9 +181,8 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], agent: boo
         path.unlink(missing_ok=True)
         raise
     roots = pc.and_(pc.is_null(table.column("parent_id")), pc.equal(table.column("status"), "error"))
-    if agent is None:
-        agent = names_agent_keys(table.column("attributes"))
-    return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size, agent,
+    return Segment(f"{folder.name}/{path.name}", tuple(sorted(set(run_ids))), table.num_rows, size,
+                   _names_agent_keys(table.column("attributes")),
                    pc.min(table.column("start_ns")).as_py(), pc.max(table.column("end_ns")).as_py(),
                    int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
 
@@ -227,14 +223,13 @@ def register(con: duckdb.DuckDBPyConnection, segments: Sequence[Segment]) -> Non
     rebuild_view(con)
 
 
-def write_segments(con: duckdb.DuckDBPyConnection, table: pa.Table, run_ids: Sequence[str],
-                   workers: int | None = None) -> int:
+def write_segments(con: duckdb.DuckDBPyConnection, table: pa.Table, run_ids: Sequence[str]) -> int:
     """Write span rows as Parquet segments, one per worker thread in parallel, and register them in the
     caller's transaction. `run_ids` names the run of each row's part (the runs the segments hold)."""
     from concurrent.futures import ThreadPoolExecutor
 
     folder = folder_of(con)
-    n = max(1, min(workers or os.cpu_count() or 1, table.num_rows // ROW_GROUP or 1))
+    n = max(1, min(os.cpu_count() or 1, table.num_rows // ROW_GROUP or 1))
     step = -(-table.num_rows // n)
     slices = [table.slice(k * step, step) for k in range(n)]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="tracekit-segment") as pool:
@@ -262,7 +257,7 @@ def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int | None,
     return (row[0], row[1], int(row[2] or 0)) if row else (None, None, 0)
 
 
-def names_agent_keys(attributes: pa.ChunkedArray) -> bool:
+def _names_agent_keys(attributes: pa.ChunkedArray) -> bool:
     """Whether some attribute text may name an agent key (``AGENT_MARKERS``): a byte search of each chunk's
     whole text buffer (2.5 ms per 125k spans, a third of DuckDB's `contains` over the rows). A chunk sliced out
     of a bigger array is searched with its neighbours' text: it may say yes for a span outside it (the

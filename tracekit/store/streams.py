@@ -48,6 +48,15 @@ class StreamSpec:
         return any(pa.types.is_nested(f.type) for f in self.schema)
 
 
+def null_defaults(spec: StreamSpec) -> dict[str, str]:
+    """What a stored record of the stream holds where its field is null (its node comes from its file instead).
+    The native insert (``store.load``) and span segments (``store.segments``) both store these."""
+    defaults = {"attributes": "{}"}
+    if spec.name == "spans":
+        defaults.update(kind="internal", status="unset")
+    return defaults
+
+
 STREAMS: dict[str, StreamSpec] = {name: StreamSpec.of(stream) for name, stream in conv.STREAMS.items()}
 SPANS = STREAMS[conv.SPANS.name]
 EVENTS = STREAMS[conv.EVENTS.name]
