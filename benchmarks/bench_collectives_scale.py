@@ -11,14 +11,20 @@ DuckDB store, then times (a) reading the run's frames back and (b) running every
 the straggler is named. The baseline is a single DuckDB `GROUP BY` over the same table (the least a
 per-rank analysis must do). The read (a) is also timed alone, `--repeats` times in fresh processes
 alternated with its own baseline: a plain `SELECT` of the same columns of the run fetched to Arrow
-(what the read did before it learned to skip constant columns and to code text). The last line is one
-JSON object with the figures.
+(what the read did before it learned to skip constant columns and to code text). With ``--against REV``
+the read of tracekit at git revision REV (a temporary worktree, its own store written by its own code) is
+timed in the same alternation, so a speed-up against earlier code is measured in one run:
+
+    python benchmarks/bench_collectives_scale.py --against 64a09cf
+
+The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,6 +62,41 @@ def synthetic(ranks: int, steps: int, per_step: int, culprit: int, onset: int, s
     })
 
 
+def store(table: pa.Table, db: Path):
+    """A store at ``db`` holding ``table`` as run "scale"'s collectives (written by whichever tracekit is imported)."""
+    from tracekit.store.db import connect
+
+    con = connect(db)
+    con.register("synthetic", table)
+    con.execute("INSERT INTO collectives BY NAME SELECT 'scale' AS run_id, * FROM synthetic")
+    con.unregister("synthetic")
+    return con
+
+
+def earlier_tree(rev: str, table: pa.Table, tmp: Path) -> Path:
+    """A worktree of this repository at ``rev`` holding a store of ``table`` written by that revision's code."""
+    import pyarrow.ipc
+
+    tree = tmp / "earlier"
+    out = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    if out.returncode:
+        sys.exit(f"error: cannot check out revision {rev!r} of this repository: {out.stderr.strip()}")
+    with pyarrow.ipc.new_file(tmp / "scale.arrow", table.schema) as writer:
+        writer.write_table(table)
+    subprocess.run([sys.executable, __file__, "--store", str(tmp / "scale.arrow"), str(tree / "scale.duckdb")],
+                   check=True, env=tree_env(tree))
+    (tmp / "scale.arrow").unlink()
+    return tree
+
+
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment of a child importing tracekit from ``tree`` (None: this checkout's, as installed)."""
+    if tree is None:
+        return None
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+
+
 def measure_detection(db: Path, run_id: str, live_steps: int | None, mode: str = "detect") -> dict:
     """In a fresh process (so its peak memory is detection's own): read the run's frames and detect, or
     (live_steps) one live poll: read the last `live_steps` steps and detect. Prints one JSON line.
@@ -85,7 +126,10 @@ def measure_detection(db: Path, run_id: str, live_steps: int | None, mode: str =
         load_s = time.perf_counter() - t0
         load_cpu_s = time.process_time() - c0
     if mode == "load":
-        return {"load_s": round(load_s, 3), "load_cpu_s": round(load_cpu_s, 3), "rows": frames.collectives.height}
+        import tracekit
+
+        return {"load_s": round(load_s, 3), "load_cpu_s": round(load_cpu_s, 3), "rows": frames.collectives.height,
+                "tracekit": tracekit.__file__}
     t0 = time.perf_counter()
     findings = detect(frames)
     detect_s = time.perf_counter() - t0
@@ -93,6 +137,26 @@ def measure_detection(db: Path, run_id: str, live_steps: int | None, mode: str =
     top = findings[0] if findings else None
     return {"load_s": round(load_s, 2), "detect_s": round(detect_s, 2), "peak_rss_gib": round(peak / 2**30, 2),
             "top": None if top is None else f"{top.kind} {top.subject} from step {top.first_step}"}
+
+
+def measure_all(args: argparse.Namespace, db: Path, earlier: Path | None) -> tuple[dict, dict, dict | None]:
+    """The fresh-process measurements: the reads alternated (this code's, the plain SELECT, the earlier
+    revision's), then one read + detect and one live poll."""
+    def child(live: int, mode: str = "detect", tree: Path | None = None) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--measure", str(tree / "scale.duckdb" if tree else db),
+                              str(live), mode], capture_output=True, text=True, check=True, env=tree_env(tree))
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        if tree and not measured["tracekit"].startswith(str(tree)):
+            sys.exit(f"error: the read at {args.against} imported tracekit from {measured['tracekit']}")
+        return measured
+
+    reads: dict[str, list[dict]] = {"load": [], "plain": [], **({"earlier": []} if earlier else {})}
+    for _ in range(args.repeats):  # alternated, so a change in the machine's load falls on all
+        for mode in reads:
+            reads[mode].append(child(0, "load", earlier) if mode == "earlier" else child(0, mode))
+    full = child(0)
+    live = child(args.live_steps) if args.live_steps else None
+    return reads, full, live
 
 
 def main() -> None:
@@ -104,41 +168,39 @@ def main() -> None:
                    "(what `anomalies --follow` reads each second; 0: skip)")
     p.add_argument("--repeats", type=int, default=3, help="fresh-process reads of the frames and of the baseline "
                    "read, alternated (medians reported; 0: skip)")
+    p.add_argument("--against", metavar="REV", help="also time the read of tracekit at this git revision "
+                   "(e.g. the commit before a change), alternated with this one's")
     p.add_argument("--measure", nargs=3, metavar=("DB", "LIVE_STEPS", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--store", nargs=2, metavar=("ARROW", "DB"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:  # the child process of the separate-process measurement
         db, live_steps, mode = args.measure
         print(json.dumps(measure_detection(Path(db), "scale", int(live_steps) or None, mode)))
         return
-    from tracekit.store.db import connect
+    if args.store:  # the child that writes an earlier revision's store with that revision's code
+        import pyarrow.ipc
 
+        store(pyarrow.ipc.open_file(args.store[0]).read_all(), Path(args.store[1])).close()
+        return
     culprit, onset = args.ranks * 2 // 3, args.steps // 2
     t0 = time.perf_counter()
     table = synthetic(args.ranks, args.steps, args.per_step, culprit, onset)
     gen_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "scale.duckdb"
-        con = connect(db)
-        con.register("synthetic", table)
-        con.execute("INSERT INTO collectives BY NAME SELECT 'scale' AS run_id, * FROM synthetic")
-        con.unregister("synthetic")
+        con = store(table, db)
         t0 = time.perf_counter()
         con.execute("SELECT rank, avg(exit_ns - enter_ns) FROM collectives WHERE run_id = 'scale' GROUP BY rank").fetchall()
         baseline_s = time.perf_counter() - t0
         con.close()
+        earlier = earlier_tree(args.against, table, Path(tmp)) if args.against else None
         del table
-
-        def child(live: int, mode: str = "detect") -> dict:
-            out = subprocess.run([sys.executable, __file__, "--measure", str(db), str(live), mode], capture_output=True,
-                                 text=True, check=True)
-            return json.loads(out.stdout.strip().splitlines()[-1])
-
-        reads: dict[str, list[dict]] = {"load": [], "plain": []}
-        for _ in range(args.repeats):  # alternated, so a change in the machine's load falls on both
-            for mode in reads:
-                reads[mode].append(child(0, mode))
-        full = child(0)
-        live = child(args.live_steps) if args.live_steps else None
+        try:
+            reads, full, live = measure_all(args, db, earlier)
+        finally:
+            if earlier:
+                subprocess.run(["git", "worktree", "remove", "--force", str(earlier)], capture_output=True,
+                               cwd=Path(__file__).parent)
     read = {mode: {k: float(np.median([r[k] for r in runs])) for k in ("load_s", "load_cpu_s")}
             for mode, runs in reads.items() if runs}
     load_s, detect_s = full["load_s"], full["detect_s"]
@@ -156,6 +218,11 @@ def main() -> None:
               f"CPU-s); baseline (plain SELECT of the same columns to Arrow): {plain['load_s']:.3f} s "
               f"({plain['load_cpu_s']:.3f} CPU-s); the read is {plain['load_s'] / load['load_s']:.2f}x as fast "
               f"({plain['load_cpu_s'] / load['load_cpu_s']:.2f}x in CPU)")
+    if "earlier" in read:
+        was = read["earlier"]
+        print(f"read at {args.against}, same alternation: {was['load_s']:.3f} s ({was['load_cpu_s']:.3f} CPU-s); "
+              f"this code is {was['load_s'] / read['load']['load_s']:.2f}x as fast "
+              f"({was['load_cpu_s'] / read['load']['load_cpu_s']:.2f}x in CPU)")
     if live:
         print(f"one live poll (last {args.live_steps} steps): read {live['load_s']:.2f} s + detect {live['detect_s']:.2f} s "
               f"= {live['load_s'] + live['detect_s']:.2f} s; top {live['top']}")
@@ -168,7 +235,10 @@ def main() -> None:
                       "read_cpu_s": read["load"]["load_cpu_s"] if read else None,
                       "read_baseline": "plain select to arrow",
                       "read_baseline_s": read["plain"]["load_s"] if read else None,
-                      "read_speedup": round(read["plain"]["load_s"] / read["load"]["load_s"], 2) if read else None}))
+                      "read_speedup": round(read["plain"]["load_s"] / read["load"]["load_s"], 2) if read else None,
+                      "earlier": args.against, "earlier_read_s": read["earlier"]["load_s"] if "earlier" in read else None,
+                      "speedup_vs_earlier": round(read["earlier"]["load_s"] / read["load"]["load_s"], 2)
+                      if "earlier" in read else None}))
 
 
 if __name__ == "__main__":
