@@ -214,6 +214,36 @@ def test_a_segment_write_error_falls_back_to_the_native_insert(tmp_path, small_s
     assert query(tmp_path / "s.duckdb", "SELECT count(*) FROM span_rows") == [(120,)]
 
 
+def test_a_segment_flush_error_falls_back_to_the_native_insert_and_removes_the_file(tmp_path, small_segments,
+                                                                                    monkeypatch):
+    """A spool file's segment is flushed to disk on the flusher thread; when that fails (the disk filled while
+    the kernel wrote it back), the file is removed and its spans load natively: nothing is lost or registered."""
+    import os
+
+    real_fsync = os.fsync
+    flushed: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(".parquet"):
+            flushed.append(target)
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    runs = [spool_run(tmp_path / "spool", 120), spool_run(tmp_path / "spool", 90)]
+    native = tmp_path / "native.duckdb"
+    report = ingest_paths(runs, tmp_path / "s.duckdb")
+    assert report.records == 212 and not report.rejected
+    # each file's segment was flushed and failed (then its native fallback, itself a bulk load, tried once more)
+    assert len(set(flushed)) >= 2 and not any(Path(p).exists() for p in flushed)
+    assert segment_rows(tmp_path / "s.duckdb") == []
+    assert list(segments.directory_of(tmp_path / "s.duckdb").glob("*.parquet")) == []
+    monkeypatch.setenv("TRACEKIT_SEGMENT_MIN_ROWS", "0")
+    ingest_paths(runs, native)
+    assert query(tmp_path / "s.duckdb", ROWS) == query(native, ROWS) and len(query(native, ROWS)) == 210
+
+
 @pytest.mark.parametrize("field, value, error", [("attributes", "{not json", "not valid JSON"),
                                                   ("name", None, "'name' is missing")])
 def test_a_bad_record_in_a_binary_file_is_quarantined_with_its_id(tmp_path, small_segments, field, value, error):

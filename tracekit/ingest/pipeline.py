@@ -119,24 +119,28 @@ def _ingest_closed_files(
 
 @dataclass(frozen=True)
 class _SegmentTarget:
-    """Where a parse worker writes a big file's spans as a Parquet segment (``tracekit.store.segments``)."""
+    """Where a parse worker writes a big file's spans as a Parquet segment (``tracekit.store.segments``), and
+    the thread that flushes written segments to disk meanwhile."""
 
     folder: Path
     columns: tuple[str, ...]
     min_rows: int
+    flusher: Any
 
 
-def _segment_target(con: duckdb.DuckDBPyConnection) -> _SegmentTarget | None:
+def _segment_target(con: duckdb.DuckDBPyConnection, flusher: Any) -> _SegmentTarget | None:
     threshold = segment_min_rows()
     if not threshold or segments.store_file(con) is None:
         return None
     segment_compression()  # a bad setting is an error before any file is written, not on a worker
-    return _SegmentTarget(segments.folder_of(con), tuple(segments.span_columns(con)), threshold)
+    return _SegmentTarget(segments.folder_of(con), tuple(segments.span_columns(con)), threshold, flusher)
 
 
 def _write_segment(item: Prepared, target: _SegmentTarget) -> None:
     """A big file of flat spans is written as its own segment on the parse worker, overlapping the parse of
-    the next file and the load of the last batch; on a write error the load inserts it natively instead."""
+    the next file and the load of the last batch; on a write error the load inserts it natively instead.
+    The file is flushed to disk on the flusher thread, so the worker parses on while the disk writes (each
+    fsync of an 11 MB segment waits ~7 ms: 60-70 ms of a 0.5 s ingest of 1 M spans)."""
     parsed = item.parsed
     if parsed is None or parsed.spec.name != SPANS.name or parsed.spec.nested or parsed.table.num_rows < target.min_rows:
         return
@@ -144,9 +148,24 @@ def _write_segment(item: Prepared, target: _SegmentTarget) -> None:
     run_id = str(header["run_id"])
     table = segments.span_table([(parsed.table, run_id, _pid(header), header.get("node"))], target.columns)
     try:
-        item.segment = segments.write_file(target.folder, table, [run_id])
+        item.segment = segments.write_file(target.folder, table, [run_id], flush=False)
     except OSError:
         item.segment = None
+        return
+    path = target.folder.parent / item.segment.name
+    try:
+        item.flushed = target.flusher.submit(segments.flush_file, path)
+    except RuntimeError:  # the interpreter is shutting down (no new threads): flushed here
+        if not segments.flush_file(path):
+            item.segment = None
+
+
+def _flushed(batch: list[Prepared]) -> None:
+    """Wait until the batch's segments are on disk; one whose flush failed (its file removed) loads natively."""
+    for item in batch:
+        if item.flushed is not None and not item.flushed.result():
+            item.segment = None
+        item.flushed = None
 
 
 def _parse_prepared(item: Prepared, target: _SegmentTarget | None = None) -> Prepared:
@@ -198,6 +217,7 @@ def _load_batch(con: duckdb.DuckDBPyConnection, batch: list[Prepared], report: I
     parsed_files = [item.parsed for item in batch if item.parsed is not None]
     if not parsed_files:
         return
+    _flushed(batch)
     by_stream: dict[tuple[str, ...], list[ParsedFile]] = {}
     for item in batch:
         if item.parsed is not None and item.segment is None:
@@ -243,8 +263,9 @@ def _ingest_spool_files(
     batch: list[Prepared] = []
     batch_rows = 0
     # parse the next file on a worker thread while the current batch loads (pyarrow and DuckDB release the GIL)
-    with ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="tracekit-parse") as pool:
-        for item in _parsed_ahead(pool, items, _segment_target(con)):
+    with ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="tracekit-parse") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-flush") as flusher:
+        for item in _parsed_ahead(pool, items, _segment_target(con, flusher)):
             on_done(item.path)
             if item.error is not None or item.parsed is None:
                 report.rejected.append((str(item.path), item.error or f"{item.path}: could not be read"))

@@ -29,6 +29,7 @@ class Prepared:
     parsed: ParsedFile | None = None
     error: str | None = None
     segment: Segment | None = None  # its spans, already written as a Parquet segment (registered when loaded)
+    flushed: Any = None  # a future of that segment's flush to disk: True, or False when it failed (file removed)
 
     def start(self) -> tuple[int, int]:
         """(byte offset, records before) to parse from."""

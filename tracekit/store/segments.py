@@ -159,9 +159,10 @@ def folder_of(con: duckdb.DuckDBPyConnection) -> Path:
     return directory_of(store)
 
 
-def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str]) -> Segment:
+def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str], *, flush: bool = True) -> Segment:
     """Write span rows (columns of ``span_rows``, in its order, from :func:`span_table`) to one Parquet file in
-    `folder` (any thread: pyarrow and DuckDB release the GIL). The file is removed again when the write fails."""
+    `folder` (any thread: pyarrow and DuckDB release the GIL). The file is removed again when the write fails.
+    With ``flush=False`` the caller flushes it to disk (:func:`flush_file`) before registering it."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -176,7 +177,7 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str]) -> Segment
                        use_dictionary=[c for c in _LOW_CARDINALITY if c in columns],
                        write_statistics=[c for c in _PRUNING if c in columns],
                        column_encoding={c: "DELTA_BINARY_PACKED" for c in _TIMES if c in columns})
-        size = _sync(path)
+        size = _sync(path) if flush else path.stat().st_size
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -185,6 +186,16 @@ def write_file(folder: Path, table: pa.Table, run_ids: Sequence[str]) -> Segment
                    _names_agent_keys(table.column("attributes")),
                    pc.min(table.column("start_ns")).as_py(), pc.max(table.column("end_ns")).as_py(),
                    int(pc.sum(roots.cast(pa.int64())).as_py() or 0))
+
+
+def flush_file(path: Path) -> bool:
+    """Flush a segment written with ``flush=False`` to disk; on an error remove it and return False."""
+    try:
+        _sync(path)
+        return True
+    except OSError:
+        path.unlink(missing_ok=True)
+        return False
 
 
 def _sync(path: Path) -> int:
