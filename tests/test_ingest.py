@@ -500,3 +500,17 @@ def test_collectives_read_back_with_coded_text_columns_equal_the_stored_rows(tmp
     one = pl.from_arrow(con.sql(q._COLLECTIVES_SQL + " AND seq = 1", params={"run": "r1"}).to_arrow_table())
     assert q.to_polars(q._coded(con, q._COLLECTIVES_SQL + " AND seq = 1", {"run": "r1"}, q._CODED)).equals(one)
     con.close()
+
+
+def test_many_quarantined_records_are_all_stored_with_their_lines_and_ids(tmp_path) -> None:
+    """Bookkeeping rows go in as multi-row statements of at most 500 rows: every row across the boundaries
+    is stored once, with its own values."""
+    from tracekit.store.db import connect
+    from tracekit.store.load import quarantine
+
+    con = connect(tmp_path / "q.duckdb")
+    rows = [("run", "spans.jsonl", i + 1, f"id-{i}", f"error {i}", None if i % 7 else f"{{raw {i}") for i in range(1_201)]
+    quarantine(con, rows)
+    stored = con.execute("SELECT run_id, source, line, record_id, error, raw FROM quarantine ORDER BY line").fetchall()
+    con.close()
+    assert stored == rows

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from tracekit.config import segment_min_rows
 from tracekit.store import segments
-from tracekit.store.sql import literal, one, scratch
+from tracekit.store.sql import insert_rows, literal, one, scratch
 from tracekit.store.streams import StreamSpec, null_defaults
 
 _DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
@@ -221,7 +221,7 @@ def quarantine(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str | None, 
     if not rows:
         return
     now = time.time_ns()
-    con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", [[*row, now] for row in rows])
+    insert_rows(con, "INSERT INTO quarantine", [[*row, now] for row in rows])
 
 
 SPOOL_FILE_COLUMNS = (
@@ -236,9 +236,7 @@ def remember_files(con: duckdb.DuckDBPyConnection, files: Sequence[Sequence[Any]
     if not files:
         return
     now = time.time_ns()
-    row = "(" + ", ".join("?" * (len(SPOOL_FILE_COLUMNS) + 1)) + ")"
-    params = [value for values in files for value in (*values, now)]
-    con.execute(f"INSERT OR REPLACE INTO spool_files VALUES {', '.join([row] * len(files))}", params)
+    insert_rows(con, "INSERT OR REPLACE INTO spool_files", [(*values, now) for values in files])
 
 
 def known_file_ids(con: duckdb.DuckDBPyConnection, file_ids: Sequence[str]) -> set[str]:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from tracekit.config import segment_compression
 from tracekit.errors import StoreError
-from tracekit.store.sql import literal, one
+from tracekit.store.sql import insert_rows, literal, one
 from tracekit.store.streams import SPANS, null_defaults
 
 SUFFIX = ".segments"
@@ -228,7 +228,7 @@ def register(con: duckdb.DuckDBPyConnection, segments: Sequence[Segment]) -> Non
         _sync(directory_of(store))
         _sync(store.parent)
     now = time.time_ns()
-    con.executemany("INSERT INTO span_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+    insert_rows(con, "INSERT INTO span_segments", [
         [Path(g.name).stem, g.name, list(g.run_ids), g.rows, g.bytes, now, g.agent, g.min_start_ns, g.max_end_ns,
          g.root_errors] for g in segments])
     rebuild_view(con)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,15 @@ def one(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[A
 def literal(text: str) -> str:
     """A SQL string literal of `text` (for the places DuckDB takes no parameter: file lists, SET, DDL)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]], *, per_statement: int = 500) -> None:
+    """``sql`` (``INSERT ... INTO table``, no ``VALUES``) with ``rows``: multi-row ``VALUES`` of parameters,
+    ``per_statement`` rows each, where ``executemany`` runs a statement per row (~1 ms each)."""
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
+        con.execute(f"{sql} VALUES {', '.join([row] * len(chunk))}", [value for values in chunk for value in values])
 
 
 @contextmanager
